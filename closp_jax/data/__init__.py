@@ -1,0 +1,1 @@
+"""Data: label vocabulary, synthetic CrisisLandMark archive writer, dataset builders."""

@@ -1,0 +1,197 @@
+"""The shared shape of every training config, and its validation.
+
+configs/closp.py and configs/geoclosp.py build on `base_config`; every knob lives here so
+docs/configs.md can list them all. Configs are locked: a mistyped key is an error.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+VARIANTS = ("sample", "paper", "vit_s", "vit_l", "pod", "rgb")
+
+
+def parse_arg(arg: str | None) -> str:
+  variant = (arg or "sample").strip() or "sample"
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown config variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+  return variant
+
+
+def base_config(variant: str, geo: bool) -> ml_collections.ConfigDict:
+  """The config of CLOSP (geo=False) or GeoCLOSP (geo=True) for a variant."""
+  from closp_jax.models.towers import model_config  # pylint: disable=import-outside-toplevel
+
+  c = ml_collections.ConfigDict()
+  c.name = ("geoclosp" if geo else "closp") + ":" + variant
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "crisis_landmark/sample"
+  c.data.data_dir = ""           # '' -> $CLOSP_DATA_DIR or ~/tensorflow_datasets
+  c.data.manual_dir = ""         # the official release folder, for crisis_landmark/full
+  c.data.batch_size = 64         # per sensor, global (all processes together)
+  c.data.eval_batch_size = 256   # global
+  c.data.normalization = "scale"  # 'scale' (S2 / 10000, as the original) or 'standardize'
+  c.data.augment = True
+  c.data.max_len = 64
+  c.data.bucket = False          # pad text to the batch's longest in buckets of 16/32/64
+  c.data.worker_count = 0
+  c.data.rgb = False             # RGB-only baseline: S2 bands 4,3,2; S1 as VV, VH, VV-VH
+
+  c.model = model_config()
+  c.model.location.enabled = geo
+
+  c.init = ml_collections.ConfigDict()
+  c.init.text = "minilm"         # 'minilm' (installed all-MiniLM-L6-v2), a local HF BERT folder, or '' (random)
+  c.init.s2 = ""                 # timm/TorchGeo state dict (.safetensors, or .pth read weights-only)
+  c.init.s1 = ""
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.kind = "softmax"        # 'softmax' (CLIP InfoNCE) or 'sigmoid' (SigLIP)
+  c.loss.chunked = False         # shard_map loss that never holds the global B x B logits
+  c.loss.cross_sensor_negatives = False
+  c.loss.weights = ml_collections.ConfigDict(
+      {"s2_text": 1.0, "s1_text": 1.0, "s2_location": 1.0, "s1_location": 1.0})
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-3
+  c.optim.schedule = "warmup_cosine"  # 'one_cycle', 'warmup_cosine' or 'constant'
+  c.optim.warmup_steps = 20
+  c.optim.end_lr_factor = 0.01
+  c.optim.pct_start = 0.3
+  c.optim.div_factor = 25.0
+  c.optim.final_div_factor = 1e4
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.01
+  c.optim.grad_clip = 1.0
+  c.optim.grad_accum_steps = 1
+  c.optim.multipliers = ml_collections.ConfigDict({"text_model": 1.0})
+  c.optim.freeze_towers = ("s2_encoder", "s1_encoder", "text_model")
+  c.optim.freeze_steps = 0
+  c.optim.frozen = ("text_model",)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 300
+  c.train.epochs = 0.0           # > 0: steps = epochs x steps per epoch of the larger sensor
+  c.train.log_every_steps = 10
+  c.train.nonfinite = "stop"     # 'stop' or 'skip' on a NaN/Inf loss or gradient norm
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_steps = 100
+  c.eval.final = True            # retrieval table of the final vs the untrained model
+  c.eval.max_corpus = 0          # > 0: cap the corpus per sensor (quick looks)
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 100
+  c.checkpoint.keep = 3
+  c.checkpoint.async_save = True
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.mesh.rules = "dp"
+
+  _apply_variant(c, variant, geo)
+  return c
+
+
+def _apply_variant(c, variant: str, geo: bool) -> None:
+  if variant == "sample":
+    c.model.s2_encoder = "resnet_tiny"
+    c.model.s1_encoder = "resnet_tiny"
+    return
+  if variant == "rgb":
+    c.model.s2_encoder = "resnet_tiny"
+    c.model.s1_encoder = "resnet_tiny"
+    c.model.s2_in_chans = 3
+    c.model.s1_in_chans = 3
+    c.data.rgb = True
+    return
+  # The paper's recipe (and the bases of vit_s / vit_l / pod).
+  c.data.name = "crisis_landmark/full"
+  c.data.batch_size = 64
+  c.model.s2_encoder = "resnet50"
+  c.model.s1_encoder = "resnet50"
+  c.model.temperature.init_scale = 1.0
+  c.model.temperature.learnable = False
+  c.optim.lr = 1e-6
+  c.optim.schedule = "one_cycle"
+  c.optim.weight_decay = 0.01
+  c.optim.grad_clip = 0.0
+  c.optim.frozen = ()
+  c.train.epochs = 30.0
+  c.train.steps = -1
+  c.optim.freeze_steps = -1      # -1: one epoch, resolved from the dataset size
+  c.eval.every_steps = 1000
+  c.checkpoint.every_steps = 1000
+  if variant in ("vit_s", "vit_l"):
+    name = "vit_s16" if variant == "vit_s" else "vit_l16"
+    c.model.s2_encoder = name
+    c.model.s1_encoder = name
+    c.model.image_size = 224
+  if variant == "pod":
+    c.data.batch_size = 32768
+    c.data.eval_batch_size = 32768
+    c.model.temperature.init_scale = 1.0 / 0.07
+    c.model.temperature.learnable = True
+    c.loss.chunked = True
+    c.optim.lr = 5e-4
+    c.optim.schedule = "warmup_cosine"
+    c.optim.warmup_steps = 500
+    c.optim.weight_decay = 0.1
+    c.optim.grad_clip = 1.0
+    c.model.dtype = "bfloat16"
+    c.mesh.data = 1
+    c.mesh.fsdp = -1
+    c.mesh.rules = "fsdp"
+    c.eval.every_steps = 200
+    c.checkpoint.every_steps = 200
+
+
+def get_config(arg: str | None, geo: bool) -> ml_collections.ConfigDict:
+  c = base_config(parse_arg(arg), geo)
+  if not geo:
+    c.loss.weights.s2_location = 0.0
+    c.loss.weights.s1_location = 0.0
+  c.lock()
+  return c
+
+
+class ConfigKeyError(KeyError):
+  def __str__(self):
+    return str(self.args[0])
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """Loads 'path/to/config.py[:variant]' the way --config does."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("closp_config_module", path)
+  if module_spec is None or module_spec.loader is None:
+    raise FileNotFoundError(f"config file {path!r} not found")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def check_override_keys(config: ml_collections.ConfigDict, argv: list[str], flag: str = "config") -> None:
+  """Raises ConfigKeyError naming the key and the valid keys for any --config.a.b=... that does not exist."""
+  prefix = f"--{flag}."
+  for arg in argv:
+    if not arg.startswith(prefix):
+      continue
+    dotted = arg[len(prefix):].split("=", 1)[0]
+    node = config
+    walked = []
+    for part in dotted.split("."):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        where = ("config." + ".".join(walked)) if walked else "config"
+        valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        raise ConfigKeyError(
+            f"unknown config key '{flag}.{dotted}': {where} has no key {part!r}; valid keys: {', '.join(valid)} "
+            f"(docs/configs.md lists them all)")
+      walked.append(part)
+      node = node[part]

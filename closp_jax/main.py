@@ -1,0 +1,60 @@
+r"""Train CLOSP / GeoCLOSP.
+
+  python -m closp_jax.main --config configs/geoclosp.py [--workdir DIR] [--config.key=value ...]
+
+With no dataset prepared, `crisis_landmark/sample` is built first (a synthetic archive in the
+official release layout). Resumes automatically from WORKDIR/checkpoints.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:variant]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, summaries and evaluations go "
+                               "(default: ./workdir/<config name>).")
+_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+_PID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+_AUTO = flags.DEFINE_bool("distributed_auto", None, "Let JAX detect the cluster (Cloud TPU, SLURM); "
+                          "default: on when such an environment is seen.")
+flags.mark_flags_as_required(["config"])
+
+
+def default_workdir(config) -> str:
+  return "workdir/" + config.name.replace(":", "-")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from closp_jax.parallel import distributed  # pylint: disable=import-outside-toplevel
+  distributed.initialize(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value)
+  from closp_jax.train import loop  # pylint: disable=import-outside-toplevel
+  config = _CONFIG.value
+  loop.train_and_evaluate(config, _WORKDIR.value or default_workdir(config))
+
+
+def _check_argv(argv: list[str]) -> None:
+  """Fails early, with the valid keys, on a mistyped --config.key (before any work starts)."""
+  from closp_jax.config import ConfigKeyError, check_override_keys, load_config_file  # pylint: disable=import-outside-toplevel
+  spec = None
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      spec = a.split("=", 1)[1]
+    elif a == "--config" and i + 1 < len(argv):
+      spec = argv[i + 1]
+  if spec is None:
+    return
+  try:
+    check_override_keys(load_config_file(spec), argv)
+  except (ConfigKeyError, ValueError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  _check_argv(sys.argv)
+  app.run(main)

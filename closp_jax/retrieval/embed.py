@@ -1,0 +1,122 @@
+"""Embedding a split, or a list of texts, on the devices of this run (all processes)."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from closp_jax.parallel import mesh as mesh_lib
+
+
+def _to_host(x) -> np.ndarray:
+  """A global (possibly multi-process) array, fully on this host."""
+  if jax.process_count() > 1:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def make_image_embedder(model, mesh, sensor: str, with_location: bool) -> Callable:
+  """jit(variables, images, lonlat) -> (image_emb, location_emb | None), batch sharded."""
+  method = model.encode_s2 if sensor == "s2" else model.encode_s1
+
+  def embed(variables, images, lonlat):
+    img = model.apply(variables, images, train=False, method=method)
+    loc = model.apply(variables, lonlat, method=model.encode_location) if with_location else None
+    return img, loc
+  return jax.jit(embed, out_shardings=mesh_lib.batch_sharding(mesh, 2))
+
+
+def embed_split(model, variables, batches, mesh, sensor: str, *, with_location: bool = False,
+                num_batches: int | None = None, max_items: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
+  """Embeds every sample that `batches` (an eval iterator, process-local) yields.
+
+  Returns host numpy arrays: 'emb' [N,D] float32, 'key' [N], 'labels' [N,12], 'text_id' [N],
+  'lonlat' [N,2] and 'loc' [N,D] when with_location. Padding rows (mask False) are dropped.
+  All processes must call this together (the forward pass is one global computation).
+  """
+  embed = make_image_embedder(model, mesh, sensor, with_location)
+  out: dict[str, list] = {k: [] for k in ("emb", "loc", "key", "labels", "text_id", "lonlat", "mask")}
+  template = None
+  count = 0
+  t0 = time.perf_counter()
+  it = iter(batches)
+  i = 0
+  while True:
+    batch = next(it, None)
+    if batch is None:
+      if num_batches is None or i >= num_batches:
+        break
+      # This process ran out before the others: contribute a fully masked batch.
+      batch = {k: (np.zeros_like(v) if k != "key" else np.full_like(v, "")) for k, v in template.items()}
+      batch["mask"] = np.zeros_like(template["mask"])
+    template = template or batch
+    g = mesh_lib.global_batch({"image": batch["image"], "lonlat": batch["lonlat"]}, mesh)
+    img, loc = embed(variables, g["image"], g["lonlat"])
+    local_mask = np.asarray(batch["mask"], bool)
+    out["emb"].append(_to_host(img))
+    if with_location:
+      out["loc"].append(_to_host(loc))
+    # Per-sample host fields are gathered the same way, in process order.
+    for k in ("labels", "text_id", "lonlat"):
+      out[k].append(_gather_host(np.asarray(batch[k])))
+    out["key"].append(_gather_host(np.asarray(batch["key"]).astype(str)))
+    out["mask"].append(_gather_host(local_mask))
+    count += int(local_mask.sum())
+    i += 1
+    if progress and jax.process_index() == 0 and i % 10 == 0:
+      rate = count * jax.process_count() / max(time.perf_counter() - t0, 1e-9)
+      print(f"  embedding {sensor}: {count * jax.process_count()} samples ({rate:.0f}/s)", file=sys.stderr, flush=True)
+    if max_items and count >= max_items:
+      break
+  if not out["emb"]:
+    raise ValueError(f"the {sensor} split yielded no samples to embed")
+  mask = np.concatenate(out["mask"])
+  result = {k: np.concatenate(v)[mask] for k, v in out.items() if v and k != "mask"}
+  if max_items:
+    result = {k: v[:max_items] for k, v in result.items()}
+  return result
+
+
+def _gather_host(x: np.ndarray) -> np.ndarray:
+  if jax.process_count() == 1:
+    return x
+  if x.dtype.kind in "US":
+    width = 128
+    codes = np.zeros(x.shape + (width,), np.uint8)
+    for idx, s in np.ndenumerate(x):
+      b = s.encode()[:width]
+      codes[idx][: len(b)] = np.frombuffer(b, np.uint8)
+    gathered = multihost_utils.process_allgather(codes, tiled=True)
+    return np.array([bytes(r).rstrip(b"\0").decode() for r in np.asarray(gathered).reshape(-1, width)])
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def embed_texts(model, variables, tokenizer, texts: list[str], *, max_len: int = 64,
+                batch_size: int = 256) -> np.ndarray:
+  """[len(texts), D] normalised text embeddings (replicated computation, host result)."""
+  from closp_jax.data.tokenize import tokenize  # pylint: disable=import-outside-toplevel
+
+  @jax.jit
+  def enc(variables, ids, mask):
+    return model.apply(variables, ids, mask, method=model.encode_text)
+
+  out = []
+  for start in range(0, len(texts), batch_size):
+    chunk = list(texts[start:start + batch_size])
+    n = len(chunk)
+    padded = chunk + [""] * (batch_size - n) if len(texts) > batch_size else chunk
+    ids, mask = tokenize(tokenizer, padded, max_len=max_len)
+    out.append(np.asarray(enc(variables, jnp.asarray(ids), jnp.asarray(mask)))[:n])
+  return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def num_eval_batches(num_items: int, batch_size_per_process: int) -> int:
+  """Batches every process runs so that all take part in each global step."""
+  per_process = math.ceil(num_items / jax.process_count())
+  return math.ceil(per_process / batch_size_per_process)

@@ -1,0 +1,208 @@
+"""The training loop: data, steps, progress, validation, checkpoints, resume, final table."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from closp_jax import checkpoint as ckpt_lib
+from closp_jax.data import pipeline
+from closp_jax.data.tokenize import load_tokenizer
+from closp_jax.parallel import mesh as mesh_lib
+from closp_jax.retrieval import embed as embed_lib
+from closp_jax.train import evaluation, setup
+from closp_jax.train.optimizer import base_schedule, trainable_groups
+from closp_jax.train.progress import Progress
+from closp_jax.train.step import make_train_step
+
+
+class NonFiniteError(FloatingPointError):
+  pass
+
+
+def _write_json(path: Path, obj) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
+class _Summaries:
+  """TensorBoard scalars from process 0 (no-op elsewhere)."""
+
+  def __init__(self, workdir: Path):
+    self.writer = None
+    if jax.process_index() == 0:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self.writer = SummaryWriter(str(workdir / "tensorboard"))
+
+  def scalars(self, step: int, values: dict) -> None:
+    if self.writer is None:
+      return
+    for k, v in values.items():
+      self.writer.add_scalar(k, float(v), step)
+
+  def close(self):
+    if self.writer is not None:
+      self.writer.close()
+
+
+def train_sizes(builder) -> dict[str, int]:
+  return {s: pipeline.split_size(builder, "train", s) for s in ("s2", "s1")}
+
+
+def train_and_evaluate(config, workdir, *, stream=None) -> dict:
+  """Trains per `config` in `workdir` (resuming from its checkpoints); returns the final metrics."""
+  stream = stream or sys.stdout
+  main = jax.process_index() == 0
+  say = (lambda s: print(s, file=stream, flush=True)) if main else (lambda s: None)
+  workdir = setup.check_workdir(workdir)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  setup.check_batch(config, mesh)
+  say(f"closp-jax {config.name}: {jax.device_count()} {jax.devices()[0].platform} device(s), "
+      f"{jax.process_count()} process(es), mesh {dict(mesh.shape)}")
+
+  builder = pipeline.get_builder(config.data.name, data_dir=config.data.data_dir or None,
+                                 manual_dir=config.data.manual_dir or None)
+  cfg = setup.resolve_steps(config, train_sizes(builder))
+  total = int(cfg.train.steps)
+  model, variables, shardings, optimizer, notes = setup.build_model_and_optimizer(cfg, mesh, total)
+  for n in notes:
+    say(f"  {n}")
+  state, state_shardings = setup.create_state(variables, optimizer, shardings, mesh, int(cfg.seed))
+  groups = sorted(state.params)
+  tokenizer = load_tokenizer()
+  texts = pipeline.dataset_texts(builder)
+
+  nproc = jax.process_count()
+  train_it = pipeline.train_iterator(
+      builder, batch_size=int(cfg.data.batch_size) // nproc, seed=int(cfg.seed), tokenizer=tokenizer,
+      max_len=int(cfg.data.max_len), bucket=bool(cfg.data.bucket), normalization=cfg.data.normalization,
+      augment=bool(cfg.data.augment), worker_count=int(cfg.data.worker_count), **evaluation._rgb_kwargs(cfg))
+
+  ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=int(cfg.checkpoint.keep),
+                               async_save=bool(cfg.checkpoint.async_save))
+  start = ckpt.latest_step()
+  if start is not None:
+    state = ckpt.restore(start, ckpt_lib.abstract_like(state), train_it)
+    say(f"resumed from {ckpt.directory}/{start} (step {int(state.step)})")
+  start = int(state.step)
+
+  untrained_path = workdir / "eval" / "untrained.json"
+  untrained = None
+  if cfg.eval.final:
+    if untrained_path.is_file():
+      untrained = json.loads(untrained_path.read_text())
+    elif start == 0:
+      say("evaluating the untrained model on the test corpus ...")
+      untrained = evaluation.retrieval_table(model, _vars(state), builder, mesh, cfg, tokenizer)
+      if main:
+        _write_json(untrained_path, untrained)
+
+  summaries = _Summaries(workdir)
+  samples_per_step = 2 * int(cfg.data.batch_size)
+  progress = Progress(total, start, samples_per_step, enabled=main, stream=stream,
+                      every=int(cfg.train.log_every_steps))
+  sched = base_schedule(cfg.optim, total)
+  text_emb_cache: dict = {}
+
+  def text_table(params_for_text):
+    """Normalised embeddings of every distinct dataset text (cached while the text path is frozen)."""
+    if "table" not in text_emb_cache:
+      emb = embed_lib.embed_texts(model, params_for_text, tokenizer, texts, max_len=int(cfg.data.max_len))
+      text_emb_cache["table"] = jax.device_put(emb, mesh_lib.replicated(mesh))
+    return text_emb_cache["table"]
+
+  compiled: dict = {}
+
+  def step_fn_for(step: int):
+    trainable = trainable_groups(cfg.optim, groups, step)
+    use_table = not any(g.startswith("text") for g in trainable)
+    key = (trainable, use_table)
+    if key not in compiled:
+      fn = make_train_step(model, cfg, optimizer, trainable=trainable, use_text_table=use_table, mesh=mesh)
+      compiled[key] = jax.jit(fn, donate_argnums=(0,), out_shardings=(state_shardings, mesh_lib.replicated(mesh)))
+    return compiled[key], use_table
+
+  say(f"training {total} steps ({cfg.train.steps_per_epoch} per epoch), {cfg.data.batch_size} S2 + "
+      f"{cfg.data.batch_size} S1 samples per step; checkpoints in {ckpt.directory}")
+  pending = None  # (step, metrics) of the last dispatched step, checked one step late
+  last_val = {}
+  t_start = time.perf_counter()
+  try:
+    for step in range(start, total):
+      fn, use_table = step_fn_for(step)
+      table = text_table(_vars(state)) if use_table else np.zeros((1, 1), np.float32)
+      batch = next(train_it)
+      gbatch = mesh_lib.global_batch(
+          {s: {k: v for k, v in batch[s].items() if k in ("image", "input_ids", "attention_mask", "lonlat", "text_id")}
+           for s in ("s2", "s1")}, mesh)
+      state, metrics = fn(state, gbatch, table)
+      if pending is not None:
+        _check_and_report(pending, cfg, progress, summaries, sched)
+      pending = (step + 1, metrics)
+      if step == start:
+        jax.block_until_ready(metrics)
+        progress.start_timer(step + 1)
+      do_eval = int(cfg.eval.every_steps) > 0 and (step + 1) % int(cfg.eval.every_steps) == 0
+      do_ckpt = (step + 1) % int(cfg.checkpoint.every_steps) == 0 or step + 1 == total
+      if do_eval or do_ckpt:
+        _check_and_report(pending, cfg, progress, summaries, sched)
+        pending = None
+        val = None
+        if do_eval:
+          val = evaluation.validation_metrics(model, _vars(state), builder, mesh, cfg,
+                                              np.asarray(_all_text_emb(model, state, tokenizer, texts, cfg)))
+          last_val = val
+          summaries.scalars(step + 1, val)
+          progress.message(f"validation at step {step + 1}: loss {val['val_loss']:.4f}, "
+                           f"nDCG@100 {val['val_nDCG@100']:.4f}")
+        ckpt.save(step + 1, state, train_it, metrics=val, force=step + 1 == total)
+    if pending is not None:
+      _check_and_report(pending, cfg, progress, summaries, sched)
+  finally:
+    ckpt.wait()
+    summaries.close()
+  train_seconds = time.perf_counter() - t_start
+  result = {"steps": total, "train_seconds": train_seconds, "validation": last_val}
+  if cfg.eval.final:
+    say("evaluating the trained model on the test corpus ...")
+    final = evaluation.retrieval_table(model, _vars(state), builder, mesh, cfg, tokenizer)
+    result["final"] = final
+    result["untrained"] = untrained
+    if main:
+      _write_json(workdir / "eval" / f"final_{total}.json", final)
+    say("\nRetrieval on the test corpus (queries.jsonl + qrels):")
+    say(evaluation.format_table(final, untrained))
+  ckpt.close()
+  return result
+
+
+def _vars(state) -> dict:
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def _all_text_emb(model, state, tokenizer, texts, cfg):
+  return embed_lib.embed_texts(model, _vars(state), tokenizer, texts, max_len=int(cfg.data.max_len))
+
+
+def _check_and_report(pending, cfg, progress: Progress, summaries: _Summaries, sched) -> None:
+  step, metrics = pending
+  m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  if not m.pop("finite"):
+    bad = [k for k, v in m.items() if not np.isfinite(v)]
+    msg = (f"non-finite values at step {step}: {', '.join(bad) or 'loss'} "
+           f"({', '.join(f'{k}={m[k]}' for k in bad)})")
+    if cfg.train.nonfinite == "skip":
+      progress.message(msg + "; step skipped (parameters unchanged)")
+    else:
+      raise NonFiniteError(msg + ". The latest checkpoint is the last good state; lower the learning "
+                           "rate or set --config.train.nonfinite=skip")
+  lr = float(sched(step - 1))
+  summaries.scalars(step, {**m, "lr": lr})
+  progress.update(step, m, lr)

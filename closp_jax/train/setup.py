@@ -1,0 +1,172 @@
+"""Building the pieces of a run from the config: model, variables, optimizer, state, shardings."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from closp_jax.models.towers import CLOSP
+from closp_jax.parallel import mesh as mesh_lib
+from closp_jax.train.optimizer import make_optimizer
+from closp_jax.train.state import TrainState
+
+
+class RunConfigError(ValueError):
+  """The config does not fit this run (devices, dataset, workdir); the message says the fix."""
+
+
+def check_workdir(workdir: str | os.PathLike) -> Path:
+  path = Path(workdir).expanduser().absolute()
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".write_probe_{os.getpid()}"
+    probe.write_bytes(b"0" * 4096)
+    probe.unlink()
+  except OSError as e:
+    raise RunConfigError(
+        f"workdir {path} is not writable ({e.strerror or e}); pass --workdir to a folder you can write, "
+        f"with free space for checkpoints") from e
+  return path
+
+
+def check_batch(cfg, mesh) -> None:
+  data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  nproc = jax.process_count()
+  for name in ("batch_size", "eval_batch_size"):
+    b = int(cfg.data[name])
+    if b <= 0 or b % data_shards or b % nproc:
+      raise RunConfigError(
+          f"config.data.{name}={b} must be a positive multiple of the data-parallel size "
+          f"{data_shards} (mesh data x fsdp) and of the process count {nproc}; e.g. "
+          f"--config.data.{name}={max(data_shards, nproc) * max(1, round(b / max(data_shards, nproc)))}")
+
+
+def resolve_steps(cfg: ml_collections.ConfigDict, train_sizes: dict[str, int]) -> ml_collections.ConfigDict:
+  """A copy of cfg with train.steps / optim.freeze_steps resolved from the dataset size."""
+  cfg = ml_collections.ConfigDict(cfg.to_dict())
+  steps_per_epoch = max(1, math.ceil(max(train_sizes.values()) / int(cfg.data.batch_size)))
+  if float(cfg.train.epochs) > 0:
+    cfg.train.steps = int(math.ceil(float(cfg.train.epochs) * steps_per_epoch))
+  if int(cfg.train.steps) <= 0:
+    raise RunConfigError("config.train.steps must be > 0 (or set config.train.epochs > 0)")
+  if int(cfg.optim.freeze_steps) < 0:
+    cfg.optim.freeze_steps = steps_per_epoch
+  cfg.train.steps_per_epoch = steps_per_epoch
+  return cfg
+
+
+def dummy_inputs(cfg, batch: int = 1):
+  m = cfg.model
+  s2 = jnp.zeros((batch, 120, 120, int(m.s2_in_chans)), jnp.float32)
+  s1 = jnp.zeros((batch, 120, 120, int(m.s1_in_chans)), jnp.float32)
+  ids = jnp.zeros((batch, int(cfg.data.max_len)), jnp.int32)
+  mask = jnp.ones((batch, int(cfg.data.max_len)), jnp.int32)
+  lonlat = jnp.zeros((batch, 2), jnp.float32)
+  return s2, s1, ids, mask, lonlat
+
+
+def init_variables(model: CLOSP, cfg, mesh, rng) -> tuple[dict, dict]:
+  """Initialises the variables directly into their shardings. Returns (variables, shardings)."""
+  rules = mesh_lib.logical_rules(cfg.mesh.rules)
+  inputs = dummy_inputs(cfg)
+
+  def init(rng):
+    return model.init(rng, *inputs, train=False)
+
+  abstract = jax.eval_shape(init, rng)
+  shardings = {}
+  for col, tree in abstract.items():
+    shardings[col] = mesh_lib.param_shardings(tree, mesh, rules)
+  variables = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
+  variables = dict(variables)
+  variables.setdefault("batch_stats", {})
+  shardings.setdefault("batch_stats", {})
+  return variables, shardings
+
+
+def load_pretrained(variables: dict, cfg, shardings: dict) -> tuple[dict, list[str]]:
+  """Puts pretrained tower weights named in config.init into the variables. Returns notes."""
+  notes = []
+  params = dict(variables["params"])
+  stats = dict(variables.get("batch_stats", {}))
+  init_cfg = cfg.init
+  if init_cfg.text:
+    from closp_jax.weights import load_minilm  # pylint: disable=import-outside-toplevel
+    path = None if init_cfg.text == "minilm" else init_cfg.text
+    _, text_params, _ = load_minilm(path)
+    params["text_model"] = _checked_replace(params["text_model"], text_params, "text_model")
+    notes.append(f"text_model <- all-MiniLM-L6-v2 ({'installed package' if path is None else path})")
+  for sensor in ("s2", "s1"):
+    path = init_cfg[sensor]
+    if not path:
+      continue
+    from closp_jax.weights import safe_load, timm_import  # pylint: disable=import-outside-toplevel
+    name = cfg.model[f"{sensor}_encoder"]
+    sd = safe_load.load_state_dict(path)
+    key = f"{sensor}_encoder"
+    if name.startswith("resnet"):
+      p, bs = timm_import.load_timm_resnet(sd, name=name, in_chans=int(cfg.model[f"{sensor}_in_chans"]))
+      params[key] = _checked_replace(params[key], p, key)
+      stats[key] = _checked_replace(stats[key], bs, key + " (batch_stats)")
+    else:
+      p = timm_import.load_timm_vit(sd, name=name)
+      params[key] = _checked_replace(params[key], p, key)
+    notes.append(f"{key} <- {path}")
+  out = {"params": params, "batch_stats": stats}
+  out = jax.device_put(out, {"params": shardings["params"], "batch_stats": shardings["batch_stats"]})
+  return out, notes
+
+
+def _checked_replace(current, new, where: str):
+  cur_flat = dict(jax.tree_util.tree_flatten_with_path(current)[0])
+  new_flat = dict(jax.tree_util.tree_flatten_with_path(new)[0])
+  if set(cur_flat) != set(new_flat):
+    missing = sorted(map(jax.tree_util.keystr, set(cur_flat) - set(new_flat)))[:5]
+    extra = sorted(map(jax.tree_util.keystr, set(new_flat) - set(cur_flat)))[:5]
+    raise ValueError(f"pretrained {where}: parameter names differ from the model (missing {missing}, unexpected {extra})")
+  for k, v in cur_flat.items():
+    if tuple(v.shape) != tuple(np.shape(new_flat[k])):
+      raise ValueError(f"pretrained {where}{jax.tree_util.keystr(k)}: shape {tuple(np.shape(new_flat[k]))}, "
+                       f"model expects {tuple(v.shape)}")
+  return jax.tree.map(lambda c, n: jnp.asarray(n, c.dtype), current, new)
+
+
+def create_state(variables, optimizer, shardings, mesh, seed: int) -> tuple[TrainState, TrainState]:
+  """The initial TrainState and its sharding tree (optimizer state follows the params)."""
+  params, batch_stats = variables["params"], variables["batch_stats"]
+  abstract_opt = jax.eval_shape(optimizer.init, params)
+  opt_shardings = _opt_shardings(optimizer, abstract_opt, shardings["params"], mesh)
+  rep = mesh_lib.replicated(mesh)
+  state_shardings = TrainState(step=rep, params=shardings["params"], batch_stats=shardings["batch_stats"],
+                               opt_state=opt_shardings, rng=rep)
+
+  def make(params, batch_stats):
+    return TrainState(step=jnp.zeros([], jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=optimizer.init(params),
+                      rng=jax.random.key_data(jax.random.key(seed)))
+  state = jax.jit(make, out_shardings=state_shardings)(params, batch_stats)
+  return state, state_shardings
+
+
+def _opt_shardings(optimizer, abstract_opt, param_shardings, mesh):
+  """Optimizer leaves that mirror a parameter share its sharding; the rest are replicated."""
+  rep = mesh_lib.replicated(mesh)
+  return optax.tree_map_params(
+      optimizer, lambda _, sharding: sharding, abstract_opt, param_shardings,
+      transform_non_params=lambda _: rep)
+
+
+def build_model_and_optimizer(cfg, mesh, total_steps: int):
+  model = CLOSP(cfg.model)
+  rng = jax.random.key(int(cfg.seed))
+  variables, shardings = init_variables(model, cfg, mesh, rng)
+  variables, notes = load_pretrained(variables, cfg, shardings)
+  optimizer = make_optimizer(cfg.optim, variables["params"], total_steps)
+  return model, variables, shardings, optimizer, notes

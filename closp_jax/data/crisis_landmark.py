@@ -1,0 +1,440 @@
+"""TFDS builder `crisis_landmark`: the CrisisLandMark release converted to ArrayRecord.
+
+Configs:
+  full    the official release folder, given as `manual_dir`.
+  sample  writes the synthetic archive (closp_jax.data.synthetic) into a temporary folder,
+          then runs the very same conversion (4,000 S2 + 4,000 S1 by default).
+
+Splits: `train` and `test` (the retrieval corpus) as in metadata.parquet, and `validation`,
+a fixed-seed draw from the corpus per sensor (those samples also stay in `test`, as in the
+original, where the validation set was sampled from the corpus).
+
+Inside every split the records are ordered S2 first, then S1, each sorted by key, so a
+sensor is a contiguous range of record indices (`metadata['sensor_ranges']`). The build
+also stores, in `info.metadata`: the sorted distinct texts, per-band statistics of the
+train split, counts per split/sensor/source, and the NaN replacements; `queries.jsonl`
+and `qrels/` are copied next to the ArrayRecord files.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import hdf5plugin  # noqa: F401  (registers the HDF5 compression filters of the release)
+import numpy as np
+import pyarrow.parquet as pq
+import tensorflow_datasets as tfds
+from etils import epath
+
+from closp_jax.data import labels as labels_lib
+from closp_jax.data import preprocess
+
+log = logging.getLogger(__name__)
+
+MASTER_FILE = "crisislandmark.h5"
+METADATA_FILE = "metadata.parquet"
+QUERIES_FILE = "queries.jsonl"
+QRELS_DIR = "qrels"
+RELEASE_FILES = (MASTER_FILE, METADATA_FILE, QUERIES_FILE, QRELS_DIR + "/")
+SPLITS = ("train", "validation", "test")
+_ORDER_SPACE = 2**128  # record keys are spread over tfds' 128-bit key space (see _record_key)
+
+_MANUAL_INSTRUCTIONS = f"""\
+Download the CrisisLandMark release (https://huggingface.co/datasets/DarthReca/crisislandmark,
+CC-BY-NC-4.0) and pass its folder as manual_dir. The folder must hold:
+  {MASTER_FILE}      master HDF5 file (external links into the shard files below)
+  benv2s2_part*.h5, benv2s1_part*.h5, cabuar.h5, sen12flood.h5, mmflood.h5, quakeset.h5
+  {METADATA_FILE}    columns key, split ("train"/"test"), labels (list of names)
+  {QUERIES_FILE}       evaluation queries, one JSON object per line
+  {QRELS_DIR}/                relevance judgments (TREC or BEIR tsv)
+"""
+
+
+@dataclasses.dataclass(eq=False)
+class CrisisLandmarkConfig(tfds.core.BuilderConfig):
+  """Builder config. `num_s2`/`num_s1`/`seed` size the synthetic archive (sample configs)."""
+  synthetic: bool = False
+  num_s2: int = 0
+  num_s1: int = 0
+  seed: int = 0
+  validation_fraction: float = 0.002
+  validation_min_per_sensor: int = 128
+  validation_seed: int = 42
+
+
+FULL = CrisisLandmarkConfig(
+    name="full", description="The official release folder, given as manual_dir.")
+SAMPLE = CrisisLandmarkConfig(
+    name="sample", synthetic=True, num_s2=4000, num_s1=4000, seed=0,
+    description="A synthetic archive in the release layout (4,000 S2 + 4,000 S1), converted "
+                "exactly as the full release.")
+
+
+def _features() -> tfds.features.FeaturesDict:
+  f = tfds.features
+  return f.FeaturesDict({
+      "key": f.Text(doc="Sample key; its prefix names the source."),
+      "source": f.Text(doc="benv2s2, cabuar, sen2flood, benv2s1, mmflood, sen1flood or quakeset."),
+      "sensor": f.Text(doc="'s2' (13 bands) or 's1' (VV, VH)."),
+      "image": f.Tensor(
+          shape=(preprocess.IMAGE_SIZE, preprocess.IMAGE_SIZE, None), dtype=np.float32,
+          encoding=f.Encoding.BYTES,
+          doc="(120, 120, C) after the official preprocessing: S2 C=13 (B1-B12 with a zero B10 "
+              "at index 10, reflectance x 10,000), S1 C=2 (VV, VH linear power)."),
+      "text": f.Text(doc="Mapped classes, lower-cased, joined by '. '."),
+      "labels": f.Tensor(shape=(labels_lib.NUM_CLASSES,), dtype=np.float32,
+                         doc="Multi-hot over the 12 classes (closp_jax.data.labels.CLASSES)."),
+      "lonlat": f.Tensor(shape=(2,), dtype=np.float32,
+                         doc="Centre pixel (lon, lat) in degrees, from the sample's CRS."),
+      "timestamp": f.Text(doc="Acquisition time as stored."),
+  })
+
+
+# --------------------------------------------------------------------------- release folder
+
+
+def check_release_folder(folder: Path) -> None:
+  """Raises FileNotFoundError listing the expected files when one is missing."""
+  folder = Path(folder)
+  missing = [name for name in RELEASE_FILES
+             if not (folder / name.rstrip("/")).exists()]
+  qrels = folder / QRELS_DIR
+  if qrels.is_dir() and not any(p.is_file() for p in qrels.iterdir()):
+    missing.append(QRELS_DIR + "/ (empty)")
+  if missing:
+    raise FileNotFoundError(
+        f"CrisisLandMark release folder {folder} lacks {', '.join(missing)}.\n"
+        + _MANUAL_INSTRUCTIONS)
+
+
+def read_metadata(path: Path) -> list[tuple[str, str, list[str]]]:
+  """(key, split, labels) rows of metadata.parquet, checked."""
+  schema = pq.read_schema(path)
+  missing = [c for c in ("key", "split", "labels") if c not in schema.names]
+  if missing:
+    raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected key, split, "
+                     f"labels (found {', '.join(schema.names)})")
+  table = pq.read_table(path, columns=["key", "split", "labels"]).to_pydict()
+  rows, seen = [], set()
+  for key, split, labels in zip(table["key"], table["split"], table["labels"]):
+    if split not in ("train", "test"):
+      raise ValueError(f"{path}: key {key!r} has split {split!r}, expected 'train' or 'test'")
+    if key in seen:
+      raise ValueError(f"{path}: key {key!r} appears twice")
+    if labels is None or isinstance(labels, str):
+      raise ValueError(f"{path}: key {key!r} has labels {labels!r}, expected a list of names")
+    seen.add(key)
+    rows.append((key, split, list(labels)))
+  if not rows:
+    raise ValueError(f"{path}: no rows")
+  return rows
+
+
+class ReleaseReader:
+  """Reads samples through the master file's links, keeping each shard file open once."""
+
+  def __init__(self, folder: Path):
+    self.folder = Path(folder)
+    self.master = h5py.File(self.folder / MASTER_FILE, "r")
+    self._shards: dict[str, h5py.File] = {}
+
+  def close(self) -> None:
+    for f in self._shards.values():
+      f.close()
+    self._shards.clear()
+    self.master.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def _locate(self, key: str) -> tuple[str | None, str]:
+    link = self.master.get(key, getlink=True)
+    if link is None:
+      raise KeyError(f"sample {key!r} (listed in {METADATA_FILE}) is not in {self.folder / MASTER_FILE}")
+    if isinstance(link, h5py.ExternalLink):
+      return link.filename, link.path
+    return None, key
+
+  def check(self, keys) -> None:
+    """Every key is in the master file and every shard it links to exists."""
+    absent, shard_files = [], set()
+    for key in keys:
+      try:
+        filename, _ = self._locate(key)
+      except KeyError:
+        absent.append(key)
+        continue
+      if filename is not None:
+        shard_files.add(filename)
+    if absent:
+      raise KeyError(f"{len(absent)} sample(s) listed in {METADATA_FILE} are not in "
+                     f"{self.folder / MASTER_FILE}, e.g. {absent[:5]}")
+    lost = sorted(f for f in shard_files if not (self.folder / f).is_file())
+    if lost:
+      raise FileNotFoundError(
+          f"{self.folder / MASTER_FILE} links to shard file(s) missing from {self.folder}: "
+          f"{', '.join(lost)}. Expected all of: {', '.join(sorted(shard_files))}")
+
+  def read(self, key: str) -> tuple[np.ndarray, np.ndarray, object, str]:
+    """(image CHW, coords, crs attribute, timestamp) as stored."""
+    filename, path = self._locate(key)
+    if filename is None:
+      group = self.master[path]
+    else:
+      shard = self._shards.get(filename)
+      if shard is None:
+        shard = self._shards[filename] = h5py.File(self.folder / filename, "r")
+      group = shard[path]
+    for name in ("image", "coords"):
+      if name not in group:
+        raise KeyError(f"sample {key!r} in {filename or MASTER_FILE} has no dataset {name!r}")
+    for name in ("crs", "timestamp"):
+      if name not in group.attrs:
+        raise KeyError(f"sample {key!r} in {filename or MASTER_FILE} has no attribute {name!r}")
+    return (group["image"][()], group["coords"][()], group.attrs["crs"],
+            preprocess.attr_text(group.attrs["timestamp"]))
+
+
+# --------------------------------------------------------------------------- build plan
+
+
+@dataclasses.dataclass
+class BuildPlan:
+  """What each split holds, decided before any image is read."""
+  split_keys: dict[str, list[str]]
+  labels: dict[str, list[str]]
+  texts: list[str]
+  sensor_ranges: dict[str, dict[str, list[int]]]
+
+
+def _sensor_order(keys) -> tuple[list[str], list[str]]:
+  s2, s1 = [], []
+  for key in sorted(keys):
+    sensor = preprocess.sensor_of_source(preprocess.source_of_key(key))
+    (s2 if sensor == "s2" else s1).append(key)
+  return s2, s1
+
+
+def validation_keys(corpus_keys: list[str], fraction: float, min_per_sensor: int,
+                    seed: int) -> list[str]:
+  """Fixed-seed draw of round(fraction * n) keys (at least min_per_sensor) per sensor."""
+  rng = np.random.default_rng(seed)
+  chosen = []
+  for group in _sensor_order(corpus_keys):
+    n = len(group)
+    size = min(n, max(int(round(fraction * n)), min_per_sensor))
+    picked = rng.choice(n, size=size, replace=False) if size else []
+    chosen.extend(group[i] for i in sorted(picked))
+  return chosen
+
+
+def make_plan(rows, config: CrisisLandmarkConfig) -> BuildPlan:
+  """Splits, label texts and sensor ranges from the metadata rows."""
+  by_split = {"train": [], "test": []}
+  labels = {}
+  for key, split, names in rows:
+    by_split[split].append(key)
+    labels[key] = names
+  by_split["validation"] = validation_keys(
+      by_split["test"], config.validation_fraction, config.validation_min_per_sensor,
+      config.validation_seed)
+  split_keys, ranges = {}, {}
+  for split in SPLITS:
+    s2, s1 = _sensor_order(by_split[split])
+    split_keys[split] = s2 + s1
+    ranges[split] = {"s2": [0, len(s2)], "s1": [len(s2), len(s2) + len(s1)]}
+  texts = sorted({labels_lib.labels_to_text(labels[k], k) for k in labels})
+  return BuildPlan(split_keys=split_keys, labels=labels, texts=texts, sensor_ranges=ranges)
+
+
+def _record_key(index: int, total: int) -> int:
+  """Integer record key that keeps generation order under tfds' disable_shuffling.
+
+  With shuffling disabled, tfds sorts records by their (integer) key and buckets them by
+  key / 2**128; spreading the keys over that range keeps each bucket small.
+  """
+  return index * (_ORDER_SPACE // max(total, 1))
+
+
+class _SplitTally:
+  """Counts per sensor and source, NaN replacements, and (train) running band sums."""
+
+  def __init__(self, with_stats: bool):
+    self.sensors = {s: 0 for s in preprocess.SENSORS}
+    self.sources: dict[str, int] = {}
+    self.nan_samples = {s: 0 for s in preprocess.SENSORS}
+    self.nan_values = {s: 0 for s in preprocess.SENSORS}
+    self.with_stats = with_stats
+    self.sums = {s: np.zeros(preprocess.NUM_CHANNELS[s], np.float64) for s in preprocess.SENSORS}
+    self.sq_sums = {s: np.zeros(preprocess.NUM_CHANNELS[s], np.float64) for s in preprocess.SENSORS}
+    self.pixels = {s: 0 for s in preprocess.SENSORS}
+
+  def add(self, sensor: str, source: str, image: np.ndarray, nans: int) -> None:
+    self.sensors[sensor] += 1
+    self.sources[source] = self.sources.get(source, 0) + 1
+    if nans:
+      self.nan_samples[sensor] += 1
+      self.nan_values[sensor] += nans
+    if self.with_stats:
+      flat = image.reshape(-1, image.shape[-1]).astype(np.float64)
+      self.sums[sensor] += flat.sum(0)
+      self.sq_sums[sensor] += np.square(flat).sum(0)
+      self.pixels[sensor] += flat.shape[0]
+
+  def band_stats(self) -> dict:
+    stats = {}
+    for s in preprocess.SENSORS:
+      if self.pixels[s] == 0:
+        stats[s] = None
+        continue
+      mean = self.sums[s] / self.pixels[s]
+      var = np.maximum(self.sq_sums[s] / self.pixels[s] - mean**2, 0.0)
+      stats[s] = {"mean": mean.tolist(), "std": np.sqrt(var).tolist(), "pixels": self.pixels[s],
+                  "bands": list(preprocess.S2_BANDS if s == "s2" else preprocess.S1_BANDS)}
+    return stats
+
+  def summary(self, name: str) -> str:
+    parts = []
+    for s in preprocess.SENSORS:
+      srcs = [f"{k} {v}" for k, v in sorted(self.sources.items())
+              if preprocess.sensor_of_source(k) == s]
+      parts.append(f"{s} {self.sensors[s]} ({', '.join(srcs) or 'none'})")
+    nan = ", ".join(f"{s} {self.nan_samples[s]} samples / {self.nan_values[s]} values"
+                    for s in preprocess.SENSORS)
+    return (f"{name}: {sum(self.sensors.values())} samples | " + " | ".join(parts)
+            + f" | NaN replaced: {nan}")
+
+
+# --------------------------------------------------------------------------- builder
+
+
+class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
+  """CrisisLandMark: Sentinel-2 / Sentinel-1 patches with land-cover and crisis labels."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First conversion: ArrayRecord, S2 13 bands, S1 VV/VH, lon/lat."}
+  BUILDER_CONFIGS = [FULL, SAMPLE]
+  DEFAULT_BUILDER_CONFIG_NAME = "sample"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_INSTRUCTIONS
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    # tfds resolves a packaged builder's path through `importlib_resources`, which tfds
+    # 4.9.10 does not declare on Python >= 3.9 (tensorflow/datasets#11212); this file is it.
+    return epath.Path(__file__)
+
+  def __init__(self, *, file_format=None, **kwargs):
+    # ArrayRecord by default: it is what tfds.data_source / grain read without TensorFlow.
+    super().__init__(file_format=file_format or "array_record", **kwargs)
+    self._plan: BuildPlan | None = None
+    self._release: Path | None = None
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="Text-to-image retrieval over Sentinel-2 MSI and Sentinel-1 SAR patches "
+                    "(CrisisLandMark, Rege Cambrin et al. 2025).",
+        features=_features(),
+        homepage="https://huggingface.co/datasets/DarthReca/crisislandmark",
+        citation="@misc{cambrin2025closp, title={Text-to-Remote-Sensing-Image Retrieval beyond "
+                 "RGB Sources}, author={Rege Cambrin, Daniele and Vaiani, Lorenzo and Gallipoli, "
+                 "Giuseppe and Cagliero, Luca and Garza, Paolo}, year={2025}, eprint={2507.10403}}",
+        license="CC-BY-NC-4.0",
+        disable_shuffling=True,
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  @contextlib.contextmanager
+  def _release_folder(self, dl_manager) -> Iterator[Path]:
+    config: CrisisLandmarkConfig = self.builder_config
+    if not config.synthetic:
+      folder = Path(dl_manager.manual_dir)
+      check_release_folder(folder)
+      yield folder
+      return
+    from closp_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+    tmp = tempfile.mkdtemp(prefix="crisis_landmark_sample_")
+    try:
+      print(f"crisis_landmark/{config.name}: writing the synthetic archive "
+            f"({config.num_s2} S2 + {config.num_s1} S1, seed {config.seed}) to {tmp}", flush=True)
+      folder = Path(synthetic.write_archive(Path(tmp) / "release", config.num_s2, config.num_s1,
+                                            config.seed))
+      check_release_folder(folder)
+      yield folder
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
+
+  def _download_and_prepare(self, dl_manager, download_config):  # pylint: disable=arguments-differ
+    with self._release_folder(dl_manager) as folder:
+      rows = read_metadata(folder / METADATA_FILE)
+      plan = make_plan(rows, self.builder_config)
+      with ReleaseReader(folder) as reader:
+        reader.check(plan.labels)
+      self._copy_queries(folder, Path(self.data_dir))
+      md = self.info.metadata
+      md["texts"] = plan.texts
+      md["sensor_ranges"] = plan.sensor_ranges
+      md["validation"] = {"fraction": self.builder_config.validation_fraction,
+                          "min_per_sensor": self.builder_config.validation_min_per_sensor,
+                          "seed": self.builder_config.validation_seed, "also_in_test": True}
+      md["counts"], md["nan_replaced"] = {}, {}
+      md["queries_file"], md["qrels_dir"] = QUERIES_FILE, QRELS_DIR
+      self._plan, self._release = plan, folder
+      try:
+        super()._download_and_prepare(dl_manager, download_config)
+      finally:
+        self._plan, self._release = None, None
+
+  @staticmethod
+  def _copy_queries(folder: Path, data_dir: Path) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(folder / QUERIES_FILE, data_dir / QUERIES_FILE)
+    shutil.copytree(folder / QRELS_DIR, data_dir / QRELS_DIR, dirs_exist_ok=True)
+
+  def _split_generators(self, dl_manager):
+    if self._plan is None:
+      raise RuntimeError("crisis_landmark: _split_generators runs inside download_and_prepare")
+    return {split: self._generate_examples(split) for split in SPLITS}
+
+  def _generate_examples(self, split: str):
+    plan, folder = self._plan, self._release
+    keys = plan.split_keys[split]
+    tally = _SplitTally(with_stats=split == "train")
+    with ReleaseReader(folder) as reader:
+      for index, key in enumerate(keys):
+        source = preprocess.source_of_key(key)
+        sensor = preprocess.sensor_of_source(source)
+        stored, coords, crs, timestamp = reader.read(key)
+        image, nans = preprocess.preprocess_image(stored, key, source)
+        tally.add(sensor, source, image, nans)
+        names = plan.labels[key]
+        yield _record_key(index, len(keys)), {
+            "key": key,
+            "source": source,
+            "sensor": sensor,
+            "image": image,
+            "text": labels_lib.labels_to_text(names, key),
+            "labels": labels_lib.labels_to_multihot(names, key),
+            "lonlat": preprocess.center_lonlat(coords, crs, key),
+            "timestamp": timestamp,
+        }
+    md = self.info.metadata
+    md["counts"][split] = {"total": len(keys), "sensors": dict(tally.sensors),
+                           "sources": dict(sorted(tally.sources.items()))}
+    md["nan_replaced"][split] = {"samples": dict(tally.nan_samples), "values": dict(tally.nan_values)}
+    if tally.with_stats:
+      md["band_stats"] = tally.band_stats()
+    line = tally.summary(f"crisis_landmark/{self.builder_config.name} {split}")
+    log.info(line)
+    print(line, flush=True)

@@ -97,27 +97,26 @@ def batchnorm_rules(torch_prefix: str, flax_path: Path) -> list[TensorRule]:
           TensorRule(f"{torch_prefix}.running_var", ("batch_stats", *flax_path, "var"))]
 
 
-def reshape_rule(torch_name: str, flax_path: Path, *, torch_shape: Sequence[int],
+def reshape_rule(torch_name: str, flax_path: Path, *, torch_shape: Sequence[int], split_shape: Sequence[int],
                  flax_shape: Sequence[int], perm: Sequence[int] | None = None) -> TensorRule:
-  """A tensor stored as `torch_shape` in PyTorch, reshaped and (optionally) permuted for Flax.
+  """A tensor stored as `torch_shape` in PyTorch whose axes are split, permuted and merged for Flax.
 
-  to_flax: reshape to an intermediate shape, then transpose by `perm`, then reshape to `flax_shape`.
-  The intermediate shape is `torch_shape` itself; use it to split fused axes, e.g. a timm qkv
-  weight (3*H*hd, D) with torch_shape=(3, H, hd, D), perm=(3, 0, 1, 2), flax_shape=(D, 3, H, hd).
+  to_flax: reshape to `split_shape`, transpose by `perm`, reshape to `flax_shape`; to_torch undoes it.
+  E.g. a timm qkv weight stored (3*H*hd, D) for a Flax (D, 3, H, hd) kernel:
+  torch_shape=(3*H*hd, D), split_shape=(3, H, hd, D), perm=(3, 0, 1, 2), flax_shape=(D, 3, H, hd).
   """
-  torch_shape, flax_shape = tuple(torch_shape), tuple(flax_shape)
-  perm = tuple(perm) if perm is not None else tuple(range(len(torch_shape)))
-  inv = tuple(np.argsort(perm))
-  permuted = tuple(torch_shape[p] for p in perm)
-  flat = int(np.prod(torch_shape))
+  torch_shape, split_shape, flax_shape = tuple(torch_shape), tuple(split_shape), tuple(flax_shape)
+  perm = tuple(perm) if perm is not None else tuple(range(len(split_shape)))
+  inv = tuple(int(i) for i in np.argsort(perm))
+  permuted = tuple(split_shape[p] for p in perm)
 
   def to_flax(a: Array) -> Array:
-    if a.size != flat:
-      raise ValueError(f"has {a.size} values, expected {flat}")
-    return np.transpose(a.reshape(torch_shape), perm).reshape(flax_shape)
+    if tuple(a.shape) != torch_shape:
+      raise ValueError(f"shape {a.shape}, expected {torch_shape}")
+    return np.transpose(a.reshape(split_shape), perm).reshape(flax_shape)
 
   def to_torch(a: Array) -> Array:
-    return np.transpose(np.reshape(a, permuted), inv)
+    return np.transpose(np.reshape(a, permuted), inv).reshape(torch_shape)
 
   return TensorRule(torch_name, tuple(flax_path), to_flax, to_torch)
 

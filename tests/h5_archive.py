@@ -121,3 +121,18 @@ def write_archive(out_dir, *, bad_shape_key: str | None = None, nan_keys=("benv2
     f.write("q1 0 sen1flood_0001 2\nq1 0 mmflood_0001 2\nq1 0 sen2flood_0001 1\n")
     f.write("q2 0 benv2s2_0003 1\n")
   return expected
+
+
+def build_full(root, **archive_kwargs):
+  """Writes the archive under root/release and prepares crisis_landmark/full in root/data.
+
+  Returns (builder, expected, release folder).
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from closp_jax.data import crisis_landmark  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  root = Path(root)
+  expected = write_archive(root / "release", **archive_kwargs)
+  builder = tfds.builder("crisis_landmark/full", data_dir=str(root / "data"))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(root / "release")))
+  return builder, expected, root / "release"

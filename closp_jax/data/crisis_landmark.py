@@ -67,6 +67,9 @@ class CrisisLandmarkConfig(tfds.core.BuilderConfig):
   validation_fraction: float = 0.002
   validation_min_per_sensor: int = 128
   validation_seed: int = 42
+  # ArrayRecord writer options: one record per group (random access), fast zstd. tfds'
+  # default (its own compression level) halves the write speed for a few % of size.
+  array_record_options: str = "group_size:1,zstd:1"
 
 
 FULL = CrisisLandmarkConfig(
@@ -315,6 +318,24 @@ class _SplitTally:
             + f" | NaN replaced: {nan}")
 
 
+class _ArrayRecordExampleWriter(tfds.core.writer.ExampleWriter):
+  """Writes ArrayRecord shards with our options (tfds' injection point for writers)."""
+
+  def __init__(self, options: str):
+    super().__init__(file_format=tfds.core.file_adapters.FileFormat.ARRAY_RECORD)
+    self.options = options
+
+  def write(self, path, examples):
+    from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
+    writer = array_record_module.ArrayRecordWriter(os.fspath(path), self.options)
+    try:
+      for _, serialized in examples:
+        writer.write(serialized)
+    finally:
+      writer.close()
+    return None
+
+
 # --------------------------------------------------------------------------- builder
 
 
@@ -395,6 +416,11 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
         super()._download_and_prepare(dl_manager, download_config)
       finally:
         self._plan, self._release = None, None
+
+  def _example_writer(self):
+    if self.info.file_format == tfds.core.file_adapters.FileFormat.ARRAY_RECORD:
+      return _ArrayRecordExampleWriter(self.builder_config.array_record_options)
+    return super()._example_writer()
 
   @staticmethod
   def _copy_queries(folder: Path, data_dir: Path) -> None:

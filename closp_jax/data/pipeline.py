@@ -33,6 +33,7 @@ from closp_jax.data.tokenize import bucket_length, load_tokenizer, tokenize
 NORMALIZATIONS = ("scale", "standardize")
 S1_NORMALIZATIONS = ("standardize", "none")
 S2_SCALE = 10000.0
+S2_RGB = (3, 2, 1)  # B4, B3, B2 in the 13-band order
 BATCH_KEYS = ("image", "input_ids", "attention_mask", "lonlat", "labels", "text_id")
 
 
@@ -45,26 +46,34 @@ def default_data_dir() -> str:
 
 
 def get_builder(name: str = "crisis_landmark/sample", data_dir: str | None = None,
-                manual_dir=None, prepare: bool = True) -> tfds.core.DatasetBuilder:
+                manual_dir=None, prepare: bool = True,
+                config: crisis_landmark.CrisisLandmarkConfig | None = None
+                ) -> tfds.core.DatasetBuilder:
   """The `crisis_landmark` builder, prepared into `data_dir` first if it is not yet there.
 
-  `manual_dir` is the official release folder (config `full`). Prints progress and, after
-  a build, the counts per split, sensor and source.
+  `manual_dir` is the official release folder (config `full`). `config` replaces the named
+  config, e.g. a smaller synthetic sample:
+  `CrisisLandmarkConfig(name="sample_small", synthetic=True, num_s2=400, num_s1=400)`.
+  Prints progress and, after a build, the counts per split, sensor and source.
   """
   data_dir = os.fspath(data_dir or default_data_dir())
-  builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+  if config is not None:
+    builder = tfds.builder(name.split("/")[0], config=config, data_dir=data_dir,
+                           file_format="array_record")
+  else:
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   if builder.is_prepared():
     return builder
   if not prepare:
     raise FileNotFoundError(
-        f"{name} is not prepared in {data_dir}; call get_builder(..., prepare=True) or run "
-        f"`tfds build --imports closp_jax.data {name} --data_dir {data_dir}`")
+        f"{builder.info.full_name} is not prepared in {data_dir}; call get_builder(..., "
+        f"prepare=True) or run `python -m closp_jax.data.pipeline {name} --data_dir {data_dir}`")
   config = builder.builder_config
   if not getattr(config, "synthetic", False) and manual_dir is None:
     raise FileNotFoundError(
         f"{name} converts the official release: pass manual_dir=<release folder>.\n"
         + crisis_landmark.CrisisLandmark.MANUAL_DOWNLOAD_INSTRUCTIONS)
-  print(f"Preparing {name} in {data_dir} ...", flush=True)
+  print(f"Preparing {builder.info.full_name} in {data_dir} ...", flush=True)
   download_config = tfds.download.DownloadConfig(
       manual_dir=os.fspath(manual_dir) if manual_dir is not None else None)
   builder.download_and_prepare(download_config=download_config, file_format="array_record")
@@ -100,6 +109,12 @@ def sensor_range(builder, split: str, sensor: str) -> tuple[int, int]:
     raise ValueError(f"sensor must be one of {preprocess.SENSORS}, got {sensor!r}")
   start, stop = ranges[split][sensor]
   return int(start), int(stop)
+
+
+def split_size(builder, split: str, sensor: str) -> int:
+  """Number of `sensor` records in `split` (all processes together)."""
+  start, stop = sensor_range(builder, split, sensor)
+  return stop - start
 
 
 def summary(builder) -> str:
@@ -169,10 +184,11 @@ class _Normalize:
 class _Decode:
   """tfds record -> {image, lonlat, labels, text_id, key} with the image normalised."""
 
-  def __init__(self, texts: Sequence[str], normalize: _Normalize, sensor: str):
+  def __init__(self, texts: Sequence[str], normalize: _Normalize, sensor: str, rgb: bool = False):
     self.text_ids = {t: i for i, t in enumerate(texts)}
     self.normalize = normalize
     self.sensor = sensor
+    self.rgb = rgb
 
   def __call__(self, record: dict) -> dict:
     key = _as_str(record["key"])
@@ -183,13 +199,28 @@ class _Decode:
     text = _as_str(record["text"])
     if text not in self.text_ids:
       raise KeyError(f"record {key!r}: text {text!r} is not in the dataset's text list")
+    image = self.normalize(np.asarray(record["image"], np.float32))
+    if self.rgb:
+      image = to_rgb(image, self.sensor)
     return {
-        "image": self.normalize(np.asarray(record["image"], np.float32)),
+        "image": image,
         "lonlat": np.asarray(record["lonlat"], np.float32),
         "labels": np.asarray(record["labels"], np.float32),
         "text_id": np.int32(self.text_ids[text]),
         "key": key,
     }
+
+
+def to_rgb(image: np.ndarray, sensor: str) -> np.ndarray:
+  """RGB-only baseline input: S2 bands B4, B3, B2; S1 (VV, VH, VV - VH). HWC, after normalisation."""
+  if sensor == "s2":
+    return np.ascontiguousarray(image[..., list(S2_RGB)])
+  return np.concatenate([image, image[..., :1] - image[..., 1:2]], axis=-1)
+
+
+def image_channels(sensor: str, rgb: bool = False) -> int:
+  """Channels of the batches' images: 13 (S2) or 2 (S1), 3 for the RGB baseline."""
+  return 3 if rgb else preprocess.NUM_CHANNELS[sensor]
 
 
 def _as_str(value) -> str:
@@ -285,7 +316,7 @@ def _data_source(builder, split: str):
 
 def _sensor_train_dataset(builder, source, sensor: str, *, batch_size: int, seed: int,
                           texts, collate: _Collate, normalization: str, s1_normalization: str,
-                          augment: bool, shard_by_process: bool) -> grain.MapDataset:
+                          augment: bool, shard_by_process: bool, rgb: bool) -> grain.MapDataset:
   start, stop = sensor_range(builder, "train", sensor)
   offset, size, _ = _process_share(stop - start, shard_by_process, drop_remainder=True)
   if size < batch_size:
@@ -296,7 +327,8 @@ def _sensor_train_dataset(builder, source, sensor: str, *, batch_size: int, seed
                     .generate_state(1)[0])
   ds = grain.MapDataset.source(source)[start + offset:start + offset + size]
   ds = ds.shuffle(seed=sensor_seed)
-  ds = ds.map(_Decode(texts, _normalizer(builder, sensor, normalization, s1_normalization), sensor))
+  ds = ds.map(_Decode(texts, _normalizer(builder, sensor, normalization, s1_normalization), sensor,
+                      rgb))
   if augment:
     ds = ds.random_map(_Augment(), seed=sensor_seed + 1)
   return ds.batch(batch_size, drop_remainder=True, batch_fn=collate)
@@ -306,7 +338,7 @@ def train_iterator(builder, *, batch_size: int, seed: int, tokenizer=None, max_l
                    bucket: bool = False, normalization: str = "scale",
                    s1_normalization: str = "standardize", augment: bool = True,
                    num_epochs: int | None = None, worker_count: int = 0,
-                   shard_by_process: bool = True, read_threads: int = 2,
+                   shard_by_process: bool = True, rgb: bool = False, read_threads: int = 2,
                    prefetch: int = 4) -> grain.DatasetIterator:
   """Iterator of {"s2": batch, "s1": batch}; batch_size is per sensor and per process.
 
@@ -315,6 +347,7 @@ def train_iterator(builder, *, batch_size: int, seed: int, tokenizer=None, max_l
   with `bucket` the smallest of 16/32/64 that holds the batch's longest text.
   normalization (S2): "scale" (/10,000, as the original) or "standardize" (train-split band
   statistics); s1_normalization: "standardize" (default) or "none" (as stored, as the original).
+  `rgb` gives the RGB-only baseline input (S2 B4,B3,B2; S1 VV, VH, VV-VH after normalising).
   An epoch is one pass over the sensor with more batches; `num_epochs=None` repeats forever.
   """
   if batch_size <= 0:
@@ -327,7 +360,7 @@ def train_iterator(builder, *, batch_size: int, seed: int, tokenizer=None, max_l
       sensor: _sensor_train_dataset(
           builder, source, sensor, batch_size=batch_size, seed=seed, texts=texts,
           collate=collate, normalization=normalization, s1_normalization=s1_normalization,
-          augment=augment, shard_by_process=shard_by_process)
+          augment=augment, shard_by_process=shard_by_process, rgb=rgb)
       for sensor in preprocess.SENSORS}
   steps_per_epoch = max(len(ds) for ds in per_sensor.values())
   repeated = [per_sensor[s].repeat(None) for s in preprocess.SENSORS]
@@ -361,7 +394,8 @@ def steps_per_epoch(builder, batch_size: int, shard_by_process: bool = True) -> 
 def eval_iterator(builder, split: str, sensor: str, *, batch_size: int, tokenizer=None,
                   max_len: int = 64, normalization: str = "scale",
                   s1_normalization: str = "standardize", shard_by_process: bool = True,
-                  read_threads: int = 2, prefetch: int = 4) -> grain.DatasetIterator:
+                  rgb: bool = False, read_threads: int = 2,
+                  prefetch: int = 4) -> grain.DatasetIterator:
   """Every `sensor` record of `split` exactly once, in order, in batches of `batch_size`.
 
   Batches carry the train keys plus "mask" bool [B] (False on padding) and "key" (str
@@ -377,9 +411,10 @@ def eval_iterator(builder, split: str, sensor: str, *, batch_size: int, tokenize
   indices += [-1] * (steps * batch_size - len(indices))
   texts = dataset_texts(builder)
   input_ids, attention_mask = _token_table(builder, tokenizer, max_len)
-  decode = _Decode(texts, _normalizer(builder, sensor, normalization, s1_normalization), sensor)
+  decode = _Decode(texts, _normalizer(builder, sensor, normalization, s1_normalization), sensor,
+                   rgb)
   ds = grain.MapDataset.source(indices).map(
-      _ReadOrPad(_data_source(builder, split), decode, preprocess.NUM_CHANNELS[sensor]))
+      _ReadOrPad(_data_source(builder, split), decode, image_channels(sensor, rgb)))
   ds = ds.batch(batch_size, drop_remainder=False,
                 batch_fn=_Collate(input_ids, attention_mask, bucket=False, with_keys=True))
   return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
@@ -399,3 +434,34 @@ def _parse_absl_flags() -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
+
+
+def tfds_build_main() -> None:
+  """`tfds build` for crisis_landmark without TensorFlow.
+
+  The `tfds` command imports TensorFlow at start-up (its convert_format module does), so
+  where TensorFlow is absent this entry point runs tfds' own `build` command with the
+  same flags: `python -m closp_jax.data.pipeline crisis_landmark/full --manual_dir M
+  --data_dir D`. It prints the counts per split, sensor and source at the end.
+  """
+  from absl import app  # pylint: disable=import-outside-toplevel
+  from tensorflow_datasets.scripts.cli import build as tfds_build  # pylint: disable=import-outside-toplevel
+  from tensorflow_datasets.scripts.cli import cli_utils  # pylint: disable=import-outside-toplevel
+
+  def run(args) -> None:
+    args.execute()
+    data_dir = args.paths.data_dir or default_data_dir()
+    for name in args.positional_datasets + args.datasets or ["crisis_landmark"]:
+      if args.generation.config:
+        name = f"{name.split('/')[0]}/{args.generation.config}"
+      builder = tfds.builder(name, data_dir=os.fspath(data_dir))
+      if builder.is_prepared():
+        print(summary(builder), flush=True)
+
+  parser = cli_utils.make_flags_parser(
+      tfds_build.Args, description="tfds build for crisis_landmark (no TensorFlow needed)")
+  app.run(run, flags_parser=parser)
+
+
+if __name__ == "__main__":
+  tfds_build_main()

@@ -1,0 +1,246 @@
+"""crisis_landmark builder: the `full` config built from a tiny release written with h5py."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from pyproj import Proj
+
+import h5_archive
+from closp_jax.data import crisis_landmark, preprocess, queries
+
+# Facts about the CORINE -> class table from the reference loader, and the class order.
+CLASSES = ("Trees", "Crops", "Shrub and Scrub", "Water", "Grass", "Built", "Flooded Vegetation",
+           "Bare", "Snow and Ice", "Flooded Area", "Earthquake Damage", "Burned Area")
+EXPECTED_TEXT = {
+    "benv2s2_0000": "water. flooded vegetation",      # Rice fields, Sea and ocean
+    "benv2s2_0001": "trees",                          # Agro-forestry areas
+    "benv2s2_0002": "bare. burned area",              # Mineral extraction sites, Burnt areas
+    "benv2s1_0002": "water. burned area",             # Sea and ocean, Burnt areas
+    "cabuar_0000": "trees. burned area",
+    "quakeset_0000": "built. earthquake damage",
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  builder, expected, release = h5_archive.build_full(tmp_path_factory.mktemp("full"))
+  source = builder.as_data_source()
+  records = {split: [source[split][i] for i in range(len(source[split]))]
+             for split in ("train", "validation", "test")}
+  return builder, expected, release, records
+
+
+def _s(v):
+  return v.decode() if isinstance(v, bytes) else v
+
+
+def _by_key(records):
+  return {_s(r["key"]): r for split in records.values() for r in split}
+
+
+def test_splits_follow_metadata_and_validation_stays_in_test(built):
+  builder, expected, _, records = built
+  for split in ("train", "test"):
+    keys = [_s(r["key"]) for r in records[split]]
+    assert sorted(keys) == sorted(k for k, e in expected.items() if e["split"] == split)
+  val = [_s(r["key"]) for r in records["validation"]]
+  test = {_s(r["key"]) for r in records["test"]}
+  assert val and set(val) <= test
+  # validation_min_per_sensor (128) exceeds this tiny corpus: all of it is drawn.
+  assert set(val) == test
+  assert builder.info.metadata["validation"]["also_in_test"] is True
+  assert {s: builder.info.splits[s].num_examples for s in ("train", "validation", "test")} == {
+      s: len(records[s]) for s in records}
+
+
+def test_records_sorted_s2_then_s1_with_ranges(built):
+  builder, _, _, records = built
+  for split, recs in records.items():
+    sensors = [_s(r["sensor"]) for r in recs]
+    n2 = sensors.count("s2")
+    assert sensors == ["s2"] * n2 + ["s1"] * (len(sensors) - n2)
+    keys = [_s(r["key"]) for r in recs]
+    assert keys[:n2] == sorted(keys[:n2]) and keys[n2:] == sorted(keys[n2:])
+    assert builder.info.metadata["sensor_ranges"][split] == {"s2": [0, n2], "s1": [n2, len(recs)]}
+
+
+def test_features_dtypes_and_shapes(built):
+  _, expected, _, records = built
+  for key, r in _by_key(records).items():
+    exp = expected[key]
+    assert _s(r["source"]) == exp["source"] and _s(r["sensor"]) == exp["sensor"]
+    channels = 13 if exp["sensor"] == "s2" else 2
+    assert r["image"].shape == (120, 120, channels) and r["image"].dtype == np.float32
+    assert r["labels"].shape == (12,) and r["labels"].dtype == np.float32
+    assert r["lonlat"].shape == (2,) and r["lonlat"].dtype == np.float32
+    assert _s(r["timestamp"]) == exp["timestamp"]
+    assert not np.isnan(r["image"]).any()
+
+
+def test_corine_mapping_text_and_multihot(built):
+  _, _, _, records = built
+  recs = _by_key(records)
+  for key, text in EXPECTED_TEXT.items():
+    assert _s(recs[key]["text"]) == text
+    hot = [CLASSES[i] for i in np.flatnonzero(recs[key]["labels"])]
+    assert [c.lower() for c in hot] == text.split(". ")
+
+
+def test_s2_zero_b10_inserted_at_index_10(built):
+  _, expected, _, records = built
+  recs = _by_key(records)
+  for key in ("benv2s2_0000", "cabuar_0001", "sen2flood_0000"):
+    stored, out = expected[key]["stored"], recs[key]["image"]
+    for band in range(13):
+      if band < 10:
+        np.testing.assert_array_equal(out[:, :, band], stored[band])
+      elif band == 10:
+        assert not out[:, :, 10].any()
+      else:
+        np.testing.assert_array_equal(out[:, :, band], stored[band - 1])
+
+
+@pytest.mark.parametrize("key,vv,vh", [
+    ("benv2s1_0000", 1, 0), ("sen1flood_0001", 1, 0),   # stored (VH, VV): flipped
+    ("mmflood_0001", 0, 1),                              # stored (VV, VH)
+    ("quakeset_0000", 2, 3), ("quakeset_0001", 2, 3)])  # channels [2:]
+def test_s1_channel_order(built, key, vv, vh):
+  _, expected, _, records = built
+  out, stored = _by_key(records)[key]["image"], expected[key]["stored"]
+  np.testing.assert_array_equal(out[:, :, 0], stored[vv])
+  np.testing.assert_array_equal(out[:, :, 1], stored[vh])
+
+
+def test_nans_replaced_and_counted(built):
+  builder, expected, _, records = built
+  recs = _by_key(records)
+  s2 = recs["benv2s2_0001"]["image"]   # NaNs at band 0, rows :3, cols :5
+  assert (s2[:3, :5, 0] == 0).all() and expected["benv2s2_0001"]["split"] == "test"
+  s1 = recs["mmflood_0000"]["image"]
+  np.testing.assert_array_equal(s1[:3, :5, 0], np.float32(1e-6))
+  nan = builder.info.metadata["nan_replaced"]
+  assert nan["test"]["values"] == {"s2": 15, "s1": 0}
+  assert nan["train"]["values"] == {"s2": 0, "s1": 15}
+  assert nan["train"]["samples"] == {"s2": 0, "s1": 1}
+
+
+def test_lonlat_is_centre_pixel_in_degrees(built):
+  _, expected, release, records = built
+  import h5py
+  with h5py.File(release / "crisislandmark.h5", "r") as master:
+    for key, r in _by_key(records).items():
+      lon, lat = expected[key]["lonlat"]
+      np.testing.assert_allclose(r["lonlat"], [lon, lat], atol=1e-4)
+      # As the reference loader computes it: pyproj.Proj(crs) inverse of coords[:, 60, 60].
+      group = master[key]
+      x, y = group["coords"][:, 60, 60]
+      crs = group.attrs["crs"]
+      crs = crs.decode() if isinstance(crs, bytes) else crs
+      ref = Proj(int(crs) if not isinstance(crs, str) else crs)(x, y, inverse=True)
+      np.testing.assert_allclose(r["lonlat"], ref, atol=1e-4)
+
+
+def test_metadata_texts_counts_and_band_stats(built):
+  builder, expected, _, records = built
+  md = builder.info.metadata
+  assert md["texts"] == sorted({_s(r["text"]) for split in records.values() for r in split})
+  assert md["counts"]["train"]["sources"] == {
+      src: sum(1 for e in expected.values() if e["source"] == src and e["split"] == "train")
+      for src in sorted({e["source"] for e in expected.values()})}
+  for sensor in ("s2", "s1"):
+    images = np.stack([r["image"] for r in records["train"] if _s(r["sensor"]) == sensor])
+    flat = images.reshape(-1, images.shape[-1]).astype(np.float64)
+    np.testing.assert_allclose(md["band_stats"][sensor]["mean"], flat.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(md["band_stats"][sensor]["std"], flat.std(0), rtol=1e-6, atol=1e-9)
+  assert md["band_stats"]["s2"]["std"][10] == 0.0
+
+
+def test_queries_and_qrels_stored_with_dataset(built):
+  builder, _, _, _ = built
+  assert [q["query_id"] for q in queries.load_queries(builder)] == ["q1", "q2"]
+  assert queries.load_queries(builder)[0] == {"query_id": "q1", "text": "flooded area",
+                                              "type": "crisis"}
+  qrels = queries.load_qrels(builder)
+  assert qrels == {"q1": {"sen1flood_0001": 2, "mmflood_0001": 2, "sen2flood_0001": 1},
+                   "q2": {"benv2s2_0003": 1}}
+
+
+def test_reopened_builder_restores_metadata(built):
+  builder, _, _, _ = built
+  again = tfds.builder("crisis_landmark/full", data_dir=builder.data_dir_root)
+  assert again.is_prepared()
+  assert again.info.metadata["texts"] == builder.info.metadata["texts"]
+  assert again.info.metadata["band_stats"] == builder.info.metadata["band_stats"]
+
+
+def test_missing_release_file_lists_expected_files(tmp_path):
+  h5_archive.write_archive(tmp_path / "release")
+  os.remove(tmp_path / "release" / "metadata.parquet")
+  builder = tfds.builder("crisis_landmark/full", data_dir=str(tmp_path / "data"))
+  with pytest.raises(FileNotFoundError) as err:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "release")))
+  message = str(err.value)
+  assert "lacks metadata.parquet" in message
+  for name in crisis_landmark.RELEASE_FILES:
+    assert name in message
+
+
+def test_missing_shard_names_it(tmp_path):
+  h5_archive.write_archive(tmp_path / "release")
+  os.remove(tmp_path / "release" / "quakeset.h5")
+  builder = tfds.builder("crisis_landmark/full", data_dir=str(tmp_path / "data"))
+  with pytest.raises(FileNotFoundError, match="quakeset.h5"):
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "release")))
+
+
+@pytest.mark.parametrize("bad", ["cabuar_0000", "benv2s1_0001"])
+def test_wrong_channel_count_names_key_and_shape(tmp_path, bad):
+  with pytest.raises(preprocess.SampleFormatError) as err:
+    h5_archive.build_full(tmp_path, bad_shape_key=bad)
+  channels = 13 if bad.startswith("cabuar") else 3
+  assert bad in str(err.value) and f"({channels}, 120, 120)" in str(err.value)
+
+
+def test_preprocess_rejects_wrong_image_size():
+  with pytest.raises(preprocess.SampleFormatError, match=r"'mmflood_1'.*\(2, 64, 64\)"):
+    preprocess.preprocess_image(np.zeros((2, 64, 64), np.float32), "mmflood_1", "mmflood")
+
+
+def test_unknown_source_is_an_error():
+  with pytest.raises(preprocess.SampleFormatError, match="landsat_0001"):
+    preprocess.source_of_key("landsat_0001")
+
+
+def _tensorflow_installed() -> bool:
+  import importlib.util
+  return importlib.util.find_spec("tensorflow") is not None
+
+
+@pytest.mark.parametrize("entry", ["closp_jax", "tfds"])
+def test_build_from_command_line(tmp_path, entry):
+  if entry == "tfds" and not _tensorflow_installed():
+    pytest.skip("the `tfds` command imports TensorFlow at start-up; not installed here")
+  h5_archive.write_archive(tmp_path / "release")
+  if entry == "tfds":
+    cmd = [sys.executable, "-m", "tensorflow_datasets.scripts.cli.main", "build",
+           "--imports", "closp_jax.data.crisis_landmark"]
+  else:
+    cmd = [sys.executable, "-m", "closp_jax.data.pipeline"]
+  cmd += ["crisis_landmark/full", "--manual_dir", str(tmp_path / "release"),
+          "--data_dir", str(tmp_path / "data")]
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = tmp_path / "data" / "crisis_landmark" / "full" / "1.0.0"
+  assert (out / "queries.jsonl").is_file() and (out / "qrels" / "test.qrels").is_file()
+  info = json.loads((out / "dataset_info.json").read_text())
+  assert {s["name"] for s in info["splits"]} == {"train", "validation", "test"}
+  # Counts per split, sensor and source are printed.
+  assert "crisis_landmark/full train: 9 samples | s2 4 (benv2s2 2, cabuar 1, sen2flood 1)" in (
+      proc.stdout + proc.stderr).replace("\r", "\n")

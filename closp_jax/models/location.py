@@ -98,7 +98,8 @@ def spherical_harmonics(lonlat_deg: jax.Array, degree: int, convention: str = "c
   phi = jnp.deg2rad(lonlat_deg[:, 0] + 180.0)
   theta = jnp.deg2rad(lonlat_deg[:, 1] + 90.0)
   x = jnp.cos(theta)
-  s = jnp.sqrt(jnp.maximum((1.0 - x) * (1.0 + x), 0.0))  # sin(theta) >= 0, as SatCLIP computes it
+  # sqrt(1 - x**2), as SatCLIP computes it, but without the cancellation near the poles.
+  s = jnp.abs(jnp.sin(theta))
 
   diag_c, sub_c, a_c, b_c = (jnp.asarray(t, dtype) for t in _recurrence_tables(degree))
   # Pbar_m^m for m = 0..L-1 (the Condon-Shortley phase is the minus sign).

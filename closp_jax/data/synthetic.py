@@ -1,0 +1,295 @@
+"""Write a synthetic CrisisLandMark archive in the official release layout.
+
+    python -m closp_jax.data.synthetic --out DIR --num_s2 N --num_s1 M --seed S
+
+The folder gets per-source HDF5 shards (hdf5plugin Blosc/LZ4 with bit-shuffle),
+`crisislandmark.h5` (one external link per sample key into the shards),
+`metadata.parquet` (key, split, labels), `queries.jsonl`, `qrels/test.qrels`
+and `synthetic.json` (how it was made). Everything is written into a temporary
+sibling folder that is renamed to DIR at the end. Content: synthetic_render.py;
+tables: synthetic_world.py; rules: docs/data.md.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import itertools
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import hdf5plugin
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from closp_jax.data import geo
+from closp_jax.data import synthetic_render as R
+from closp_jax.data import synthetic_world as W
+from closp_jax.data.labels import CLASSES, classes_to_text, map_labels
+
+MASTER_FILE = "crisislandmark.h5"
+METADATA_FILE = "metadata.parquet"
+QUERIES_FILE = "queries.jsonl"
+QRELS_FILE = "qrels/test.qrels"
+INFO_FILE = "synthetic.json"
+CHUNK = 32                      # samples rendered together (fixed: part of the seed -> bytes contract)
+CRISIS = ("Flooded Area", "Earthquake Damage", "Burned Area")
+
+
+def _compression() -> dict:
+  return dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.BITSHUFFLE))
+
+
+@dataclasses.dataclass
+class Record:
+  """What the archive-level files need to know about one written sample."""
+  key: str
+  source: str
+  labels: list[str]
+  classes: tuple[str, ...]
+  place: str
+  split: str = ""
+
+
+def source_counts(num_s2: int, num_s1: int) -> dict[str, int]:
+  """Samples per source: each sensor's total split by the sources' shares (largest remainder)."""
+  counts = {}
+  for sensor, total in (("s2", num_s2), ("s1", num_s1)):
+    srcs = [s for s in W.SOURCES if s.sensor == sensor]
+    raw = np.array([s.share for s in srcs]) * total
+    n = np.floor(raw).astype(int)
+    for i in np.argsort(-(raw - n), kind="stable")[: total - n.sum()]:
+      n[i] += 1
+    if total >= len(srcs):  # every source present when there is room for it
+      for i in np.flatnonzero(n == 0):
+        n[i] += 1
+        n[np.argmax(n)] -= 1
+    counts.update({s.name: int(c) for s, c in zip(srcs, n)})
+  return counts
+
+
+def _shard_name(source: W.Source, index: int, count: int) -> str:
+  if "{part}" not in source.file:
+    return source.file
+  parts = max(1, min(W.BENV2_PARTS, count))
+  return source.file.format(part=index * parts // count + 1)
+
+
+def _write_sample(f: h5py.File, scene: R.Scene, image: np.ndarray) -> None:
+  g = f.create_group(scene.key)
+  comp = _compression()
+  g.create_dataset("image", data=image, chunks=image.shape, **comp)
+  g.create_dataset("coords", data=geo.pixel_grid(scene.x, scene.y, R.SIZE), chunks=True, **comp)
+  g.attrs["crs"] = np.int64(scene.epsg)
+  g.attrs["timestamp"] = scene.timestamp
+  g.attrs["labels"] = np.array(scene.labels, dtype=h5py.string_dtype())
+
+
+def write_source(folder: Path, source: W.Source, count: int, seed: int,
+                 progress: Callable[[int], None] | None = None) -> list[Record]:
+  """Render and write all samples of one source; returns their records."""
+  records, files = [], {}
+  src_id = [s.name for s in W.SOURCES].index(source.name)
+  try:
+    for c0 in range(0, count, CHUNK):
+      rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(src_id, c0 // CHUNK)))
+      scenes = [R.draw_scene(rng, source, i) for i in range(c0, min(c0 + CHUNK, count))]
+      if source.sensor == "s2":
+        images = R.render_s2(rng, scenes)
+      else:
+        images = R.render_s1(rng, scenes, source.channels)
+      for j, scene in enumerate(scenes):
+        name = _shard_name(source, c0 + j, count)
+        if name not in files:
+          files[name] = h5py.File(folder / name, "a")
+        _write_sample(files[name], scene, images[j])
+        records.append(Record(scene.key, source.name, scene.labels,
+                              tuple(map_labels(scene.labels, scene.key)), scene.place))
+      if progress:
+        progress(len(scenes))
+  finally:
+    for f in files.values():
+      f.close()
+  return records
+
+
+def assign_splits(records: list[Record], seed: int, test_fraction: float) -> None:
+  """Stratified split: within each (source, class set) group a seeded shuffle, test share kept
+  globally exact by carrying the rounding remainder from group to group."""
+  rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1000,)))
+  groups = collections.defaultdict(list)
+  for r in records:
+    groups[(r.source, r.classes)].append(r)
+  owed = 0.0
+  for key in sorted(groups):
+    members = groups[key]
+    owed += test_fraction * len(members)
+    n_test = min(len(members), int(round(owed)))
+    owed -= n_test
+    for i, idx in enumerate(rng.permutation(len(members))):
+      members[idx].split = "test" if i < n_test else "train"
+
+
+def _query_candidates(test: list[Record]) -> list[tuple[str, ...]]:
+  """Single classes, the most frequent class pairs and triples of the test split."""
+  singles = [(c,) for c in CLASSES if any(c in r.classes for r in test)]
+  combos = []
+  for size, top in ((2, 12), (3, 6)):
+    counts = collections.Counter(
+        itertools.chain.from_iterable(itertools.combinations(r.classes, size) for r in test))
+    combos += [c for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top] if n >= 3]
+  return singles + combos
+
+
+def _query_type(query: tuple[str, ...], test: list[Record]) -> str:
+  """crisis: names a crisis label; location: its relevant samples crowd into one place."""
+  if any(c in CRISIS for c in query):
+    return "crisis"
+  relevant = [r.place for r in test if set(query) <= set(r.classes)]
+  everywhere = collections.Counter(r.place for r in test)
+  place, n = collections.Counter(relevant).most_common(1)[0]
+  share = n / len(relevant)
+  lift = share / (everywhere[place] / len(test))
+  return "location" if share >= 0.5 and lift >= 3.0 else "land_cover"
+
+
+def build_queries(records: list[Record]) -> tuple[list[dict], list[tuple[str, str, int]]]:
+  """Queries over the test split and graded judgments: 2 = every query class present, 1 = some."""
+  test = [r for r in records if r.split == "test"]
+  queries, qrels = [], []
+  if not test:
+    return queries, qrels
+  for n, query in enumerate(_query_candidates(test)):
+    qid = f"q{n:03d}"
+    queries.append({"query_id": qid, "text": classes_to_text(query), "type": _query_type(query, test)})
+    for r in test:
+      hit = len(set(query) & set(r.classes))
+      if hit:
+        qrels.append((qid, r.key, 2 if hit == len(query) else 1))
+  return queries, qrels
+
+
+def _write_atomic_text(path: Path, text: str) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def _write_archive_files(folder: Path, records: list[Record], counts: dict[str, int],
+                         seed: int, test_fraction: float) -> None:
+  with h5py.File(folder / (MASTER_FILE + ".tmp"), "w") as f:
+    for r in records:
+      source = W.SOURCE_BY_NAME[r.source]
+      index = int(r.key.rsplit("_", 1)[1])
+      f[r.key] = h5py.ExternalLink(_shard_name(source, index, counts[r.source]), "/" + r.key)
+  os.replace(folder / (MASTER_FILE + ".tmp"), folder / MASTER_FILE)
+  table = pa.table({
+      "key": pa.array([r.key for r in records], pa.string()),
+      "split": pa.array([r.split for r in records], pa.string()),
+      "labels": pa.array([r.labels for r in records], pa.list_(pa.string())),
+  })
+  pq.write_table(table, folder / (METADATA_FILE + ".tmp"))
+  os.replace(folder / (METADATA_FILE + ".tmp"), folder / METADATA_FILE)
+  queries, qrels = build_queries(records)
+  _write_atomic_text(folder / QUERIES_FILE, "".join(json.dumps(q) + "\n" for q in queries))
+  (folder / "qrels").mkdir(exist_ok=True)
+  _write_atomic_text(folder / QRELS_FILE, "".join(f"{q} 0 {d} {rel}\n" for q, d, rel in qrels))
+  info = {"generator": "closp_jax.data.synthetic", "seed": seed, "test_fraction": test_fraction,
+          "counts": counts, "num_queries": len(queries)}
+  _write_atomic_text(folder / INFO_FILE, json.dumps(info, indent=1) + "\n")
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+  if out.exists() and not out.is_dir():
+    raise FileExistsError(f"{out} exists and is not a folder")
+  if out.is_dir() and any(out.iterdir()) and not overwrite:
+    raise FileExistsError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace it")
+
+
+def write_archive(out_dir, num_s2: int, num_s1: int, seed: int, test_fraction: float = 0.8,
+                  overwrite: bool = False, log: Callable[[str], None] | None = None) -> Path:
+  """Write a synthetic archive with num_s2 Sentinel-2 and num_s1 Sentinel-1 samples; returns its path.
+
+  Same arguments -> same image bytes. Refuses a non-empty out_dir unless overwrite.
+  """
+  out = Path(out_dir).absolute()
+  if num_s2 < 0 or num_s1 < 0 or num_s2 + num_s1 == 0:
+    raise ValueError(f"num_s2={num_s2}, num_s1={num_s1}: need non-negative counts, not both zero")
+  if not 0.0 <= test_fraction <= 1.0:
+    raise ValueError(f"test_fraction={test_fraction} must lie in [0, 1]")
+  _check_target(out, overwrite)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+  os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; the archive is meant to be shared
+  try:
+    counts = source_counts(num_s2, num_s1)
+    total, done, next_report, t0 = sum(counts.values()), 0, 2000, time.time()
+    records = []
+
+    def progress(n):
+      nonlocal done, next_report
+      done += n
+      if log and (done >= next_report or done == total):
+        log(f"  {done}/{total} samples written ({time.time() - t0:.1f} s)")
+        next_report += 2000
+
+    for source in W.SOURCES:
+      if counts[source.name]:
+        records += write_source(tmp, source, counts[source.name], seed, progress)
+    assign_splits(records, seed, test_fraction)
+    _write_archive_files(tmp, records, counts, seed, test_fraction)
+    _check_target(out, overwrite)
+    if out.exists():
+      trash = Path(tempfile.mkdtemp(prefix=out.name + ".old-", dir=out.parent))
+      os.replace(out, trash / "old")
+      os.replace(tmp, out)
+      shutil.rmtree(trash)
+    else:
+      os.replace(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out
+
+
+def summary(folder) -> str:
+  """Counts per source and split of a written archive (read back from metadata.parquet)."""
+  table = pq.read_table(Path(folder) / METADATA_FILE, columns=["key", "split"]).to_pydict()
+  counts = collections.Counter((k.rsplit("_", 1)[0], s) for k, s in zip(table["key"], table["split"]))
+  lines = [f"{'source':<10} {'train':>7} {'test':>7} {'total':>7}"]
+  for src in sorted({s for s, _ in counts}):
+    tr, te = counts[(src, "train")], counts[(src, "test")]
+    lines.append(f"{src:<10} {tr:>7} {te:>7} {tr + te:>7}")
+  tr, te = sum(v for (s, sp), v in counts.items() if sp == "train"), sum(
+      v for (s, sp), v in counts.items() if sp == "test")
+  lines.append(f"{'all':<10} {tr:>7} {te:>7} {tr + te:>7}")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--out", required=True, help="archive folder to create")
+  p.add_argument("--num_s2", type=int, required=True, help="Sentinel-2 samples")
+  p.add_argument("--num_s1", type=int, required=True, help="Sentinel-1 samples")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--test_fraction", type=float, default=0.8)
+  p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+  args = p.parse_args(argv)
+  t0 = time.time()
+  out = write_archive(args.out, args.num_s2, args.num_s1, args.seed, args.test_fraction,
+                      args.overwrite, log=lambda s: print(s, file=sys.stderr, flush=True))
+  print(f"wrote {out} in {time.time() - t0:.1f} s")
+  print(summary(out))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -285,3 +285,41 @@ def test_model_config_accepts_a_frozen_configdict(tiny):
   s2 = inputs()[0]
   np.testing.assert_allclose(CLOSP(frozen).apply(variables, s2, method=CLOSP.encode_s2),
                              model.apply(variables, s2, method=model.encode_s2), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_MODELS))
+def test_paper_layouts_have_the_original_tensor_names(name):
+  """The released models' layouts, without computing anything: exported names and shapes are the
+  original ones, and the config is recovered from them."""
+  from closp_jax.weights.closp_checkpoint import abstract_variables  # pylint: disable=import-outside-toplevel
+  cfg = model_config(**PAPER_MODELS[name])
+  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                       convert.unflatten_tree(convert.flatten_tree(abstract_variables(cfg))))
+  sd = export_closp_state_dict(zeros, cfg)
+  shapes = {k: tuple(v.shape) for k, v in sd.items()}
+  assert shapes["text_model.embeddings.word_embeddings.weight"] == (30522, 384)
+  assert shapes["text_model.encoder.layer.5.attention.self.query.weight"] == (384, 384)
+  assert shapes["text_model.pooler.dense.weight"] == (384, 384)
+  if name.endswith("RN"):
+    assert shapes["s2_encoder.conv1.weight"] == (64, 13, 7, 7) and shapes["s1_encoder.conv1.weight"] == (64, 2, 7, 7)
+    assert shapes["s2_encoder.fc.weight"] == (1000, 2048) and shapes["s2_projection.weight"] == (384, 1000)
+    assert shapes["s1_encoder.layer4.2.bn3.running_var"] == (2048,)
+  if name == "CLOSP-VS":
+    assert shapes["s2_encoder.head.weight"] == (1000, 384) and shapes["s1_projection.weight"] == (384, 384)
+    assert "s1_encoder.head.weight" not in shapes
+  if name == "CLOSP-VL":
+    assert shapes["s2_encoder.patch_embed.proj.weight"] == (1024, 13, 16, 16)
+    assert shapes["s2_projection.weight"] == (384, 1024)
+  if name.startswith("Geo"):
+    assert shapes["location_encoder.nnet.layers.0.weight"] == (256, 100)
+    assert shapes["location_encoder.nnet.layers.1.weight"] == (256, 256)
+    assert shapes["location_encoder.nnet.last_layer.weight"] == (256, 256)
+    assert shapes["location_projection.weight"] == (384, 256)
+  else:
+    assert not any(k.startswith("location") for k in shapes)
+  inferred = infer_model_config(sd)
+  for field in ("s2_encoder", "s1_encoder", "s2_head_classes", "s1_head_classes", "embed_dim", "image_size",
+                "s2_in_chans", "s1_in_chans"):
+    assert inferred[field] == cfg[field], field
+  assert inferred.text.to_dict() == cfg.text.to_dict()
+  assert inferred.location.enabled == cfg.location.enabled

@@ -177,6 +177,36 @@ def test_reopened_builder_restores_metadata(built):
   assert again.info.metadata["band_stats"] == builder.info.metadata["band_stats"]
 
 
+def test_small_shards_keep_record_order(built, tmp_path):
+  builder, _, release, records = built
+  config = crisis_landmark.CrisisLandmarkConfig(name="full_small_shards", shard_bytes=200_000)
+  sharded = tfds.builder("crisis_landmark", config=config, data_dir=str(tmp_path))
+  sharded.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(release)))
+  assert sharded.info.splits["test"].num_shards > 1
+  source = sharded.as_data_source()
+  for split, recs in records.items():
+    again = [source[split][i] for i in range(len(source[split]))]
+    assert [r["key"] for r in again] == [r["key"] for r in recs]
+    np.testing.assert_array_equal(again[-1]["image"], recs[-1]["image"])
+
+
+def test_max_examples_per_split(built, tmp_path):
+  _, _, release, _ = built
+  limited = tfds.builder("crisis_landmark/full", data_dir=str(tmp_path))
+  limited.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=str(release), max_examples_per_split=3))
+  assert {s: limited.info.splits[s].num_examples for s in ("train", "validation", "test")} == {
+      "train": 3, "validation": 3, "test": 3}
+  md = limited.info.metadata
+  assert md["sensor_ranges"]["train"] == {"s2": [0, 1], "s1": [1, 3]}
+  assert md["counts"]["test"]["sensors"] == {"s2": 1, "s1": 2}
+
+
+def test_only_array_record():
+  with pytest.raises(ValueError, match="ArrayRecord only"):
+    tfds.builder("crisis_landmark/full", file_format="tfrecord")
+
+
 def test_missing_release_file_lists_expected_files(tmp_path):
   h5_archive.write_archive(tmp_path / "release")
   os.remove(tmp_path / "release" / "metadata.parquet")

@@ -254,7 +254,8 @@ def export_state_dict(variables: Mapping[str, Any], rules: Sequence[TensorRule],
     raise WeightMismatchError(f"cannot export: leaves without a rule {left}, rules without a leaf {absent}")
   out: dict[str, Array] = {}
   for r in rules:
-    out[r.torch_name] = np.ascontiguousarray(r.to_torch(np.asarray(have[r.flax_path], dtype=np.float32)))
+    # an owned, writable, C-ordered copy (torch.from_numpy warns on read-only views of jax arrays)
+    out[r.torch_name] = np.array(r.to_torch(np.asarray(have[r.flax_path], dtype=np.float32)), order="C", copy=True)
   for k, v in (constants or {}).items():
     out[k] = np.asarray(v)
   return out

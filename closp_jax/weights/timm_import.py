@@ -17,6 +17,7 @@ Files are read with closp_jax.weights.safe_load: safetensors, or torch files wit
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -50,9 +51,12 @@ def _read(state_dict: Any, prefix: str, source: str | None) -> tuple[dict[str, n
   return convert.strip_prefix(state_dict, prefix, source=source), source
 
 
-def _shapes(model: Any, size: int, in_chans: int) -> dict[str, Any]:
-  x = jax.ShapeDtypeStruct((1, size, size, in_chans), jnp.float32)
-  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(x.shape, x.dtype), train=False))
+@functools.lru_cache(maxsize=32)
+def _shapes(name: str, in_chans: int) -> dict[str, Any]:
+  """The variables `image_encoder(name, in_chans).init` would make, as shapes (traced, not computed)."""
+  model = image_models.image_encoder(name, in_chans)
+  size = getattr(model, "img_size", 64)
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, in_chans)), train=False))
 
 
 def _in_chans(sd: Mapping[str, np.ndarray], key: str, source: str) -> int:
@@ -111,7 +115,7 @@ def load_timm_resnet(state_dict: Mapping[str, np.ndarray] | str | os.PathLike, n
   if in_chans is None:
     in_chans = _in_chans(sd, "conv1.weight", source)
   model = _resnet_model(name, in_chans)
-  expected = _shapes(model, 64, in_chans)
+  expected = _shapes(name, in_chans)
   variables = convert.import_state_dict(sd, resnet_rules(_plain(expected["params"])), expected,
                                        ignore=RESNET_IGNORE, source=source)
   return variables["params"], variables["batch_stats"]
@@ -173,7 +177,7 @@ def load_timm_vit(state_dict: Mapping[str, np.ndarray] | str | os.PathLike, name
   model = image_models.image_encoder(name, in_chans)
   if not isinstance(model, VisionTransformer):
     raise ValueError(f"{name!r} is not a ViT; ViTs: {[n for n in image_models.encoder_names() if n.startswith('vit')]}")
-  expected = _shapes(model, model.img_size, in_chans)
+  expected = _shapes(name, in_chans)
   variables = convert.import_state_dict(sd, vit_rules(_plain(expected["params"])), expected, ignore=VIT_IGNORE, source=source)
   return variables["params"]
 

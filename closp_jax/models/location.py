@@ -165,8 +165,10 @@ class SatCLIPLocationEncoder(nn.Module):
       fan_in = x.shape[-1]
       w0 = self.w0_initial if first else self.w0
       bound = 1.0 / fan_in if first else math.sqrt(6.0 / fan_in) / w0
+      # The L**2 harmonics axis is left unsharded: L**2 rarely divides a mesh axis.
+      in_axis = None if first else "embed"
       x = nn.Dense(self.hidden, name=f"layers_{i}", param_dtype=jnp.float32,
-                   kernel_init=nn.with_logical_partitioning(_siren_uniform(bound), ("embed", "mlp")),
+                   kernel_init=nn.with_logical_partitioning(_siren_uniform(bound), (in_axis, "mlp")),
                    bias_init=nn.with_logical_partitioning(_siren_uniform(bound), ("mlp",)))(x)
       if train and self.dropout > 0:
         x = nn.Dropout(self.dropout, deterministic=False)(x)

@@ -330,8 +330,9 @@ def test_sample_config_runs_the_same_conversion(tmp_path, tok, capsys):
   assert counts["validation"]["sensors"] == {"s2": 4, "s1": 4}
   step = next(pipeline.train_iterator(builder, batch_size=2, seed=0, tokenizer=tok))
   assert step["s2"]["image"].shape == (2, 120, 120, 13)
-  assert not any(os.path.basename(p).startswith("crisis_landmark_sample_")
-                 for p in os.listdir(os.environ.get("TMPDIR", "/tmp")))
+  # The temporary archive (under data_dir/downloads) is gone.
+  leftovers = [p for p in tmp_path.rglob("crisis_landmark_sample_*")]
+  assert not leftovers
 
 
 # --------------------------------------------------------------------------- processes

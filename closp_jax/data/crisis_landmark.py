@@ -424,7 +424,10 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
       yield folder
       return
     from closp_jax.data import synthetic  # pylint: disable=import-outside-toplevel
-    tmp = tempfile.mkdtemp(prefix="crisis_landmark_sample_")
+    # Beside the dataset (data_dir/downloads), where there is room for it, not in /tmp.
+    parent = Path(os.fspath(dl_manager.download_dir))
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="crisis_landmark_sample_", dir=parent)
     try:
       print(f"crisis_landmark/{config.name}: writing the synthetic archive "
             f"({config.num_s2} S2 + {config.num_s1} S1, seed {config.seed}) to {tmp}", flush=True)

@@ -274,3 +274,21 @@ def test_build_from_command_line(tmp_path, entry):
   # Counts per split, sensor and source are printed.
   assert "crisis_landmark/full train: 9 samples | s2 4 (benv2s2 2, cabuar 1, sen2flood 1)" in (
       proc.stdout + proc.stderr).replace("\r", "\n")
+
+
+def test_qrels_beir_tsv_and_bad_lines(tmp_path):
+  (tmp_path / "qrels").mkdir()
+  (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tk1\t2\nq1\tk2\t0\n")
+  assert queries.load_qrels(tmp_path) == {"q1": {"k1": 2, "k2": 0}}
+  (tmp_path / "qrels" / "more.qrels").write_text("q1 0 k1 1\n")
+  with pytest.raises(ValueError, match=r"test.tsv:2: \(q1, k1\) judged 2 here and 1 before"):
+    queries.load_qrels(tmp_path)
+  assert queries.load_qrels(tmp_path, name="test") == {"q1": {"k1": 2, "k2": 0}}
+
+
+def test_queries_errors_name_file_and_line(tmp_path):
+  (tmp_path / "queries.jsonl").write_text('{"_id": "a", "text": "water"}\n{"text": "x"}\n')
+  with pytest.raises(ValueError, match=r"queries.jsonl:2: expected fields query_id"):
+    queries.load_queries(tmp_path)
+  with pytest.raises(FileNotFoundError, match="queries.jsonl"):
+    queries.load_queries(tmp_path / "nowhere")

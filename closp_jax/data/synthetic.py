@@ -44,8 +44,26 @@ CHUNK = 32                      # samples rendered together (fixed: part of the 
 CRISIS = ("Flooded Area", "Earthquake Damage", "Burned Area")
 
 
-def _compression() -> dict:
-  return dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.BITSHUFFLE))
+_COMPRESSION = hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.BITSHUFFLE)
+_DCPL: dict[tuple[int, ...], h5py.h5p.PropDCID] = {}
+
+
+def _dataset_plist(shape: tuple[int, ...]) -> h5py.h5p.PropDCID:
+  """One chunk per dataset, Blosc/LZ4 with bit-shuffle (cached: h5py's per-call setup is slow)."""
+  if shape not in _DCPL:
+    plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    plist.set_chunk(shape)
+    plist.set_filter(_COMPRESSION.filter_id, h5py.h5z.FLAG_OPTIONAL, _COMPRESSION.filter_options)
+    _DCPL[shape] = plist
+  return _DCPL[shape]
+
+
+def _write_float32(group: h5py.Group, name: str, data: np.ndarray) -> None:
+  data = np.ascontiguousarray(data, np.float32)
+  space = h5py.h5s.create_simple(data.shape)
+  dset = h5py.h5d.create(group.id, name.encode(), h5py.h5t.IEEE_F32LE, space,
+                         dcpl=_dataset_plist(data.shape))
+  dset.write(h5py.h5s.ALL, h5py.h5s.ALL, data)
 
 
 @dataclasses.dataclass
@@ -85,9 +103,8 @@ def _shard_name(source: W.Source, index: int, count: int) -> str:
 
 def _write_sample(f: h5py.File, scene: R.Scene, image: np.ndarray) -> None:
   g = f.create_group(scene.key)
-  comp = _compression()
-  g.create_dataset("image", data=image, chunks=image.shape, **comp)
-  g.create_dataset("coords", data=geo.pixel_grid(scene.x, scene.y, R.SIZE), chunks=True, **comp)
+  _write_float32(g, "image", image)
+  _write_float32(g, "coords", geo.pixel_grid(scene.x, scene.y, R.SIZE))
   g.attrs["crs"] = np.int64(scene.epsg)
   g.attrs["timestamp"] = scene.timestamp
   g.attrs["labels"] = np.array(scene.labels, dtype=h5py.string_dtype())

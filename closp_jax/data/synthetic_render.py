@@ -338,18 +338,25 @@ def render_s2(rng: np.random.Generator, scenes: list[Scene]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- Sentinel-1
-def _backscatter(rng, s: Scene, wts: np.ndarray) -> np.ndarray:
-  """[2, 2n] region-variant sigma0 (linear power), channels VV, VH."""
-  n_var, m = wts.shape
+def _material_sigma0(rng, s: Scene, n_var: int) -> np.ndarray:
+  """[n_var, M, 2] per-variant material sigma0 (linear power), channels VV, VH.
+
+  Season moves vegetation between its peak and dormant values; incidence angle,
+  soil moisture, a per-scene draw per material (wind on water, crop structure,
+  building orientation...) and calibration move everything.
+  """
+  m = len(W.MATERIAL_NAMES)
   g = _greenness(rng, s, n_var)[..., None]
-  db = g * _MATS["sar_peak"] + (1 - g) * _MATS["sar_dormant"]                 # [2n, M, 2]
+  db = g * _MATS["sar_peak"] + (1 - g) * _MATS["sar_dormant"]                 # [n_var, M, 2]
   db = db + (_MATS["slope"] * (s.incidence - 37.0))[:, None]
   common = rng.normal(0, 1, (m, 1)) * _MATS["spread"][:, None] * .8
   own = rng.normal(0, 1, (m, 2)) * _MATS["spread"][:, None] * .6
   db = db + common + own + np.where(_MATS["moisture"], 4.0 * (s.moisture - .5), 0)[:, None]
   db = db + rng.normal(0, .8, (n_var, m, 1)) + rng.normal(0, .3)
-  lin = 10.0 ** (db / 10.0)
-  return np.einsum("vm,vmc->cv", wts, lin)
+  # collapsed buildings: the same scene's buildings lose most of their double bounce
+  db[:, _RUBBLE] = db[:, _BUILT] - np.stack(
+      [rng.uniform(2.5, 5.5, n_var), rng.uniform(0.0, 2.0, n_var)], -1)
+  return 10.0 ** (db / 10.0)
 
 
 def render_s1(rng: np.random.Generator, scenes: list[Scene], channels: tuple[str, ...]) -> np.ndarray:
@@ -366,12 +373,14 @@ def render_s1(rng: np.random.Generator, scenes: list[Scene], channels: tuple[str
   for i, s in enumerate(scenes):
     n_reg = len(s.areas)
     wts = _variant_weights(rng, s.recipes)
-    pairs = [_backscatter(rng, s, wts)]
-    if pre:
+    lin = _material_sigma0(rng, s, len(wts))
+    pairs = [np.einsum("vm,vmc->cv", wts, lin)]
+    if pre:  # same scene before the event: rubble was standing buildings; small temporal change
       intact = wts.copy()
       intact[:, _BUILT] += intact[:, _RUBBLE]
       intact[:, _RUBBLE] = 0
-      pairs.insert(0, _backscatter(rng, s, intact))
+      before = lin * 10.0 ** (rng.normal(0, .3, lin.shape) / 10.0)
+      pairs.insert(0, np.einsum("vm,vmc->cv", intact, before))
     region = np.concatenate(pairs, 0)                                       # [n_out, 2n]
     sigma[i, :, :n_reg] = region[:, :n_reg]
     sigma[i, :, k:k + n_reg] = region[:, n_reg:]

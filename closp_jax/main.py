@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:variant]).",
@@ -31,6 +31,8 @@ def default_workdir(config) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # orbax and grain log every checkpoint step at INFO; the trainer prints its own progress.
+  logging.set_verbosity(logging.WARNING)
   from closp_jax.parallel import distributed  # pylint: disable=import-outside-toplevel
   distributed.initialize(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value)
   from closp_jax.train import loop  # pylint: disable=import-outside-toplevel

@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from closp_jax.models.towers import CLOSP
 from closp_jax.parallel import mesh as mesh_lib
@@ -142,7 +141,7 @@ def create_state(variables, optimizer, shardings, mesh, seed: int) -> tuple[Trai
   """The initial TrainState and its sharding tree (optimizer state follows the params)."""
   params, batch_stats = variables["params"], variables["batch_stats"]
   abstract_opt = jax.eval_shape(optimizer.init, params)
-  opt_shardings = _opt_shardings(optimizer, abstract_opt, shardings["params"], mesh)
+  opt_shardings = _opt_shardings(abstract_opt, params, shardings["params"], mesh)
   rep = mesh_lib.replicated(mesh)
   state_shardings = TrainState(step=rep, params=shardings["params"], batch_stats=shardings["batch_stats"],
                                opt_state=opt_shardings, rng=rep)
@@ -155,12 +154,29 @@ def create_state(variables, optimizer, shardings, mesh, seed: int) -> tuple[Trai
   return state, state_shardings
 
 
-def _opt_shardings(optimizer, abstract_opt, param_shardings, mesh):
-  """Optimizer leaves that mirror a parameter share its sharding; the rest are replicated."""
+def _opt_shardings(abstract_opt, params, param_shardings, mesh):
+  """Optimizer leaves that mirror a parameter (Adam moments) share its sharding; the rest are replicated.
+
+  A moment's key path ends with its parameter's key path (optax nests the params tree inside its
+  states), which is how it is matched; the shape must agree too.
+  """
   rep = mesh_lib.replicated(mesh)
-  return optax.tree_map_params(
-      optimizer, lambda _, sharding: sharding, abstract_opt, param_shardings,
-      transform_non_params=lambda _: rep)
+  by_path = {}
+  for (path, p), s in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(param_shardings)):
+    by_path[_dict_keys(path)] = (tuple(p.shape), s)
+
+  def assign(path, leaf):
+    keys = _dict_keys(path)
+    for i in range(len(keys)):
+      hit = by_path.get(keys[i:])
+      if hit is not None and hit[0] == tuple(leaf.shape):
+        return hit[1]
+    return rep
+  return jax.tree_util.tree_map_with_path(assign, abstract_opt)
+
+
+def _dict_keys(path) -> tuple:
+  return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
 
 
 def build_model_and_optimizer(cfg, mesh, total_steps: int):

@@ -75,6 +75,9 @@ class CrisisLandmarkConfig(tfds.core.BuilderConfig):
   shard_bytes: int = 1 << 30  # a new shard after about 1 GiB of serialized records
 
 
+TINY = CrisisLandmarkConfig(
+    name="tiny", synthetic=True, num_s2=300, num_s1=300, seed=0, validation_min_per_sensor=32,
+    description="A small synthetic archive (300 S2 + 300 S1) for tests and quick trials.")
 FULL = CrisisLandmarkConfig(
     name="full", description="The official release folder, given as manual_dir.")
 SAMPLE = CrisisLandmarkConfig(
@@ -379,7 +382,7 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First conversion: ArrayRecord, S2 13 bands, S1 VV/VH, lon/lat."}
-  BUILDER_CONFIGS = [FULL, SAMPLE]
+  BUILDER_CONFIGS = [FULL, SAMPLE, TINY]
   DEFAULT_BUILDER_CONFIG_NAME = "sample"
   MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_INSTRUCTIONS
 

@@ -10,6 +10,8 @@ CORE = [
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
     "tensorflow-datasets==4.9.10",
+    # tfds 4.9.10 imports importlib_resources but declares it only for old Pythons.
+    "importlib_resources>=6",
     "grain==0.2.18",
     "transformers>=5.20,<6",
     "tokenizers>=0.21",

@@ -77,6 +77,8 @@ def base_config(variant: str, geo: bool) -> ml_collections.ConfigDict:
   c.train.epochs = 0.0           # > 0: steps = epochs x steps per epoch of the larger sensor
   c.train.log_every_steps = 10
   c.train.nonfinite = "stop"     # 'stop' or 'skip' on a NaN/Inf loss or gradient norm
+  c.train.stop_after = 0         # > 0: checkpoint and stop after this step (the run resumes later)
+  c.train.record_data_order = False  # append a digest of every batch to WORKDIR/data_order.txt
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every_steps = 100

@@ -1,8 +1,10 @@
 """The training loop: data, steps, progress, validation, checkpoints, resume, final table."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,6 +25,40 @@ from closp_jax.train.step import make_train_step
 
 class NonFiniteError(FloatingPointError):
   pass
+
+
+class _StopRequest:
+  """SIGTERM / SIGINT set a flag; the loop checkpoints at the end of the current step and exits."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        pass
+    return self
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    if self.signal is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C stops at once
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def batch_digest(batch) -> str:
+  """A short fingerprint of a host batch (text ids and a corner of every image), for data-order checks."""
+  h = hashlib.sha1()
+  for sensor in ("s2", "s1"):
+    h.update(np.ascontiguousarray(batch[sensor]["text_id"]).tobytes())
+    h.update(np.ascontiguousarray(batch[sensor]["image"][:, :2, :2, :]).tobytes())
+  return h.hexdigest()[:16]
 
 
 def _write_json(path: Path, obj) -> None:
@@ -134,11 +170,19 @@ def train_and_evaluate(config, workdir, *, stream=None) -> dict:
   pending = None  # (step, metrics) of the last dispatched step, checked one step late
   last_val = {}
   t_start = time.perf_counter()
+  stop_after = int(cfg.train.stop_after)
+  order_file = workdir / "data_order.txt" if cfg.train.record_data_order and main else None
+  stopped = None
+  stop_request = _StopRequest()
   try:
+    stop_request.__enter__()
     for step in range(start, total):
       fn, use_table = step_fn_for(step)
       table = text_table(_vars(state)) if use_table else np.zeros((1, 1), np.float32)
       batch = next(train_it)
+      if order_file is not None:
+        with open(order_file, "a", encoding="utf-8") as f:
+          f.write(f"{step + 1} {batch_digest(batch)}\n")
       gbatch = mesh_lib.global_batch(
           {s: {k: v for k, v in batch[s].items() if k in ("image", "input_ids", "attention_mask", "lonlat", "text_id")}
            for s in ("s2", "s1")}, mesh)
@@ -151,6 +195,9 @@ def train_and_evaluate(config, workdir, *, stream=None) -> dict:
         progress.start_timer(step + 1)
       do_eval = int(cfg.eval.every_steps) > 0 and (step + 1) % int(cfg.eval.every_steps) == 0
       do_ckpt = (step + 1) % int(cfg.checkpoint.every_steps) == 0 or step + 1 == total
+      if stop_request.signal or (stop_after and step + 1 == stop_after):
+        stopped = stop_request.signal or f"train.stop_after={stop_after}"
+        do_ckpt = True
       if do_eval or do_ckpt:
         _check_and_report(pending, cfg, progress, summaries, sched)
         pending = None
@@ -162,12 +209,20 @@ def train_and_evaluate(config, workdir, *, stream=None) -> dict:
           summaries.scalars(step + 1, val)
           progress.message(f"validation at step {step + 1}: loss {val['val_loss']:.4f}, "
                            f"nDCG@100 {val['val_nDCG@100']:.4f}")
-        ckpt.save(step + 1, state, train_it, metrics=val, force=step + 1 == total)
+        ckpt.save(step + 1, state, train_it, metrics=val, force=step + 1 == total or stopped is not None)
+      if stopped:
+        break
     if pending is not None:
       _check_and_report(pending, cfg, progress, summaries, sched)
   finally:
+    stop_request.__exit__()
     ckpt.wait()
     summaries.close()
+  if stopped:
+    ckpt.close()
+    say(f"stopped ({stopped}) after step {int(state.step)}; checkpoint saved in {ckpt.directory}. "
+        f"Run the same command again to resume.")
+    return {"steps": int(state.step), "stopped": stopped}
   train_seconds = time.perf_counter() - t_start
   result = {"steps": total, "train_seconds": train_seconds, "validation": last_val}
   if cfg.eval.final:

@@ -129,6 +129,9 @@ def _apply_variant(c, variant: str, geo: bool) -> None:
   c.optim.frozen = ()
   c.train.epochs = 30.0
   c.train.steps = -1
+  # The released layouts: the ResNet-50 towers keep timm's 1000-way classifier and project its output.
+  c.model.s2_head_classes = 1000
+  c.model.s1_head_classes = 1000
   c.optim.freeze_steps = -1      # -1: one epoch, resolved from the dataset size
   c.eval.every_steps = 1000
   c.checkpoint.every_steps = 1000
@@ -137,6 +140,8 @@ def _apply_variant(c, variant: str, geo: bool) -> None:
     c.model.s2_encoder = name
     c.model.s1_encoder = name
     c.model.image_size = 224
+    c.model.s2_head_classes = 1000 if variant == "vit_s" else 0   # as CLOSP-VS / CLOSP-VL were released
+    c.model.s1_head_classes = 0
   if variant == "pod":
     c.data.batch_size = 32768
     c.data.eval_batch_size = 32768

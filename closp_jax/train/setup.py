@@ -106,21 +106,37 @@ def load_pretrained(variables: dict, cfg, shardings: dict) -> tuple[dict, list[s
     path = init_cfg[sensor]
     if not path:
       continue
-    from closp_jax.weights import safe_load, timm_import  # pylint: disable=import-outside-toplevel
+    from closp_jax.weights import timm_import  # pylint: disable=import-outside-toplevel
     name = cfg.model[f"{sensor}_encoder"]
-    sd = safe_load.load_state_dict(path)
     key = f"{sensor}_encoder"
     if name.startswith("resnet"):
-      p, bs = timm_import.load_timm_resnet(sd, name=name, in_chans=int(cfg.model[f"{sensor}_in_chans"]))
-      params[key] = _checked_replace(params[key], p, key)
-      stats[key] = _checked_replace(stats[key], bs, key + " (batch_stats)")
+      p, bs = timm_import.load_timm_resnet(path, name=name, in_chans=int(cfg.model[f"{sensor}_in_chans"]))
+      stats[key], _ = _checked_merge(stats[key], bs, key + " (batch_stats)")
     else:
-      p = timm_import.load_timm_vit(sd, name=name)
-      params[key] = _checked_replace(params[key], p, key)
-    notes.append(f"{key} <- {path}")
+      p = timm_import.load_timm_vit(path, name=name, in_chans=int(cfg.model[f"{sensor}_in_chans"]))
+    params[key], kept = _checked_merge(params[key], p, key)
+    notes.append(f"{key} <- {path}" + (f" (kept initialised: {', '.join(kept)})" if kept else ""))
   out = {"params": params, "batch_stats": stats}
   out = jax.device_put(out, {"params": shardings["params"], "batch_stats": shardings["batch_stats"]})
   return out, notes
+
+
+def _checked_merge(current, new, where: str):
+  """Pretrained tensors into a subtree: every pretrained tensor must exist with the same shape;
+  model tensors the file lacks (e.g. a classifier head) keep their initial values and are named."""
+  cur_flat = dict(jax.tree_util.tree_flatten_with_path(current)[0])
+  new_flat = dict(jax.tree_util.tree_flatten_with_path(new)[0])
+  extra = sorted(map(jax.tree_util.keystr, set(new_flat) - set(cur_flat)))
+  if extra:
+    raise ValueError(f"pretrained {where}: tensors the model does not have: {extra[:8]}")
+  for k, v in new_flat.items():
+    if tuple(cur_flat[k].shape) != tuple(np.shape(v)):
+      raise ValueError(f"pretrained {where}{jax.tree_util.keystr(k)}: shape {tuple(np.shape(v))}, "
+                       f"model expects {tuple(cur_flat[k].shape)}")
+  kept = sorted({jax.tree_util.keystr(k[:1]) for k in set(cur_flat) - set(new_flat)})
+  merged = jax.tree_util.tree_map_with_path(
+      lambda path, c: jnp.asarray(new_flat[path], c.dtype) if path in new_flat else c, current)
+  return merged, kept
 
 
 def _checked_replace(current, new, where: str):

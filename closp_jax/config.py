@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ml_collections
 
+PARAM_GROUPS = ("s2_encoder", "s1_encoder", "text_model", "s2_projection", "s1_projection",
+                "location_encoder", "location_projection", "logit_scale", "logit_bias")
 VARIANTS = ("sample", "paper", "vit_s", "vit_l", "pod", "rgb")
 
 
@@ -67,7 +69,8 @@ def base_config(variant: str, geo: bool) -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.01
   c.optim.grad_clip = 1.0
   c.optim.grad_accum_steps = 1
-  c.optim.multipliers = ml_collections.ConfigDict({"text_model": 1.0})
+  # Learning-rate multiplier per parameter group (groups a model lacks are ignored at 1.0).
+  c.optim.multipliers = ml_collections.ConfigDict({g: 1.0 for g in PARAM_GROUPS})
   c.optim.freeze_towers = ("s2_encoder", "s1_encoder", "text_model")
   c.optim.freeze_steps = 0
   c.optim.frozen = ("text_model",)

@@ -94,7 +94,7 @@ def tower_schedule(optim_cfg, group: str, total_steps: int) -> Schedule:
 def make_optimizer(optim_cfg, params, total_steps: int) -> optax.GradientTransformation:
   """The optax transformation for `params` (a plain, unboxed pytree)."""
   groups = sorted(set(jax.tree.leaves(group_labels(params))))
-  unknown = [g for g in dict(optim_cfg.multipliers) if g not in groups]
+  unknown = [g for g, m in dict(optim_cfg.multipliers).items() if g not in groups and float(m) != 1.0]
   unknown += [g for g in tuple(optim_cfg.frozen) + tuple(optim_cfg.freeze_towers) if g not in groups]
   if unknown:
     raise ValueError(

@@ -120,3 +120,32 @@ def num_eval_batches(num_items: int, batch_size_per_process: int) -> int:
   """Batches every process runs so that all take part in each global step."""
   per_process = math.ceil(num_items / jax.process_count())
   return math.ceil(per_process / batch_size_per_process)
+
+
+SENSORS = ("s2", "s1")
+
+
+def embed_corpus(model, variables, builder, mesh, split: str, *, eval_batch_size: int,
+                 normalization: str = "scale", rgb: bool = False, with_location: bool = False,
+                 max_items: int = 0, sensors=SENSORS, progress: bool = False) -> dict[str, dict]:
+  """{sensor: embed_split(...) result} for the sensors of a split, sharded over all processes.
+
+  eval_batch_size is global; each process reads its own contiguous share of the split
+  (`pipeline.eval_iterator`) and all processes run the same number of batches.
+  """
+  from closp_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  nproc = jax.process_count()
+  if eval_batch_size <= 0 or eval_batch_size % nproc:
+    raise ValueError(f"eval_batch_size={eval_batch_size} must be a positive multiple of the "
+                     f"process count {nproc}")
+  per_process = eval_batch_size // nproc
+  out = {}
+  for sensor in sensors:
+    kwargs = {"rgb": True} if rgb else {}
+    it = pipeline.eval_iterator(builder, split, sensor, batch_size=per_process,
+                                normalization=normalization, **kwargs)
+    n = pipeline.split_size(builder, split, sensor)
+    out[sensor] = embed_split(model, variables, it, mesh, sensor, with_location=with_location,
+                              num_batches=num_eval_batches(n, per_process), max_items=max_items,
+                              progress=progress)
+  return out

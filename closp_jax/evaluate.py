@@ -1,0 +1,96 @@
+r"""Evaluate CLOSP / GeoCLOSP text -> image retrieval, or compare evaluations.
+
+  python -m closp_jax.evaluate --config configs/geoclosp.py --workdir DIR \
+      [--checkpoint latest|best|STEP|untrained] [--output OUT] [--queries FILE --qrels FILE] \
+      [--config.key=value ...]
+  python -m closp_jax.evaluate compare OUT1 OUT2 ...
+
+The first form restores a checkpoint of DIR (trained with the same --config and overrides)
+onto this run's devices, embeds the test split (S2 and S1) sharded over all processes, ranks
+it for the queries and writes OUT (default DIR/eval/<step>): metrics.json, run.{s2,s1,all}.trec,
+qrels*.trec, report.md and chart.png. The second prints the metrics of the folders side by
+side with their differences to the first. Protocol: docs/evaluation.md.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "The training config (configs/*.py[:variant]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir (default: ./workdir/<config name>).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest, best, a step number, or untrained "
+                                  "(the config's initial parameters).")
+_OUTPUT = flags.DEFINE_string("output", None, "Output folder (default: WORKDIR/eval/<step>).")
+_QUERIES = flags.DEFINE_string("queries", None, "User queries (JSON lines {query_id, text, [type]}, or "
+                               "TSV qid<TAB>text[<TAB>type]); needs --qrels.")
+_QRELS = flags.DEFINE_string("qrels", None, "User judgments (TREC 'qid 0 docid grade' or BEIR tsv, a file "
+                             "or a folder of them); needs --queries.")
+_DEPTH = flags.DEFINE_integer("depth", 1000, "Documents retrieved per query (run files and metrics).")
+_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+_PID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+_AUTO = flags.DEFINE_bool("distributed_auto", None, "Let JAX detect the cluster (Cloud TPU, SLURM).")
+
+
+def compare(folders: list[str]) -> str:
+  """The `compare` subcommand's text: metrics of each folder side by side, with differences."""
+  from closp_jax.retrieval import evaluator, report  # pylint: disable=import-outside-toplevel
+  entries, seen = [], {}
+  for folder in folders:
+    m = evaluator.load_metrics(folder)
+    label = f"{m.get('config', '?')}@{(m.get('checkpoint') or {}).get('step', '?')}"
+    seen[label] = seen.get(label, 0) + 1
+    if seen[label] > 1:
+      label += f"#{seen[label]}"
+    entries.append((label, m))
+  lines = [f"{label}: {folder}" for (label, _), folder in zip(entries, folders)]
+  return "\n".join(lines + ["", report.compare_table(entries)])
+
+
+def main(argv):
+  logging.set_verbosity(logging.WARNING)
+  if len(argv) > 1 and argv[1] == "compare":
+    if len(argv) < 3:
+      raise app.UsageError("compare needs one or more evaluation folders: compare OUT1 OUT2 ...")
+    try:
+      print(compare(argv[2:]))
+    except (FileNotFoundError, ValueError, KeyError) as e:
+      sys.exit(f"error: {e}")
+    return
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]} (the only subcommand is 'compare')")
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required (the config the checkpoint was trained with)")
+  from closp_jax.parallel import distributed  # pylint: disable=import-outside-toplevel
+  distributed.initialize(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value)
+  from closp_jax.retrieval import evaluator  # pylint: disable=import-outside-toplevel
+  workdir = _WORKDIR.value or "workdir/" + config.name.replace(":", "-")  # as closp_jax.main
+  evaluator.evaluate_checkpoint(
+      config, workdir, checkpoint=_CHECKPOINT.value,
+      output=_OUTPUT.value, queries_path=_QUERIES.value, qrels_path=_QRELS.value, k=_DEPTH.value)
+
+
+def _check_argv(argv: list[str]) -> None:
+  """Fails early, naming the valid keys, on a mistyped --config.key."""
+  from closp_jax.config import ConfigKeyError, check_override_keys, load_config_file  # pylint: disable=import-outside-toplevel
+  spec = None
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      spec = a.split("=", 1)[1]
+    elif a == "--config" and i + 1 < len(argv):
+      spec = argv[i + 1]
+  if spec is None:
+    return
+  try:
+    check_override_keys(load_config_file(spec), argv)
+  except (ConfigKeyError, ValueError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  _check_argv(sys.argv)
+  app.run(main)

@@ -1,0 +1,505 @@
+"""Text -> image retrieval evaluation of a CLOSP model: rankings, breakdowns, zero-shot mAP, files.
+
+Two layers:
+
+* `evaluate_embeddings(corpus, queries, query_emb, qrels, class_emb)` works on embeddings
+  only (no model, no files): the three rankings text->s2, text->s1 and text->all (one
+  ranking over both sensors), each with the metrics overall, per source dataset and per
+  query type, and zero-shot multi-label classification over the 12 classes.
+* `evaluate_checkpoint(config, workdir, ...)` (closp_jax/evaluate.py's library function):
+  restores a checkpoint onto this run's devices, embeds the corpus split sharded over all
+  processes, loads or builds the queries, calls `evaluate_embeddings` and writes
+  metrics.json, the TREC run and qrels files, report.md and the chart.
+
+Protocol, query types, relevance grades and the tie rule: docs/evaluation.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from closp_jax.data import labels as labels_lib
+from closp_jax.data import preprocess
+from closp_jax.retrieval import queries_rule, trec
+from closp_jax.retrieval.metrics import DEFAULT_METRICS, evaluate_run
+from closp_jax.retrieval.ranking import classification_map, similarity
+from closp_jax.retrieval.topk import topk_search
+
+RANKINGS: dict[str, tuple[str, ...]] = {
+    "text->s2": ("s2",), "text->s1": ("s1",), "text->all": ("s2", "s1")}
+RUN_FILES = {"text->s2": "run.s2.trec", "text->s1": "run.s1.trec", "text->all": "run.all.trec"}
+QRELS_FILES = {"text->s2": "qrels.s2.trec", "text->s1": "qrels.s1.trec", "text->all": "qrels.trec"}
+METRICS_FILE = "metrics.json"
+DEPTH = 1000
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  """Embedded corpus samples: emb [N, D] (unit norm), keys [N], labels [N, 12] multi-hot,
+  lonlat [N, 2], sensor [N] ('s2'/'s1'), source [N] (key prefix, e.g. 'benv2s2')."""
+  emb: np.ndarray
+  keys: np.ndarray
+  labels: np.ndarray
+  lonlat: np.ndarray
+  sensor: np.ndarray
+  source: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.keys)
+
+  def select(self, mask: np.ndarray) -> "Corpus":
+    """The rows where `mask` is True; a view (no copy) when they are one contiguous run, as a
+    sensor's or a source's rows are (keys sorted, S2 first)."""
+    rows = np.flatnonzero(mask)
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+      index = slice(int(rows[0]), int(rows[-1]) + 1)
+    else:
+      index = rows
+    return Corpus(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
+
+  @classmethod
+  def from_embedded(cls, embedded: Mapping[str, Mapping[str, np.ndarray]]) -> "Corpus":
+    """From {sensor: embed_split result} (S2 rows first, then S1)."""
+    parts = [(s, embedded[s]) for s in RANKINGS["text->all"] if s in embedded]
+    if not parts:
+      raise ValueError(f"no embedded sensor: expected keys among {RANKINGS['text->all']}")
+    keys = np.concatenate([np.asarray(p["key"]).astype(str) for _, p in parts])
+    dup = _first_duplicate(keys)
+    if dup is not None:
+      raise ValueError(f"corpus key {dup!r} appears twice; sample keys must be unique")
+    return cls(
+        emb=np.concatenate([np.asarray(p["emb"], np.float32) for _, p in parts]),
+        keys=keys,
+        labels=np.concatenate([np.asarray(p["labels"], np.float32) for _, p in parts]),
+        lonlat=np.concatenate([np.asarray(p["lonlat"], np.float32) for _, p in parts]),
+        sensor=np.concatenate([np.full(len(p["key"]), s) for s, p in parts]),
+        source=np.array([preprocess.source_of_key(k) for k in keys], dtype=str))
+
+
+def _first_duplicate(keys: np.ndarray):
+  uniq, counts = np.unique(keys, return_counts=True)
+  return uniq[counts > 1][0] if (counts > 1).any() else None
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+@dataclasses.dataclass
+class Ranking:
+  """One ranking's top-k lists and how they were judged."""
+  name: str
+  qids: list[str]
+  scores: np.ndarray        # [Q, k] float32, best first
+  doc_keys: np.ndarray      # [Q, k] str
+  qrels: dict[str, dict[str, int]]
+  mean: dict[str, float]
+  per_query: dict[str, dict[str, float]]
+  num_docs: int
+
+
+def restrict_qrels(qrels: Mapping[str, Mapping[str, int]], keys) -> dict[str, dict[str, int]]:
+  """Judgments of documents in `keys`, for the queries left with a relevant (grade >= 1) one."""
+  keyset = set(map(str, keys))
+  out = {}
+  for qid, judged in qrels.items():
+    sub = {d: int(g) for d, g in judged.items() if d in keyset}
+    if any(g > 0 for g in sub.values()):
+      out[str(qid)] = sub
+  return out
+
+
+def rank_corpus(name: str, corpus: Corpus, qids: Sequence[str], query_emb: np.ndarray,
+                qrels: Mapping[str, Mapping[str, int]], *, k: int = DEPTH,
+                metrics: Sequence[str] = DEFAULT_METRICS, block: int = 65536) -> Ranking | None:
+  """Ranks `corpus` for the queries with a relevant document in it and scores the run.
+
+  None when no query has one. Top-k by exact blocked matrix products (`topk_search`), so
+  memory stays O(Q x (block + k)) whatever the corpus size.
+  """
+  sub = restrict_qrels(qrels, corpus.keys)
+  keep = [i for i, q in enumerate(qids) if str(q) in sub]
+  if not keep or len(corpus) == 0:
+    return None
+  depth = min(int(k), len(corpus))
+  scores, index = topk_search(np.asarray(query_emb)[keep], corpus.emb, depth, block=block)
+  doc_keys = corpus.keys[index]
+  kept = [str(qids[i]) for i in keep]
+  run = trec.make_run(kept, doc_keys, scores)
+  sub = {q: sub[q] for q in kept}
+  mean, per_query = evaluate_run(run, sub, metrics)
+  return Ranking(name, kept, scores, doc_keys, sub, mean, per_query, len(corpus))
+
+
+def _group_means(per_query: Mapping[str, Mapping[str, float]], groups: Mapping[str, str],
+                 metrics: Sequence[str]) -> dict[str, dict]:
+  out = {}
+  for group in sorted(set(groups[q] for q in per_query)):
+    members = [q for q in per_query if groups[q] == group]
+    out[group] = {"num_queries": len(members),
+                  "metrics": {m: float(np.mean([per_query[q][m] for q in members])) for m in metrics}}
+  return out
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclasses.dataclass
+class Evaluation:
+  """metrics: the JSON-ready results (metrics.json); rankings: the runs behind them."""
+  metrics: dict
+  rankings: dict[str, Ranking]
+
+
+def evaluate_embeddings(corpus: Corpus, queries: Sequence[Mapping], query_emb: np.ndarray,
+                        qrels: Mapping[str, Mapping[str, int]], class_emb: np.ndarray | None = None,
+                        *, k: int = DEPTH, metrics: Sequence[str] = DEFAULT_METRICS,
+                        block: int = 65536) -> Evaluation:
+  """All figures of the protocol from embeddings (see the module docstring).
+
+  queries: [{query_id, text, type}] with `type` one of queries_rule.QUERY_TYPES; query_emb:
+  [Q, D] in the same order; class_emb: [12, D] embeddings of the class names (None: no
+  zero-shot figures).
+  """
+  if len(queries) != len(query_emb):
+    raise ValueError(f"{len(queries)} queries but {len(query_emb)} query embeddings")
+  qids = [str(q["query_id"]) for q in queries]
+  types = {str(q["query_id"]): q.get("type") or "land_cover" for q in queries}
+  out: dict = {"metric_names": list(metrics), "depth": int(k), "rankings": {}, "zero_shot": {}}
+  rankings: dict[str, Ranking] = {}
+  by_source: dict[str, dict] = {}
+  for source in preprocess.SOURCES:
+    mask = corpus.source == source
+    if not mask.any():
+      continue
+    r = rank_corpus(source, corpus.select(mask), qids, query_emb, qrels, k=k, metrics=metrics,
+                    block=block)
+    by_source[source] = {"num_docs": int(mask.sum()),
+                         "num_queries": len(r.qids) if r else 0,
+                         "metrics": r.mean if r else None}
+  for name, sensors in RANKINGS.items():
+    sub_corpus = corpus.select(np.isin(corpus.sensor, sensors))
+    r = rank_corpus(name, sub_corpus, qids, query_emb, qrels, k=k, metrics=metrics, block=block)
+    entry = {"num_docs": len(sub_corpus), "num_queries": len(r.qids) if r else 0,
+             "metrics": r.mean if r else None,
+             "by_source": {s: v for s, v in by_source.items()
+                           if preprocess.sensor_of_source(s) in sensors},
+             "by_type": _group_means(r.per_query, types, metrics) if r else {},
+             "files": {"run": RUN_FILES[name], "qrels": QRELS_FILES[name]} if r else None}
+    out["rankings"][name] = entry
+    if r is not None:
+      rankings[name] = r
+    if class_emb is not None and len(sub_corpus):
+      out["zero_shot"][name] = zero_shot(sub_corpus, class_emb, k=k, block=block)
+  return Evaluation(out, rankings)
+
+
+def zero_shot(corpus: Corpus, class_emb: np.ndarray, *, k: int = DEPTH, block: int = 65536) -> dict:
+  """Zero-shot multi-label classification (class names as texts) over a corpus.
+
+  mAP: mean over the classes present of each class's average precision over every sample
+  (ranking.average_precision, ties grouped). Per class also nDCG@k of the class name as a
+  retrieval query, relevant (grade 1) = the samples carrying the class.
+  """
+  class_emb = np.asarray(class_emb, np.float32)
+  if class_emb.shape[0] != labels_lib.NUM_CLASSES:
+    raise ValueError(f"class_emb must hold the {labels_lib.NUM_CLASSES} class names, got "
+                     f"{class_emb.shape[0]} rows")
+  scores = similarity(corpus.emb, class_emb, block=block)
+  mean_ap, ap = classification_map(scores, corpus.labels)
+  cq = queries_rule.class_queries()
+  qrels = {q["query_id"]: {str(key): 1 for key in corpus.keys[corpus.labels[:, i] > 0]}
+           for i, q in enumerate(cq)}
+  ndcg_name = f"nDCG@{k}"
+  r = rank_corpus("classes", corpus, [q["query_id"] for q in cq], class_emb, qrels, k=k,
+                  metrics=(ndcg_name,), block=block)
+  ndcg = {}
+  for q in cq:
+    value = r.per_query.get(q["query_id"]) if r else None
+    ndcg[q["class"]] = None if value is None else value[ndcg_name]
+  return {"mAP": None if np.isnan(mean_ap) else mean_ap,
+          "num_classes": int(np.sum(~np.isnan(ap))),
+          "AP": {c: (None if np.isnan(v) else float(v)) for c, v in zip(labels_lib.CLASSES, ap)},
+          ndcg_name: ndcg}
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def resolve_queries(builder_dir, corpus: Corpus, queries_path=None, qrels_path=None
+                    ) -> tuple[list[dict], dict[str, dict[str, int]], str]:
+  """(queries typed, qrels, origin) where origin is 'user', 'official' or 'labels'.
+
+  User files (`--queries` / `--qrels`, both or neither) first; else the dataset's
+  queries.jsonl + qrels/ when present; else built from the corpus labels
+  (queries_rule.queries_from_labels).
+  """
+  from closp_jax.data import queries as queries_lib  # pylint: disable=import-outside-toplevel
+  if (queries_path is None) != (qrels_path is None):
+    raise ValueError("--queries and --qrels go together: pass both files, or neither to use "
+                     "the dataset's own (or label-built) queries")
+  if queries_path is not None:
+    queries, qrels, origin = read_queries(queries_path), read_qrels(qrels_path), "user"
+  else:
+    try:
+      queries = queries_lib.load_queries(builder_dir)
+      qrels = queries_lib.load_qrels(builder_dir)
+      origin = "official"
+    except FileNotFoundError:
+      queries, qrels = queries_rule.queries_from_labels(corpus.labels, corpus.keys, corpus.lonlat)
+      origin = "labels"
+  known = {q["query_id"] for q in queries}
+  unknown = sorted(set(qrels) - known)
+  if unknown and origin != "labels":
+    print(f"note: {len(unknown)} judged query ids have no query text and are ignored "
+          f"(e.g. {unknown[:3]})", file=sys.stderr)
+  queries = queries_rule.assign_types(queries, qrels, corpus.keys, corpus.lonlat)
+  return queries, qrels, origin
+
+
+def read_queries(path) -> list[dict]:
+  """Queries from a JSON-lines file ({query_id|_id|id|qid, text, [type]}), a TSV file
+  (`qid<TAB>text[<TAB>type]`), or a folder holding queries.jsonl."""
+  from closp_jax.data import queries as queries_lib  # pylint: disable=import-outside-toplevel
+  path = Path(path)
+  if path.is_dir():
+    return queries_lib.load_queries(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"queries file {path} not found")
+  with open(path, encoding="utf-8") as f:
+    first = next((line for line in f if line.strip()), "")
+  if first.lstrip().startswith("{"):
+    import tempfile  # pylint: disable=import-outside-toplevel
+    with tempfile.TemporaryDirectory() as tmp:  # load_queries reads <folder>/queries.jsonl
+      os.symlink(path.absolute(), Path(tmp) / queries_lib.QUERIES_FILE)
+      return queries_lib.load_queries(tmp)
+  queries, seen = [], set()
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      fields = line.rstrip("\n").split("\t")
+      if len(fields) not in (2, 3) or not fields[0].strip() or not fields[1].strip():
+        raise ValueError(f"{path}:{line_no}: expected 'query_id<TAB>text[<TAB>type]' or a JSON "
+                         f"object per line, got {line.strip()!r}")
+      qid = fields[0].strip()
+      if qid in seen:
+        raise ValueError(f"{path}:{line_no}: query_id {qid!r} appears twice")
+      seen.add(qid)
+      queries.append({"query_id": qid, "text": fields[1].strip(),
+                      "type": fields[2].strip() if len(fields) == 3 else ""})
+  if not queries:
+    raise ValueError(f"{path} holds no query")
+  return queries
+
+
+def read_qrels(path) -> dict[str, dict[str, int]]:
+  """Judgments from a TREC or BEIR qrels file, or every such file in a folder."""
+  path = Path(path)
+  files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) \
+      if path.is_dir() else [path]
+  if not files or not files[0].is_file():
+    raise FileNotFoundError(f"qrels {path} not found (a TREC/BEIR file or a folder of them)")
+  merged: dict[str, dict[str, int]] = {}
+  for p in files:
+    for qid, judged in trec.read_qrels(p).items():
+      target = merged.setdefault(qid, {})
+      for doc, grade in judged.items():
+        if doc in target and target[doc] != grade:
+          raise ValueError(f"{p}: ({qid}, {doc}) judged {grade} here and {target[doc]} in an "
+                           "earlier file")
+        target[doc] = grade
+  return merged
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_outputs(out_dir, evaluation: Evaluation, *, tag: str, report: bool = True) -> Path:
+  """metrics.json, run.*.trec, qrels*.trec, report.md and the chart into `out_dir`."""
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  tag = "".join(c if not c.isspace() else "_" for c in tag) or "closp-jax"
+  for name, r in evaluation.rankings.items():
+    trec.write_run(out_dir / RUN_FILES[name], r.qids, r.doc_keys, r.scores, tag)
+    trec.write_qrels(out_dir / QRELS_FILES[name], r.qrels)
+  for name in RANKINGS:
+    for path in (out_dir / RUN_FILES[name], out_dir / QRELS_FILES[name]):
+      if name not in evaluation.rankings:
+        path.unlink(missing_ok=True)  # a stale file of an earlier evaluation into this folder
+      elif path.is_file():  # written through a private temporary file: make it readable as usual
+        os.chmod(path, 0o666 & ~_umask())
+  if report:
+    from closp_jax.retrieval import report as report_lib  # pylint: disable=import-outside-toplevel
+    report_lib.write_report(out_dir, evaluation.metrics)
+  write_json(out_dir / METRICS_FILE, evaluation.metrics)
+  return out_dir
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+def write_json(path: Path, obj) -> None:
+  path = Path(path)
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  tmp.write_text(json.dumps(obj, indent=1, allow_nan=False) + "\n")
+  os.replace(tmp, path)
+
+
+def load_metrics(out_dir) -> dict:
+  path = Path(out_dir)
+  path = path / METRICS_FILE if path.is_dir() else path
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found: expected an evaluation output folder holding "
+                            f"{METRICS_FILE} (python -m closp_jax.evaluate --output ...)")
+  return json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------- model
+
+
+def load_variables(config, mesh, workdir, checkpoint: str = "latest"):
+  """(model, variables, step label) on `mesh`: a checkpoint's params, or the untrained init.
+
+  'untrained' gives the config's initial variables (seed, and any pretrained towers named
+  in config.init), exactly what the trainer starts from. Otherwise 'latest', 'best' or a
+  step of WORKDIR/checkpoints; only params and batch_stats are read (not the optimizer
+  state), onto this run's devices whatever topology wrote them.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  from closp_jax.train import setup  # pylint: disable=import-outside-toplevel
+  from closp_jax.models.towers import CLOSP  # pylint: disable=import-outside-toplevel
+  model = CLOSP(config.model)
+  rng = jax.random.key(int(config.seed))
+  if checkpoint == "untrained":
+    variables, shardings = setup.init_variables(model, config, mesh, rng)
+    variables, _ = setup.load_pretrained(variables, config, shardings)
+    return model, variables, "untrained"
+  from closp_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  directory = Path(workdir) / "checkpoints"
+  if not directory.is_dir():
+    raise ckpt_lib.CheckpointError(
+        f"no checkpoints folder {directory}: train first (python -m closp_jax.main --workdir "
+        f"{workdir}), or pass --checkpoint untrained")
+  ckpt = ckpt_lib.Checkpointer(directory, async_save=False)
+  try:
+    step = ckpt.resolve(checkpoint)
+  finally:
+    ckpt.close()
+  abstract = _abstract_variables(model, config, mesh, rng)
+  variables = restore_variables(directory / str(step) / "state", abstract)
+  return model, variables, str(step)
+
+
+def _abstract_variables(model, config, mesh, rng) -> dict:
+  """ShapeDtypeStructs with this mesh's shardings of {params, batch_stats} (nothing allocated)."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from closp_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  from closp_jax.train import setup  # pylint: disable=import-outside-toplevel
+  inputs = setup.dummy_inputs(config)
+  boxed = jax.eval_shape(lambda r: model.init(r, *inputs, train=False), rng)
+  rules = mesh_lib.logical_rules(config.mesh.rules)
+  out = {}
+  for col in ("params", "batch_stats"):
+    tree = boxed.get(col, {})
+    shardings = mesh_lib.param_shardings(tree, mesh, rules)
+    out[col] = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            nn.unbox(tree), shardings)
+  return out
+
+
+def restore_variables(state_dir: Path, abstract: dict) -> dict:
+  """{params, batch_stats} of a saved TrainState, read by orbax's partial restore."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  target = {k: v for k, v in abstract.items() if k == "params" or v}
+  restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+  try:
+    with ocp.PyTreeCheckpointer() as ckptr:
+      restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
+          item=target, restore_args=restore_args, partial_restore=True))
+  except (ValueError, KeyError) as err:
+    raise ValueError(
+        f"{state_dir}: the checkpoint's parameters do not match the model built from this "
+        f"config ({err}). Pass the same --config (variant) and --config.model.* overrides the "
+        "run was trained with.") from err
+  return {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
+
+
+def evaluate_checkpoint(config, workdir, *, checkpoint: str = "latest", output=None,
+                        queries_path=None, qrels_path=None, k: int = DEPTH,
+                        metrics: Sequence[str] = DEFAULT_METRICS, stream=None) -> dict:
+  """Restore, embed (sharded over all processes), rank, write. Returns the metrics dict.
+
+  Writes into `output` (default WORKDIR/eval/<step>, or .../untrained) from process 0.
+  All processes must call this together.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  from closp_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from closp_jax.data.tokenize import load_tokenizer  # pylint: disable=import-outside-toplevel
+  from closp_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  from closp_jax.retrieval import embed as embed_lib  # pylint: disable=import-outside-toplevel
+  from closp_jax.train import setup  # pylint: disable=import-outside-toplevel
+
+  stream = stream or sys.stdout
+  main = jax.process_index() == 0
+  say = (lambda s: print(s, file=stream, flush=True)) if main else (lambda s: None)
+  t0 = time.perf_counter()
+  workdir = Path(workdir).expanduser().absolute()
+  mesh = mesh_lib.make_mesh(config.mesh)
+  setup.check_batch(config, mesh)
+  builder = pipeline.get_builder(config.data.name, data_dir=config.data.data_dir or None,
+                                 manual_dir=config.data.manual_dir or None)
+  model, variables, label = load_variables(config, mesh, workdir, checkpoint)
+  out_dir = Path(output) if output else workdir / "eval" / label
+  say(f"evaluating {config.name} ({'untrained' if label == 'untrained' else 'step ' + label}) on "
+      f"{builder.info.full_name} test, {jax.device_count()} device(s), "
+      f"{jax.process_count()} process(es)")
+  embedded = embed_lib.embed_corpus(
+      model, variables, builder, mesh, "test", eval_batch_size=int(config.data.eval_batch_size),
+      normalization=config.data.normalization, rgb=bool(config.data.rgb),
+      max_items=int(config.eval.max_corpus), progress=True)
+  corpus = Corpus.from_embedded(embedded)
+  t_embed = time.perf_counter()
+  queries, qrels, origin = resolve_queries(builder.data_dir, corpus, queries_path, qrels_path)
+  tokenizer = load_tokenizer()
+  max_len = int(config.data.max_len)
+  query_emb = embed_lib.embed_texts(model, variables, tokenizer, [q["text"] for q in queries],
+                                    max_len=max_len)
+  class_emb = embed_lib.embed_texts(model, variables, tokenizer,
+                                    [q["text"] for q in queries_rule.class_queries()],
+                                    max_len=max_len)
+  result = evaluate_embeddings(corpus, queries, query_emb, qrels, class_emb, k=k, metrics=metrics)
+  t_rank = time.perf_counter()
+  result.metrics.update({
+      "config": config.name,
+      "checkpoint": {"which": str(checkpoint), "step": label, "workdir": str(workdir)},
+      "dataset": {"name": builder.info.full_name, "split": "test",
+                  "max_corpus": int(config.eval.max_corpus),
+                  "docs": {s: int(np.sum(corpus.sensor == s)) for s in ("s2", "s1")}},
+      "queries": {"origin": origin, "count": len(queries),
+                  "by_type": {t: sum(q["type"] == t for q in queries)
+                              for t in queries_rule.QUERY_TYPES},
+                  "paths": {"queries": str(queries_path), "qrels": str(qrels_path)}
+                  if origin == "user" else None},
+      "seconds": {"embed": round(t_embed - t0, 2), "rank": round(t_rank - t_embed, 2)},
+  })
+  if main:
+    tag = f"{config.name.replace(':', '-')}-{label}"
+    write_outputs(out_dir, result, tag=tag)
+    say(f"wrote {out_dir} ({time.perf_counter() - t0:.1f} s)")
+    from closp_jax.retrieval import report as report_lib  # pylint: disable=import-outside-toplevel
+    say(report_lib.summary_table(result.metrics))
+  return result.metrics

@@ -38,6 +38,10 @@ EXTRAS = {
     # Reference checks and benchmarks only; never imported by the library itself.
     # torchvision 0.29.1 is the release that works with timm on these machines, and it needs
     # torch 2.14.1; both are pinned together.
+    # Benchmarks' extra references (benchmarks/run.py).
+    "bench": [
+        "faiss-cpu==1.15.1",
+    ],
     "torch": [
         "torch==2.14.1",
         "torchvision==0.29.1",

@@ -62,9 +62,13 @@ def batch_digest(batch) -> str:
 
 
 def _write_json(path: Path, obj) -> None:
+  _write_text(path, json.dumps(obj, indent=2, sort_keys=True))
+
+
+def _write_text(path: Path, text: str) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+  tmp.write_text(text)
   os.replace(tmp, path)
 
 
@@ -98,6 +102,8 @@ def train_and_evaluate(config, workdir, *, stream=None) -> dict:
   main = jax.process_index() == 0
   say = (lambda s: print(s, file=stream, flush=True)) if main else (lambda s: None)
   workdir = setup.check_workdir(workdir)
+  if main:  # the run's config, for tools that read the workdir later (closp_jax.export)
+    _write_text(workdir / "config.json", config.to_json(indent=2, sort_keys=True))
   mesh = mesh_lib.make_mesh(config.mesh)
   setup.check_batch(config, mesh)
   say(f"closp-jax {config.name}: {jax.device_count()} {jax.devices()[0].platform} device(s), "

@@ -1,0 +1,440 @@
+r"""Export a trained checkpoint as a self-contained model folder.
+
+  python -m closp_jax.export --workdir DIR [--checkpoint latest|best|STEP] --out MODEL_DIR \
+      [--format jax|torch] [--data_dir D] [--overwrite]
+
+MODEL_DIR (written into a temporary sibling folder, then renamed into place):
+  model.safetensors      every variable, flat: 'params/<module>/.../<name>', 'batch_stats/...'
+  config.json            what the encoders expect (bands, normalisation, text length), the run's config
+  tokenizer/             the tokenizer files the text tower was trained with
+  encode_text.jax        serialized jax.export functions (symbolic batch size, lowered for
+  encode_s2.jax          cpu, cuda, rocm and tpu); each takes (weights, inputs), `weights` being
+  encode_s1.jax          the model.safetensors tensors of its tower
+  encode_location.jax    (GeoCLOSP only)
+  README.md
+  closp_torch.safetensors   (--format torch) the state dict in the original CLOSP naming
+
+The image functions take raw archive values (see docs/export.md): NaN filling, the S2 scale or
+band standardisation and the S1 standardisation the model was trained with are inside them.
+`closp_jax.load_exported(MODEL_DIR)` runs them without this package's model code.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+FORMAT = "closp-jax-export"
+VERSION = 1
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+IMAGE_SIZE = 120
+S2_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B8A", "B10", "B11", "B12")
+S1_BANDS = ("VV", "VH")
+NAN_FILL = {"s2": 0.0, "s1": 1e-6}
+S2_SCALE = 10000.0
+S2_RGB = (3, 2, 1)  # B4, B3, B2 in the 13-band order
+FORMATS = ("jax", "torch")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+# Parameter groups each exported function reads (the scalars are read by every tower's setup).
+TOWER_GROUPS = {
+    "s2": ("s2_encoder", "s2_projection"),
+    "s1": ("s1_encoder", "s1_projection"),
+    "text": ("text_model", "text_projection"),
+    "location": ("location_encoder", "location_projection"),
+}
+SCALARS = ("logit_scale", "logit_bias")
+
+
+class ExportError(ValueError):
+  """The workdir, checkpoint or output folder does not allow an export; the message says why."""
+
+
+# ---- reading the run -----------------------------------------------------------------------------
+
+def load_run_config(workdir: str | os.PathLike):
+  """The training config the trainer wrote to WORKDIR/config.json, as a ConfigDict."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  path = Path(workdir) / "config.json"
+  if not path.is_file():
+    raise ExportError(
+        f"{path} not found: the trainer writes it at the start of a run. For an older workdir pass the "
+        "config explicitly (export_model(..., config=load_config_file('configs/geoclosp.py')), or "
+        "--config on the command line)")
+  try:
+    data = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ExportError(f"{path}: not valid JSON ({e})") from e
+  for key in ("model", "data"):
+    if key not in data:
+      raise ExportError(f"{path}: no {key!r} section; expected a closp_jax training config")
+  return ml_collections.ConfigDict(data)
+
+
+def model_config_of(cfg):
+  """The locked model config (closp_jax.models.towers.model_config) of a training config."""
+  from closp_jax.models.towers import model_config  # pylint: disable=import-outside-toplevel
+  return model_config(**cfg.model.to_dict())
+
+
+def restore_variables(workdir: str | os.PathLike, cfg, checkpoint: str | int = "latest") -> tuple[int, dict]:
+  """(step, {'params', 'batch_stats'} as numpy trees) from WORKDIR/checkpoints, without the optimizer state."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from closp_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  from closp_jax.models.towers import CLOSP  # pylint: disable=import-outside-toplevel
+
+  directory = Path(workdir) / "checkpoints"
+  if not directory.is_dir():
+    raise ExportError(f"{directory} not found: {workdir} is not a training workdir with checkpoints")
+  ckpt = ckpt_lib.Checkpointer(directory, async_save=False)
+  try:
+    step = ckpt.resolve(checkpoint)
+  except ckpt_lib.CheckpointError as e:
+    raise ExportError(str(e)) from e
+  finally:
+    ckpt.close()
+  mcfg = model_config_of(cfg)
+  model = CLOSP(mcfg)
+  inputs = _dummy_inputs(mcfg, int(cfg.data.max_len))
+  abstract = jax.eval_shape(lambda r: nn.unbox(model.init(r, *inputs, train=False)), jax.random.key(0))
+  device = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  target = {c: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), t)
+            for c, t in abstract.items() if c in ("params", "batch_stats")}
+  args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                partial_restore=True)
+  quiet = logging.getLogger("absl")
+  level = quiet.level
+  quiet.setLevel(logging.ERROR)  # orbax warns that the item folder has no step metadata; it is the step's
+  try:
+    restored = ocp.PyTreeCheckpointer().restore(directory / str(step) / "state", args=args)
+  except Exception as e:  # orbax raises several types for a tree that does not match
+    raise ExportError(f"cannot restore params/batch_stats of step {step} from {directory} with the model of "
+                      f"{Path(workdir) / 'config.json'}: {e}") from e
+  finally:
+    quiet.setLevel(level)
+  variables = {c: jax.tree.map(np.asarray, restored.get(c, {})) for c in ("params", "batch_stats")}
+  return step, variables
+
+
+def _dummy_inputs(mcfg, max_len: int):
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  return (jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, int(mcfg.s2_in_chans)), jnp.float32),
+          jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, int(mcfg.s1_in_chans)), jnp.float32),
+          jnp.zeros((1, max_len), jnp.int32), jnp.ones((1, max_len), jnp.int32),
+          jnp.zeros((1, 2), jnp.float32))
+
+
+def dataset_band_stats(cfg, data_dir: str | os.PathLike | None = None) -> dict:
+  """Train-split band statistics of the run's dataset (needed to standardise inputs)."""
+  from closp_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  data_dir = data_dir or cfg.data.data_dir or None
+  try:
+    builder = pipeline.get_builder(cfg.data.name, data_dir=data_dir, prepare=False)
+    return pipeline.band_stats(builder)
+  except (FileNotFoundError, KeyError) as e:
+    raise ExportError(
+        f"the model standardises its inputs with the band statistics of {cfg.data.name}, which is not "
+        f"readable in {data_dir or pipeline.default_data_dir()} ({e}); pass --data_dir (or band_stats=) "
+        "where the dataset was prepared") from e
+
+
+# ---- what the encoders expect --------------------------------------------------------------------
+
+def input_spec(cfg, band_stats: Mapping[str, Any] | None) -> dict:
+  """Per sensor: bands, NaN fill, normalisation (x - shift) * scale, as the trainer's pipeline does.
+
+  S2: 'scale' (x / 10,000) or 'standardize' (train-split mean / std) per cfg.data.normalization;
+  S1: standardised with the train-split statistics (the pipeline's default). A constant band
+  (std 0, the zero B10) is only centred.
+  """
+  norm = str(cfg.data.normalization)
+  if norm not in ("scale", "standardize"):
+    raise ExportError(f"config.data.normalization={norm!r}: expected 'scale' or 'standardize'")
+  spec = {"image_size": IMAGE_SIZE, "rgb": bool(cfg.data.rgb)}
+  for sensor, bands in (("s2", S2_BANDS), ("s1", S1_BANDS)):
+    mode = norm if sensor == "s2" else "standardize"
+    entry = {"bands": list(bands), "nan_fill": NAN_FILL[sensor], "normalization": mode}
+    if mode == "scale":
+      entry["shift"] = [0.0] * len(bands)
+      entry["scale"] = [float(np.float32(1.0 / S2_SCALE))] * len(bands)
+    else:
+      stats = (band_stats or {}).get(sensor)
+      if not stats:
+        raise ExportError(f"{sensor} inputs are standardised, but no band statistics for {sensor} were given "
+                          "(expected band_stats[{sensor!r}] = {{'mean': [...], 'std': [...]}})")
+      mean = np.asarray(stats["mean"], np.float32)
+      std = np.asarray(stats["std"], np.float32)
+      if mean.shape != (len(bands),) or std.shape != (len(bands),):
+        raise ExportError(f"band_stats[{sensor!r}]: mean {mean.shape} / std {std.shape}, expected ({len(bands)},)")
+      scale = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 1.0).astype(np.float32)
+      entry["shift"] = mean.tolist()
+      entry["scale"] = scale.tolist()
+    spec[sensor] = entry
+  return spec
+
+
+def _prepare_images(x, entry: dict, sensor: str, rgb: bool):
+  """Raw archive values -> the model's input (inside the exported function)."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  x = jnp.where(jnp.isnan(x), jnp.float32(entry["nan_fill"]), x)
+  x = (x - np.asarray(entry["shift"], np.float32)) * np.asarray(entry["scale"], np.float32)
+  if rgb:
+    if sensor == "s2":
+      x = x[..., list(S2_RGB)]
+    else:
+      x = jnp.concatenate([x, x[..., :1] - x[..., 1:2]], axis=-1)
+  return x
+
+
+# ---- flat weights --------------------------------------------------------------------------------
+
+def flatten_variables(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """{'params/s2_encoder/conv1/kernel': array, 'batch_stats/...': array} (float32 where floating)."""
+  out: dict[str, np.ndarray] = {}
+
+  def walk(prefix: str, node):
+    if isinstance(node, Mapping):
+      for k in sorted(node):
+        walk(f"{prefix}/{k}" if prefix else str(k), node[k])
+      return
+    arr = np.asarray(node)
+    out[prefix] = np.array(arr, np.float32 if arr.dtype.kind == "f" else arr.dtype, order="C")  # keeps 0-d
+  for collection in ("params", "batch_stats"):
+    walk(collection, variables.get(collection, {}))
+  return out
+
+
+def unflatten_weights(flat: Mapping[str, Any]) -> dict:
+  """The inverse of flatten_variables: {'params': {...}, 'batch_stats': {...}}."""
+  tree: dict = {"params": {}, "batch_stats": {}}
+  for name, value in flat.items():
+    node = tree
+    *path, leaf = name.split("/")
+    for part in path:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return tree
+
+
+def tower_weights(flat: Mapping[str, Any], tower: str) -> dict:
+  """The tensors one exported function reads: its tower's groups and the temperature scalars."""
+  groups = TOWER_GROUPS[tower] + SCALARS
+  return {k: v for k, v in flat.items() if k.split("/")[1] in groups}
+
+
+# ---- jax.export ----------------------------------------------------------------------------------
+
+def export_functions(mcfg, flat: Mapping[str, np.ndarray], spec: dict, max_len: int,
+                     platforms: Sequence[str] = PLATFORMS) -> dict[str, bytes]:
+  """{'text'|'s2'|'s1'|['location']: serialized jax.export.Exported} with a symbolic batch size."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from jax import export as jax_export  # pylint: disable=import-outside-toplevel
+  from closp_jax.models.towers import CLOSP  # pylint: disable=import-outside-toplevel
+
+  model = CLOSP(mcfg)
+  rgb = bool(spec["rgb"])
+
+  def image_fn(sensor):
+    method = model.encode_s2 if sensor == "s2" else model.encode_s1
+
+    def encode(weights, images):
+      x = _prepare_images(images.astype(jnp.float32), spec[sensor], sensor, rgb)
+      return model.apply(unflatten_weights(weights), x, train=False, method=method)
+    return encode
+
+  def encode_text(weights, input_ids, attention_mask):
+    return model.apply(unflatten_weights(weights), input_ids, attention_mask, train=False, method=model.encode_text)
+
+  def encode_location(weights, lonlat):
+    return model.apply(unflatten_weights(weights), lonlat.astype(jnp.float32), train=False,
+                       method=model.encode_location)
+
+  b = jax_export.symbolic_shape("b")[0]
+  structs = {
+      "text": (encode_text, (jax.ShapeDtypeStruct((b, max_len), jnp.int32),) * 2),
+      "s2": (image_fn("s2"), (jax.ShapeDtypeStruct((b, IMAGE_SIZE, IMAGE_SIZE, len(S2_BANDS)), jnp.float32),)),
+      "s1": (image_fn("s1"), (jax.ShapeDtypeStruct((b, IMAGE_SIZE, IMAGE_SIZE, len(S1_BANDS)), jnp.float32),)),
+  }
+  if mcfg.location.enabled:
+    structs["location"] = (encode_location, (jax.ShapeDtypeStruct((b, 2), jnp.float32),))
+  out = {}
+  for name, (fn, args) in structs.items():
+    weights = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in tower_weights(flat, name).items()}
+    exported = jax_export.export(jax.jit(fn), platforms=tuple(platforms))(weights, *args)
+    out[name] = bytes(exported.serialize())
+  return out
+
+
+# ---- the folder ----------------------------------------------------------------------------------
+
+def _readme(meta: dict) -> str:
+  loc = meta["location"] is not None
+  fns = ", ".join(f"`{f}`" for f in meta["functions"].values())
+  return f"""# {meta['name']} (closp-jax export, step {meta['checkpoint']['step']})
+
+A CLOSP{'/GeoCLOSP' if loc else ''} model: text, Sentinel-2 and Sentinel-1{' and location' if loc else ''}
+encoders into one {meta['embed_dim']}-d space (unit vectors; score = dot product).
+
+```python
+import closp_jax
+m = closp_jax.load_exported("{meta['folder_name']}")
+q = m.encode_text(["flooded area"])                    # [1, {meta['embed_dim']}]
+z = m.encode_image(s2_patches, "s2")                   # [B, 120, 120, 13] raw archive values
+scores = z @ q[0]
+```
+
+Without closp_jax: `jax.export.deserialize(open("encode_s2.jax", "rb").read()).call(weights, images)`,
+where `weights` are the model.safetensors tensors named in the function's input tree.
+
+- Images: NHWC float32, 120 x 120. S2: the 13 bands {', '.join(S2_BANDS)} (B10 is zero in
+  CrisisLandMark), reflectance x 10,000 as stored. S1: VV, VH linear backscatter as stored.
+  NaN becomes {NAN_FILL['s2']} (S2) / {NAN_FILL['s1']} (S1); then (x - shift) * scale per band as in
+  config.json ("sensors"), all inside the exported functions.
+- Text: tokenizer/tokenizer.json, [CLS] ... [SEP] padded with 0 to {meta['text']['max_len']} tokens.
+- Functions: {fns} (jax.export, batch size symbolic, lowered for {', '.join(meta['platforms'])}).
+- Weights: model.safetensors, names 'params/<module path>' and 'batch_stats/<module path>'.
+{'- closp_torch.safetensors: the state dict in the original CLOSP naming (load_state_dict strict).' if meta.get('torch') else ''}
+"""
+
+
+def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *, checkpoint: str | int = "latest",
+                 formats: Sequence[str] = ("jax",), config=None, band_stats: Mapping[str, Any] | None = None,
+                 data_dir: str | os.PathLike | None = None, overwrite: bool = False,
+                 platforms: Sequence[str] = PLATFORMS) -> Path:
+  """Writes the model folder `out` from a training workdir; returns its path.
+
+  config: the training config (default: WORKDIR/config.json). band_stats: per-sensor train-split
+  mean/std (default: read from the run's prepared dataset, `data_dir` overriding its location);
+  needed when inputs are standardised (S1 always is). formats: 'jax' (always written) and 'torch'.
+  """
+  bad = [f for f in formats if f not in FORMATS]
+  if bad:
+    raise ExportError(f"unknown format(s) {bad}: expected some of {FORMATS}")
+  out = Path(out).absolute()
+  if out.exists() and not overwrite:
+    raise ExportError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+  cfg = config if config is not None else load_run_config(workdir)
+  mcfg = model_config_of(cfg)
+  step, variables = restore_variables(workdir, cfg, checkpoint)
+  if band_stats is None:
+    band_stats = dataset_band_stats(cfg, data_dir)
+  spec = input_spec(cfg, band_stats)
+  max_len = int(cfg.data.max_len)
+  flat = flatten_variables(variables)
+  functions = export_functions(mcfg, flat, spec, max_len, platforms)
+
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  from closp_jax.weights.locate import find_minilm_folder  # pylint: disable=import-outside-toplevel
+  scale, bias = _logit_params(mcfg, flat)
+  meta = {
+      "format": FORMAT, "version": VERSION, "name": str(cfg.get("name", "closp")), "folder_name": out.name,
+      "embed_dim": int(mcfg.embed_dim),
+      "checkpoint": {"workdir": str(Path(workdir).absolute()), "step": int(step)},
+      "weights": "model.safetensors",
+      "functions": {k: f"encode_{k}.jax" for k in functions},
+      "platforms": list(platforms),
+      "sensors": {s: spec[s] for s in ("s2", "s1")},
+      "image_size": IMAGE_SIZE, "rgb": spec["rgb"],
+      "text": {"max_len": max_len, "tokenizer": "tokenizer/tokenizer.json"},
+      "location": {"input": "(lon, lat) degrees"} if "location" in functions else None,
+      "logit_scale": scale, "logit_bias": bias,
+      "torch": "closp_torch.safetensors" if "torch" in formats else None,
+      "model_config": mcfg.to_dict(),
+      "training_config": json.loads(cfg.to_json()),
+  }
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
+  try:
+    save_file(flat, str(tmp / "model.safetensors"), metadata={"format": FORMAT, "version": str(VERSION)})
+    for name, blob in functions.items():
+      (tmp / f"encode_{name}.jax").write_bytes(blob)
+    tok_src = find_minilm_folder(None)
+    (tmp / "tokenizer").mkdir()
+    for f in TOKENIZER_FILES:
+      if (tok_src / f).is_file():
+        shutil.copyfile(tok_src / f, tmp / "tokenizer" / f)
+    if "torch" in formats:
+      write_torch_state_dict(variables, mcfg, tmp / "closp_torch.safetensors", scale, bias)
+    (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    (tmp / "README.md").write_text(_readme(meta))
+    os.chmod(tmp, 0o755)
+    if out.exists():
+      old = out.with_name(f".{out.name}.old{os.getpid()}")
+      os.replace(out, old)
+      os.replace(tmp, out)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out
+
+
+def _logit_params(mcfg, flat) -> tuple[float, float]:
+  temp = mcfg.temperature
+  if temp.learnable:
+    scale = float(np.exp(min(float(flat["params/logit_scale"]), np.log(100.0))))
+    bias = float(flat["params/logit_bias"]) if "params/logit_bias" in flat else 0.0
+  else:
+    scale, bias = float(temp.init_scale), float(temp.sigmoid_bias or 0.0)
+  return scale, bias
+
+
+def write_torch_state_dict(variables: Mapping[str, Any], mcfg, path: str | os.PathLike, logit_scale: float,
+                           logit_bias: float) -> None:
+  """The original-named CLOSP state dict as safetensors (no pickle; load with safetensors.torch.load_file).
+
+  The original model has a fixed temperature and no such tensor: a learned logit_scale / logit_bias is
+  left out of the tensors and stored in the file's metadata instead, so load_state_dict(strict=True) fits.
+  """
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  from closp_jax.weights.closp_checkpoint import export_closp_state_dict  # pylint: disable=import-outside-toplevel
+  sd = export_closp_state_dict(variables, mcfg)
+  sd = {k: np.array(v, order="C") for k, v in sd.items() if k not in SCALARS}
+  save_file(sd, os.fspath(path), metadata={"format": "closp-state-dict", "logit_scale": repr(logit_scale),
+                                           "logit_bias": repr(logit_bias)})
+
+
+# ---- binary --------------------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+  import argparse  # pylint: disable=import-outside-toplevel
+  p = argparse.ArgumentParser(prog="python -m closp_jax.export", description=__doc__.split("\n\n")[0])
+  p.add_argument("--workdir", required=True, help="training workdir (holds config.json and checkpoints/)")
+  p.add_argument("--checkpoint", default="latest", help="latest, best or a step number (default: latest)")
+  p.add_argument("--out", required=True, help="the model folder to write")
+  p.add_argument("--format", default="jax", choices=FORMATS,
+                 help="jax (default), or torch: also the state dict in the original CLOSP naming")
+  p.add_argument("--config", default=None,
+                 help="configs/*.py[:variant] for a workdir without config.json (overrides are not read)")
+  p.add_argument("--data_dir", default=None, help="where the run's dataset is prepared (for band statistics)")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+  args = p.parse_args(argv)
+  config = None
+  if args.config:
+    from closp_jax.config import load_config_file  # pylint: disable=import-outside-toplevel
+    config = load_config_file(args.config)
+  formats = ("jax", "torch") if args.format == "torch" else ("jax",)
+  try:
+    path = export_model(args.workdir, args.out, checkpoint=args.checkpoint, formats=formats, config=config,
+                        data_dir=args.data_dir, overwrite=args.overwrite)
+  except ExportError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+  print(f"wrote {path} ({size / 2**20:.1f} MiB): " + ", ".join(sorted(f.name for f in path.iterdir())))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -3,6 +3,13 @@
 Parallelism is a config change: `config.mesh` names the size of each mesh axis and
 `config.mesh.rules` picks a table that maps the logical axis names carried by every parameter
 to mesh axes. Nothing else in the code places arrays by hand.
+
+Axes: 'data' (replicas), 'fsdp' (batch and parameter shards), 'tensor' (heads / MLP). One of
+them may be -1, "the rest of the devices". `config.mesh.slices` (default 1) puts the outer
+factor of 'data' across slices (multi-slice TPU over DCN, or groups of GPU hosts).
+
+Per-process data: every process feeds the rows of the global batch its devices hold
+(`process_rows`, `local_rows`), and `global_batch` assembles the global jax.Arrays.
 """
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -56,14 +64,59 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
   return tuple(sizes)
 
 
+def num_slices(mesh_cfg, devices: Sequence[jax.Device]) -> int:
+  """config.mesh.slices resolved: 1 (default), N, or -1 = the number of TPU slices seen."""
+  slices = int(mesh_cfg.get("slices", 1)) if hasattr(mesh_cfg, "get") else 1
+  if slices == -1:
+    return len({getattr(d, "slice_index", 0) for d in devices})
+  if slices < 1:
+    raise MeshConfigError(f"config.mesh.slices={slices}: expected a positive count or -1 (all slices)")
+  return slices
+
+
+def _granules(devices: Sequence[jax.Device], slices: int) -> bool:
+  """True when processes (hosts) are the DCN units; False when devices carry slice_index."""
+  seen = {getattr(d, "slice_index", None) for d in devices}
+  if None not in seen and len(seen) == slices:
+    return False
+  procs = {d.process_index for d in devices}
+  if len(procs) % slices:
+    raise MeshConfigError(
+        f"config.mesh.slices={slices}: the devices span {len(seen - {None}) or 1} slice(s) and "
+        f"{len(procs)} process(es); the slices must be TPU slices or whole groups of processes")
+  return True
+
+
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A Mesh over all devices (of all processes) with axes (data, fsdp, tensor), Auto axis types."""
+  """A Mesh over all devices (of all processes) with axes (data, fsdp, tensor), Auto axis types.
+
+  With `config.mesh.slices` = S > 1 (multi-slice TPU over DCN, or S groups of GPU hosts) the
+  'data' axis is S x (data / S): its outer factor crosses the slower network (DCN), so only
+  the data-parallel gradient all-reduce travels between slices while 'fsdp' and 'tensor'
+  stay inside a slice (ICI / NVLink).
+  """
   devices = list(devices) if devices is not None else jax.devices()
   shape = mesh_shape(mesh_cfg, len(devices))
   auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  slices = num_slices(mesh_cfg, devices)
+  if slices > 1:
+    if shape[0] % slices:
+      raise MeshConfigError(
+          f"config.mesh.data={shape[0]} must be a multiple of config.mesh.slices={slices}: the slices "
+          f"split the 'data' axis (e.g. --config.mesh.data={slices} --config.mesh.fsdp=-1)")
+    by_process = _granules(devices, slices)
+    ici = (shape[0] // slices, shape[1], shape[2])
+    grid = mesh_utils.create_hybrid_device_mesh(
+        ici, (slices, 1, 1), devices, process_is_granule=by_process, allow_split_physical_axes=True)
+    return Mesh(grid, MESH_AXES, axis_types=auto)
   if devices == jax.devices():
     return jax.make_mesh(shape, MESH_AXES, axis_types=auto)
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  """How many ways the batch is split (the product of the batch axes)."""
+  return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
 def logical_rules(name: str):
@@ -104,9 +157,61 @@ def param_shardings(boxed_abstract_params, mesh: Mesh, rules) -> Any:
       mesh_specs, plain, is_leaf=lambda x: isinstance(x, P))
 
 
+def process_rows(mesh: Mesh, global_batch_size: int) -> np.ndarray:
+  """Indices of the global batch rows this process feeds, in the order its local batch holds them.
+
+  `make_array_from_process_local_data` fills the rows addressed by this process's devices,
+  in increasing order, from the rows of the local batch. With the meshes `make_mesh` builds
+  they are one contiguous block per process (process p: rows p*b .. (p+1)*b), but nothing
+  relies on that: feed `global_rows[process_rows(...)]` and any layout is right.
+  """
+  dp = data_parallel_size(mesh)
+  if global_batch_size % dp:
+    raise MeshConfigError(f"global batch {global_batch_size} is not divisible by the data-parallel "
+                          f"size {dp} (mesh data x fsdp)")
+  index_map = batch_sharding(mesh, 1).addressable_devices_indices_map((global_batch_size,))
+  starts = sorted({idx[0].start or 0 for idx in index_map.values()})
+  per_device = global_batch_size // dp
+  return np.concatenate([np.arange(s, s + per_device) for s in starts])
+
+
+def process_slice(mesh: Mesh, global_batch_size: int) -> slice:
+  """This process's rows of the global batch as one slice; an error if they are not contiguous."""
+  rows = process_rows(mesh, global_batch_size)
+  if not np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size)):
+    raise MeshConfigError("this process's batch rows are not contiguous on this mesh; use process_rows()")
+  return slice(int(rows[0]), int(rows[0]) + rows.size)
+
+
+def local_rows(global_tree, mesh: Mesh):
+  """This process's share of a batch every process holds whole (a pytree of host arrays)."""
+  leaves = jax.tree.leaves(global_tree)
+  if not leaves:
+    return global_tree
+  rows = process_rows(mesh, int(np.shape(leaves[0])[0]))
+  return jax.tree.map(lambda x: np.asarray(x)[rows], global_tree)
+
+
 def global_batch(local_batch, mesh: Mesh):
-  """Assembles process-local numpy batches into global jax.Arrays sharded over the data axes."""
+  """Assembles process-local numpy batches into global jax.Arrays sharded over the data axes.
+
+  Each process passes its own rows (`local_rows` of a shared batch, or its own pipeline's
+  batch of global_batch / process_count rows); the result has the global batch size.
+  """
   def put(x):
     x = np.asarray(x)
     return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
   return jax.tree.map(put, local_batch)
+
+
+def bytes_per_device(tree, shardings) -> tuple[int, int]:
+  """(total bytes, bytes on the fullest device) of a tree of arrays or ShapeDtypeStructs."""
+  total = 0
+  per_device: dict[Any, int] = {}
+  for leaf, sharding in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)):
+    shape, itemsize = tuple(leaf.shape), np.dtype(leaf.dtype).itemsize
+    total += math.prod(shape) * itemsize
+    for device, shard in sharding.devices_indices_map(shape).items():
+      n = math.prod(len(range(*s.indices(d))) for s, d in zip(shard, shape)) if shape else 1
+      per_device[device] = per_device.get(device, 0) + n * itemsize
+  return total, max(per_device.values(), default=0)

@@ -38,9 +38,13 @@ extra_args=()
 
 die() { echo "$(basename "$0"): $*" >&2; exit 2; }
 
+# The leading comment block of a file (after the shebang), without shellcheck directives.
+header() { awk 'NR == 1 { next } /^#/ { if ($0 !~ /shellcheck/) { sub(/^# ?/, ""); print }; next } { exit }' "$1"; }
+
 usage() {
-  sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'
-  sed -n '5,21p' "${TPU_DIR}/common.sh" | sed 's/^# \{0,1\}//'
+  header "$0"
+  echo
+  header "${TPU_DIR}/common.sh" | sed -n '/^Flags/,$p'
 }
 
 set_value() {

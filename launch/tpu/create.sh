@@ -4,6 +4,7 @@
 #
 #   launch/tpu/create.sh --name NAME --zone ZONE [--accelerator_type v5litepod-256]
 #       [--runtime_version V] [--queued [--slices N]] [--spot] [--project P] [--dry-run]
+# shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 parse_flags "$@"
 require name zone

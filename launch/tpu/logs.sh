@@ -3,6 +3,7 @@
 # trainer there exits. With --worker=all, every worker's log, interleaved.
 #
 #   launch/tpu/logs.sh --name NAME --zone ZONE [--worker 0|N|all] [--project P] [--dry-run]
+# shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 parse_flags "$@"
 require name zone

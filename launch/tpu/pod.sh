@@ -5,6 +5,7 @@
 #   launch/tpu/pod.sh --name NAME --zone ZONE --accelerator_type v5litepod-256 \
 #       --config configs/geoclosp.py:pod --workdir gs://BUCKET/run1 [--queued] [--keep] [--dry-run] \
 #       [-- --config.k=v ...]
+# shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 parse_flags "$@"
 require name zone config

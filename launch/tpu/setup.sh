@@ -5,6 +5,7 @@
 #
 #   launch/tpu/setup.sh --name NAME --zone ZONE --workdir gs://B/P [--data_dir gs://B/tfds]
 #       [--jax_version V] [--slices N] [--project P] [--dry-run]
+# shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 parse_flags "$@"
 require name zone

@@ -5,6 +5,7 @@
 #
 #   launch/tpu/train.sh --name NAME --zone ZONE --workdir gs://B/P [--config configs/geoclosp.py:pod]
 #       [--data_dir gs://B/tfds] [--slices N] [--project P] [--dry-run] [-- --config.k=v ...]
+# shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 parse_flags "$@"
 require name zone config

@@ -208,3 +208,93 @@ def check_override_keys(config: ml_collections.ConfigDict, argv: list[str], flag
             f"(docs/configs.md lists them all)")
       walked.append(part)
       node = node[part]
+
+
+class ConfigValueError(ValueError):
+  """A config value is out of its range or not one of its choices; the message names the key and the fix."""
+
+
+_CHOICES = {
+    "data.normalization": ("scale", "standardize"),
+    "loss.kind": ("softmax", "sigmoid"),
+    "optim.schedule": ("one_cycle", "warmup_cosine", "constant"),
+    "train.nonfinite": ("stop", "skip"),
+    "mesh.rules": ("dp", "fsdp"),
+}
+# key -> (lowest allowed value, what it means); checked as numbers.
+_AT_LEAST = {
+    "data.batch_size": (1, "samples per sensor per step, all processes together"),
+    "data.eval_batch_size": (1, "samples per evaluation batch"),
+    "data.max_len": (1, "text tokens"),
+    "data.worker_count": (0, "grain worker processes (0: read in the main process)"),
+    "train.log_every_steps": (1, "steps between progress lines"),
+    "train.stop_after": (0, "0 (off) or the step after which to checkpoint and stop"),
+    "train.epochs": (0, "0 (use train.steps) or the number of epochs"),
+    "eval.every_steps": (0, "0 (off) or steps between validations"),
+    "eval.max_corpus": (0, "0 (all) or a cap per sensor"),
+    "checkpoint.every_steps": (1, "steps between checkpoints"),
+    "checkpoint.keep": (1, "checkpoints kept"),
+    "optim.grad_accum_steps": (1, "micro-batches per step"),
+    "optim.warmup_steps": (0, "warm-up steps"),
+    "optim.weight_decay": (0, "AdamW weight decay"),
+    "optim.grad_clip": (0, "0 (off) or the global-norm clip"),
+}
+
+
+def _get(cfg, dotted: str):
+  node = cfg
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+  """Checks the values a run needs before anything is built; ConfigValueError names key, value and fix.
+
+  Types are already checked by the config flags (`--config.train.steps=ten` is refused while
+  parsing); this checks choices and ranges that would otherwise fail late (after the dataset
+  build or compilation) or silently (a zero checkpoint interval, an unknown non-finite policy).
+  """
+  problems = []
+  for key, choices in _CHOICES.items():
+    value = _get(cfg, key)
+    if value not in choices:
+      problems.append(f"config.{key}={value!r} is not one of {', '.join(map(repr, choices))}")
+  for key, (low, meaning) in _AT_LEAST.items():
+    value = _get(cfg, key)
+    try:
+      number = float(value)
+    except (TypeError, ValueError):
+      problems.append(f"config.{key}={value!r} is not a number ({meaning})")
+      continue
+    if not number >= low:  # also catches NaN
+      problems.append(f"config.{key}={value!r} must be >= {low} ({meaning})")
+  lr = float(cfg.optim.lr)
+  if not (lr > 0 and lr != float("inf")):
+    problems.append(f"config.optim.lr={cfg.optim.lr!r} must be a positive finite number")
+  steps, epochs = int(cfg.train.steps), float(cfg.train.epochs)
+  if steps <= 0 and epochs <= 0:
+    problems.append(f"config.train.steps={steps} with config.train.epochs={epochs}: set "
+                    f"--config.train.steps to a positive count or --config.train.epochs > 0")
+  for key in ("freeze_towers", "frozen"):
+    unknown = [g for g in tuple(cfg.optim[key]) if g not in PARAM_GROUPS]
+    if unknown:
+      problems.append(f"config.optim.{key} names unknown parameter groups {unknown}; groups: "
+                      f"{', '.join(PARAM_GROUPS)}")
+  for key, value in cfg.loss.weights.items():
+    if not float(value) >= 0:
+      problems.append(f"config.loss.weights.{key}={value!r} must be >= 0")
+  active = [k for k, v in cfg.loss.weights.items()
+            if float(v) > 0 and (cfg.model.location.enabled or not k.endswith("_location"))]
+  if not active:
+    problems.append("config.loss.weights: every active loss term has weight 0; give at least one "
+                    "of s2_text, s1_text (or, with a location encoder, s2_location, s1_location) a "
+                    "positive weight")
+  for key in ("data", "fsdp", "tensor"):
+    size = cfg.mesh[key]
+    if not isinstance(size, int) or (size < 1 and size != -1):
+      problems.append(f"config.mesh.{key}={size!r} must be a positive device count or -1 (the rest)")
+  if problems:
+    raise ConfigValueError(
+        "invalid config:\n  " + "\n  ".join(problems)
+        + "\nFix the value(s) with --config.KEY=VALUE (docs/configs.md lists every key and its range).")

@@ -47,6 +47,18 @@ def check_batch(cfg, mesh) -> None:
           f"--config.data.{name}={max(data_shards, nproc) * max(1, round(b / max(data_shards, nproc)))}")
 
 
+def check_train_sizes(cfg, sizes: dict[str, int], dataset: str) -> None:
+  """Every sensor's train split must fill at least one batch on every process (before any model work)."""
+  nproc = jax.process_count()
+  batch = int(cfg.data.batch_size)
+  for sensor, size in sizes.items():
+    if size // nproc < batch // nproc:
+      raise RunConfigError(
+          f"{dataset} has {size} {sensor} training samples ({size // nproc} per process), fewer than "
+          f"config.data.batch_size={batch} ({batch // nproc} per process); lower --config.data.batch_size "
+          f"or use a bigger dataset (--config.data.name)")
+
+
 def resolve_steps(cfg: ml_collections.ConfigDict, train_sizes: dict[str, int]) -> ml_collections.ConfigDict:
   """A copy of cfg with train.steps / optim.freeze_steps resolved from the dataset size."""
   cfg = ml_collections.ConfigDict(cfg.to_dict())

@@ -151,7 +151,7 @@ class ReleaseReader:
 
   def __init__(self, folder: Path):
     self.folder = Path(folder)
-    self.master = h5py.File(self.folder / MASTER_FILE, "r")
+    self.master = _open_h5(self.folder / MASTER_FILE, None)
     self._shards: dict[str, h5py.File] = {}
 
   def close(self) -> None:
@@ -194,24 +194,60 @@ class ReleaseReader:
           f"{self.folder / MASTER_FILE} links to shard file(s) missing from {self.folder}: "
           f"{', '.join(lost)}. Expected all of: {', '.join(sorted(shard_files))}")
 
+  def where(self, key: str) -> str:
+    """'shard.h5:/path' of a sample, for error messages."""
+    try:
+      filename, path = self._locate(key)
+    except KeyError:
+      return f"{MASTER_FILE}:/{key}"
+    return f"{filename or MASTER_FILE}:/{path.lstrip('/')}"
+
   def read(self, key: str) -> tuple[np.ndarray, np.ndarray, object, str]:
-    """(image CHW, coords, crs attribute, timestamp) as stored."""
+    """(image CHW, coords, crs attribute, timestamp) as stored.
+
+    A shard that is missing, not HDF5, truncated or unreadable is an error naming the file
+    and the sample key (h5py's own messages name neither).
+    """
     filename, path = self._locate(key)
     if filename is None:
-      group = self.master[path]
+      container = self.master
     else:
-      shard = self._shards.get(filename)
-      if shard is None:
-        shard = self._shards[filename] = h5py.File(self.folder / filename, "r")
-      group = shard[path]
+      container = self._shards.get(filename)
+      if container is None:
+        container = self._shards[filename] = _open_h5(self.folder / filename, key)
+    where = f"{self.folder / (filename or MASTER_FILE)}"
+    if path not in container:
+      raise KeyError(f"sample {key!r}: {where} has no group {path!r} (the master file links to it)")
+    group = container[path]
     for name in ("image", "coords"):
       if name not in group:
         raise KeyError(f"sample {key!r} in {filename or MASTER_FILE} has no dataset {name!r}")
     for name in ("crs", "timestamp"):
       if name not in group.attrs:
         raise KeyError(f"sample {key!r} in {filename or MASTER_FILE} has no attribute {name!r}")
-    return (group["image"][()], group["coords"][()], group.attrs["crs"],
-            preprocess.attr_text(group.attrs["timestamp"]))
+    try:
+      image, coords = group["image"][()], group["coords"][()]
+    except OSError as err:
+      raise ReleaseFileError(
+          f"sample {key!r}: reading {path}/image or coords from {where} failed ({err}); the file is "
+          f"damaged: download it again") from err
+    return image, coords, group.attrs["crs"], preprocess.attr_text(group.attrs["timestamp"])
+
+
+class ReleaseFileError(OSError):
+  """A release HDF5 file is missing, not HDF5, truncated or unreadable; names the file and sample."""
+
+
+def _open_h5(path: Path, key: str | None) -> h5py.File:
+  needed = f" (needed for sample {key!r})" if key else ""
+  if not path.is_file():
+    raise FileNotFoundError(f"release file {path}{needed} does not exist.\n" + _MANUAL_INSTRUCTIONS)
+  try:
+    return h5py.File(path, "r")
+  except OSError as err:
+    raise ReleaseFileError(
+        f"release file {path}{needed} cannot be opened as HDF5 ({err}): it is truncated or damaged "
+        f"(an interrupted download?); download it again") from err
 
 
 # --------------------------------------------------------------------------- build plan
@@ -445,7 +481,10 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
     with self._release_folder(dl_manager) as folder:
       rows = read_metadata(folder / METADATA_FILE)
       limit = getattr(download_config, "max_examples_per_split", None)
-      plan = make_plan(rows, self.builder_config, limit)
+      try:
+        plan = make_plan(rows, self.builder_config, limit)
+      except labels_lib.UnknownLabelError as err:  # empty or unknown labels of a metadata row
+        raise labels_lib.UnknownLabelError(f"{folder / METADATA_FILE}: {err}") from None
       with ReleaseReader(folder) as reader:
         reader.check(plan.labels)
       self._copy_queries(folder, Path(self.data_dir))
@@ -506,7 +545,11 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
         source = preprocess.source_of_key(key)
         sensor = preprocess.sensor_of_source(source)
         stored, coords, crs, timestamp = reader.read(key)
-        image, nans = preprocess.preprocess_image(stored, key, source)
+        try:
+          image, nans = preprocess.preprocess_image(stored, key, source)
+          lonlat = preprocess.center_lonlat(coords, crs, key)
+        except preprocess.SampleFormatError as err:
+          raise preprocess.SampleFormatError(f"{reader.where(key)}: {err}") from None
         tally.add(sensor, source, image, nans)
         names = plan.labels[key]
         yield index, {
@@ -516,7 +559,7 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
             "image": image,
             "text": labels_lib.labels_to_text(names, key),
             "labels": labels_lib.labels_to_multihot(names, key),
-            "lonlat": preprocess.center_lonlat(coords, crs, key),
+            "lonlat": lonlat,
             "timestamp": timestamp,
         }
     md = self.info.metadata

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Sequence
 
 import grain
@@ -61,6 +62,10 @@ def get_builder(name: str = "crisis_landmark/sample", data_dir: str | None = Non
     builder = tfds.builder(name.split("/")[0], config=config, data_dir=data_dir,
                            file_format="array_record")
   else:
+    known = [f"crisis_landmark/{c.name}" for c in crisis_landmark.CrisisLandmark.BUILDER_CONFIGS]
+    if name.split(":")[0] not in known + ["crisis_landmark"]:
+      raise DatasetNameError(f"unknown dataset {name!r} (config.data.name): expected one of "
+                             f"{', '.join(known)}")
     builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   if builder.is_prepared():
     return builder
@@ -71,14 +76,21 @@ def get_builder(name: str = "crisis_landmark/sample", data_dir: str | None = Non
   config = builder.builder_config
   if not getattr(config, "synthetic", False) and manual_dir is None:
     raise FileNotFoundError(
-        f"{name} converts the official release: pass manual_dir=<release folder>.\n"
+        f"{name} converts the official release: pass manual_dir=<release folder> "
+        f"(the trainer's --config.data.manual_dir), or use the synthetic crisis_landmark/sample.\n"
         + crisis_landmark.CrisisLandmark.MANUAL_DOWNLOAD_INSTRUCTIONS)
+  if not getattr(config, "synthetic", False):  # before tfds, whose own check is an AssertionError
+    crisis_landmark.check_release_folder(Path(manual_dir))
   print(f"Preparing {builder.info.full_name} in {data_dir} ...", flush=True)
   download_config = tfds.download.DownloadConfig(
       manual_dir=os.fspath(manual_dir) if manual_dir is not None else None)
   builder.download_and_prepare(download_config=download_config, file_format="array_record")
   print(summary(builder), flush=True)
   return builder
+
+
+class DatasetNameError(ValueError):
+  """config.data.name names no crisis_landmark config."""
 
 
 def _metadata(builder, field: str):
@@ -304,11 +316,53 @@ def _normalizer(builder, sensor, normalization, s1_normalization) -> _Normalize:
 
 
 def _data_source(builder, split: str):
+  """The split's records, checked: every ArrayRecord shard is opened and its first record read now,
+  so a missing, truncated or corrupt file is an error naming it before training starts."""
   try:
-    return builder.as_data_source(split=split)
+    source = builder.as_data_source(split=split)
   except Exception as err:  # tfds raises several types for a missing split / format
     raise ValueError(f"cannot read split {split!r} of {builder.info.full_name} in "
                      f"{builder.data_dir} as ArrayRecord: {err}") from err
+  checked = CheckedSource(source, builder, split)
+  for start in checked.shard_starts:
+    if start < len(checked):
+      checked[start]
+  return checked
+
+
+class DataFileError(OSError):
+  """A prepared dataset file cannot be read (missing, truncated, corrupt); names the file."""
+
+
+class CheckedSource:
+  """A tfds ArrayRecord data source whose read errors name the shard file, the record and the fix.
+
+  Picklable (grain workers receive it) and otherwise a plain random-access source.
+  """
+
+  def __init__(self, source, builder, split: str):
+    self.source = source
+    self.name = f"{builder.info.full_name} {split}"
+    info = builder.info.splits[split]
+    self.files = [os.fspath(p) for p in info.filepaths]
+    self.shard_starts = list(np.cumsum([0] + list(info.shard_lengths))[:-1].astype(int))
+    self.data_dir = os.fspath(builder.data_dir)
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index):
+    try:
+      return self.source[index]
+    except Exception as err:  # array_record raises RuntimeError/OSError/ValueError
+      shard = max(int(np.searchsorted(self.shard_starts, int(index), side="right")) - 1, 0)
+      path = self.files[shard] if shard < len(self.files) else "?"
+      state = ("is missing" if path != "?" and not os.path.exists(path)
+               else f"cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:300]})")
+      raise DataFileError(
+          f"{self.name}: record {index} lives in {path}, which {state}. The prepared dataset is "
+          f"damaged (an interrupted copy, a full disk): delete {self.data_dir} and run again to "
+          f"rebuild it") from err
 
 
 # --------------------------------------------------------------------------- iterators

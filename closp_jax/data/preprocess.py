@@ -37,6 +37,8 @@ S1_BANDS = ("VV", "VH")
 NUM_CHANNELS = {"s2": len(S2_BANDS), "s1": len(S1_BANDS)}
 NAN_FILL = {"s2": 0.0, "s1": 1e-6}
 CENTER = IMAGE_SIZE // 2
+# Stored image values beyond this magnitude (or infinite) are damaged data, not measurements.
+MAX_ABS_VALUE = 1e6
 
 
 class SampleFormatError(ValueError):
@@ -102,6 +104,7 @@ def preprocess_image(image: np.ndarray, key: str, source: str) -> tuple[np.ndarr
   """
   sensor = sensor_of_source(source)
   chw = select_channels(image, key, source).astype(np.float32, copy=False)
+  check_values(chw, key)
   if sensor == "s2":
     chw = np.insert(chw, S2_ZERO_BAND, 0.0, axis=0)
   hwc = np.ascontiguousarray(np.transpose(chw, (1, 2, 0)), dtype=np.float32)
@@ -110,6 +113,25 @@ def preprocess_image(image: np.ndarray, key: str, source: str) -> tuple[np.ndarr
   if num_nans:
     hwc[nans] = NAN_FILL[sensor]
   return hwc, num_nans
+
+
+def check_values(chw: np.ndarray, key: str) -> None:
+  """Raises SampleFormatError for +-Inf or |value| > MAX_ABS_VALUE in a stored image.
+
+  Reflectance x 10,000 and SAR backscatter (linear or dB) stay far inside +-1e6; larger values
+  and infinities come from damaged bytes (HDF5 chunks carry no checksum, so a partly
+  overwritten shard still decodes), not from the sensor. NaN is the release's no-data value
+  and is replaced, not refused (see preprocess_image).
+  """
+  with np.errstate(invalid="ignore"):
+    bad = np.abs(chw) > MAX_ABS_VALUE  # NaN compares False; +-Inf compares True
+  if bad.any():
+    bands = sorted({int(b) for b in np.nonzero(bad)[0]})
+    infinite = int(np.isinf(chw).sum())
+    raise SampleFormatError(
+        f"sample {key!r}: image has {int(bad.sum())} value(s) beyond +-{MAX_ABS_VALUE:g} "
+        f"({infinite} infinite) in stored band(s) {bands}, e.g. {chw[bad].flat[0]!r}; such values are "
+        f"not measurements but damaged data: download the shard file again")
 
 
 def parse_crs(value: Any, key: str) -> str:
@@ -153,7 +175,7 @@ def center_lonlat(coords: np.ndarray, crs: Any, key: str) -> np.ndarray:
                             f"knows ({err})") from err
   lon, lat = transformer.transform(x, y)
   out = np.array([lon, lat], np.float32)
-  if not np.all(np.isfinite(out)) or abs(out[1]) > 90:
+  if not np.all(np.isfinite(out)) or abs(out[1]) > 90 or abs(out[0]) > 180:
     raise SampleFormatError(
         f"sample {key!r}: centre pixel ({x}, {y}) in {crs!r} gives lon/lat {out.tolist()}; "
         "check the coords dataset and the crs attribute")

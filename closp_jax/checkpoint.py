@@ -1,16 +1,25 @@
 """Checkpoints: orbax CheckpointManager over {train state, data iterator state}.
 
 Layout: WORKDIR/checkpoints/<step>/{state,data}. Orbax writes each checkpoint into a temporary
-folder and renames it when complete, so a run killed at any moment leaves only complete
-checkpoints behind; `latest_step` only ever sees those. The last `keep` checkpoints are kept,
-plus the best one by validation loss (its step is recorded in `best.json`, written atomically).
+folder (`<step>.orbax-checkpoint-tmp-*`) and renames it when complete, so a run killed at any
+moment, also during an asynchronous write, leaves only complete checkpoints under step names;
+leftover temporary folders are deleted when the next run opens the directory. The last `keep`
+checkpoints are kept, plus the best one by validation loss (its step is recorded in
+`best.json`, written atomically).
+
+A step folder that cannot be read back (files truncated or lost by a crash of the machine,
+a half-deleted old step, a full disk at the time) is not trusted: `restore_latest` tries the
+steps newest first, moves an unreadable one aside to WORKDIR/checkpoints_unreadable/ and says
+so, and restores the newest one that reads back whole.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import grain
 import jax
@@ -21,7 +30,7 @@ BEST_METRIC = "val_loss"
 
 
 class CheckpointError(RuntimeError):
-  pass
+  """A checkpoint cannot be written or read; the message names the step, the folder and the fix."""
 
 
 def _metric(metrics) -> float:
@@ -33,6 +42,8 @@ class Checkpointer:
 
   def __init__(self, directory: str | os.PathLike, *, keep: int = 3, async_save: bool = True):
     self.directory = Path(directory).absolute()
+    self.keep = max(int(keep), 1)
+    self._last_saved: int | None = None  # the step of the latest save started (for error messages)
     policy = cm.AnyPreservationPolicy([
         cm.LatestN(n=max(int(keep), 1)),
         cm.BestN(get_metric_fn=_metric, n=1, keep_checkpoints_without_metrics=False),
@@ -80,15 +91,57 @@ class Checkpointer:
 
   # -- save / restore --------------------------------------------------------
   def save(self, step: int, state, data_iterator=None, metrics: dict | None = None, force: bool = False) -> bool:
+    """Starts writing checkpoint `step` (in the background with async_save).
+
+    A write that fails (full disk, lost permissions) raises CheckpointError naming the step,
+    the folder, the free space and the latest complete checkpoint, which stays as it was.
+    Errors of an earlier background write surface here or in `wait`.
+    """
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    saved = self.manager.save(
-        int(step), args=ocp.args.Composite(**items),
-        metrics={k: float(v) for k, v in metrics.items()} if metrics else None, force=force)
+    try:
+      saved = self.manager.save(
+          int(step), args=ocp.args.Composite(**items),
+          metrics={k: float(v) for k, v in metrics.items()} if metrics else None, force=force)
+    except Exception as e:  # orbax wraps the OSError of a failed write in various types
+      raise self._write_error(int(step), e) from e
+    self._last_saved = int(step)
     if saved and metrics and BEST_METRIC in metrics:
       self._record_best(int(step), float(metrics[BEST_METRIC]))
     return saved
+
+  def _write_error(self, step: int | None, err: BaseException) -> CheckpointError:
+    try:
+      free = f"{shutil.disk_usage(self.directory).free / 2**20:.1f} MiB free"
+    except OSError:
+      free = "free space unknown"
+    try:
+      latest = self.latest_complete_step()
+    except Exception:  # pylint: disable=broad-except
+      latest = None
+    step = step if step is not None else self._last_saved
+    what = f"checkpoint {step}" if step is not None else "a checkpoint"
+    kept = (f"the latest complete checkpoint is still step {latest}" if latest is not None
+            else "no complete checkpoint exists yet")
+    return CheckpointError(
+        f"writing {what} to {self.directory} failed ({_root_cause(err)}; {free}); {kept}. "
+        f"Free space or fix the permissions there (or pass --workdir on another disk), then run "
+        f"the same command again to resume.")
+
+  def check_space(self, nbytes: int) -> str | None:
+    """Raises CheckpointError if one checkpoint of `nbytes` cannot fit; a warning if `keep`+1 may not."""
+    free = shutil.disk_usage(self.directory).free
+    mib = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
+    if free < nbytes + (1 << 20):
+      raise CheckpointError(
+          f"{self.directory} has {mib(free)} free, less than one checkpoint of this model "
+          f"(about {mib(nbytes)}): free space or pass --workdir on a disk with at least "
+          f"{mib((self.keep + 1) * nbytes)} free")
+    if free < (self.keep + 1) * nbytes:
+      return (f"warning: {self.directory} has {mib(free)} free; keeping {self.keep} checkpoints of "
+              f"about {mib(nbytes)} each (plus one being written) may fill it")
+    return None
 
   def _record_best(self, step: int, value: float) -> None:
     if jax.process_index() != 0:
@@ -110,12 +163,84 @@ class Checkpointer:
     restored = self.manager.restore(int(step), args=ocp.args.Composite(**items))
     return restored["state"]
 
+  def latest_complete_step(self) -> int | None:
+    """The newest step folder with a final name (it may still turn out unreadable)."""
+    return self.manager.latest_step()
+
+  def restore_latest(self, abstract_state, data_iterator=None,
+                     say: Callable[[str], None] = print) -> tuple[Any, int | None]:
+    """(state, step) from the newest checkpoint that reads back whole; (None, None) if there is none.
+
+    An unreadable step is moved to `<directory>_unreadable/<step>-<time>` (so a later save of
+    that step number is not blocked and it is never picked again), named in a message, and
+    the next older step is tried. Raises CheckpointError if step folders exist but none reads.
+    """
+    tried = []
+    while True:
+      step = self.latest_complete_step()
+      if step is None:
+        if tried:
+          raise CheckpointError(
+              f"none of the checkpoints in {self.directory} could be read back (steps "
+              f"{', '.join(map(str, tried))}, moved to {self.unreadable_dir}); delete "
+              f"{self.directory} to start from scratch")
+        return None, None
+      try:
+        state = self.restore(step, abstract_state, data_iterator)
+      except Exception as e:  # pylint: disable=broad-except  # tensorstore/orbax/json raise many types
+        tried.append(step)
+        moved = self._set_aside(step)
+        self.manager.reload()
+        say(f"checkpoint {self.directory / str(step)} is incomplete or corrupt and was not restored "
+            f"({_root_cause(e)}); moved it to {moved}; trying the next older checkpoint")
+        continue
+      return state, step
+
+  @property
+  def unreadable_dir(self) -> Path:
+    return self.directory.with_name(self.directory.name + "_unreadable")
+
+  def _set_aside(self, step: int) -> Path:
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    target = self.unreadable_dir / f"{step}-{stamp}"
+    n = 1
+    while target.exists():  # the same step set aside twice within a second
+      target, n = self.unreadable_dir / f"{step}-{stamp}-{n}", n + 1
+    if jax.process_index() == 0:
+      target.parent.mkdir(parents=True, exist_ok=True)
+      os.replace(self.directory / str(step), target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      multihost_utils.sync_global_devices(f"closp_checkpoint_set_aside_{step}")
+    return target
+
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # a failed background write
+      raise self._write_error(None, e) from e
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
+
+
+def _root_cause(err: BaseException) -> str:
+  """The innermost exception's type and message, shortened in the middle (the OS reason is at the end)."""
+  while err.__cause__ is not None or err.__context__ is not None:
+    err = err.__cause__ or err.__context__
+  text = " ".join(str(err).split())
+  if len(text) > 400:
+    text = text[:180] + " ... " + text[-200:]
+  return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def list_steps(directory: str | os.PathLike) -> list[int]:
+  """Sorted steps with a final (complete) folder name under `directory`, without opening orbax."""
+  directory = Path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
 
 
 def abstract_like(tree: Any) -> Any:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -13,43 +12,20 @@ import jax
 import numpy as np
 
 from closp_jax import checkpoint as ckpt_lib
+from closp_jax import config as config_lib
 from closp_jax.data import pipeline
 from closp_jax.data.tokenize import load_tokenizer
 from closp_jax.parallel import mesh as mesh_lib
 from closp_jax.retrieval import embed as embed_lib
 from closp_jax.train import evaluation, setup
 from closp_jax.train.optimizer import base_schedule, trainable_groups
+from closp_jax.train.preemption import RESUME_HINT, Preempted, StopRequest, stopped_message
 from closp_jax.train.progress import Progress
 from closp_jax.train.step import make_train_step
 
 
 class NonFiniteError(FloatingPointError):
-  pass
-
-
-class _StopRequest:
-  """SIGTERM / SIGINT set a flag; the loop checkpoints at the end of the current step and exits."""
-
-  def __init__(self):
-    self.signal = None
-    self._previous = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._previous[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # not the main thread: leave signals alone
-        pass
-    return self
-
-  def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    if self.signal is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # a second Ctrl-C stops at once
-    self.signal = signal.Signals(signum).name
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
+  """A NaN/Inf loss term or gradient norm with train.nonfinite='stop'; names the step and the terms."""
 
 
 def batch_digest(batch) -> str:
@@ -97,10 +73,34 @@ def train_sizes(builder) -> dict[str, int]:
 
 
 def train_and_evaluate(config, workdir, *, stream=None) -> dict:
-  """Trains per `config` in `workdir` (resuming from its checkpoints); returns the final metrics."""
+  """Trains per `config` in `workdir` (resuming from its checkpoints); returns the final metrics.
+
+  SIGTERM / SIGINT: during the step loop the current step finishes, is checkpointed (with the
+  data-iterator state) and the run returns {"stopped": ...}; before or after the loop (nothing
+  new to save) it returns at once with the same message. See closp_jax/train/preemption.py.
+  """
   stream = stream or sys.stdout
   main = jax.process_index() == 0
   say = (lambda s: print(s, file=stream, flush=True)) if main else (lambda s: None)
+  run: dict = {}
+  with StopRequest() as stop:
+    try:
+      return _train(config, workdir, stream, say, stop, run)
+    except Preempted as err:
+      ckpt = run.get("ckpt")
+      if ckpt is not None:
+        ckpt.close()
+        directory, latest = ckpt.directory, ckpt.latest_complete_step()
+      else:
+        directory = Path(workdir).expanduser().absolute() / "checkpoints"
+        latest = max(ckpt_lib.list_steps(directory), default=None)
+      say(stopped_message(err, latest, directory))
+      return {"steps": latest or 0, "stopped": err.signal_name, "phase": err.phase}
+
+
+def _train(config, workdir, stream, say, stop: StopRequest, run: dict) -> dict:
+  main = jax.process_index() == 0
+  config_lib.validate(config)
   workdir = setup.check_workdir(workdir)
   if main:  # the run's config, for tools that read the workdir later (closp_jax.export)
     _write_text(workdir / "config.json", config.to_json(indent=2, sort_keys=True))
@@ -111,7 +111,9 @@ def train_and_evaluate(config, workdir, *, stream=None) -> dict:
 
   builder = pipeline.get_builder(config.data.name, data_dir=config.data.data_dir or None,
                                  manual_dir=config.data.manual_dir or None)
-  cfg = setup.resolve_steps(config, train_sizes(builder))
+  sizes = train_sizes(builder)
+  setup.check_train_sizes(config, sizes, builder.info.full_name)
+  cfg = setup.resolve_steps(config, sizes)
   total = int(cfg.train.steps)
   model, variables, shardings, optimizer, notes = setup.build_model_and_optimizer(cfg, mesh, total)
   for n in notes:
@@ -127,12 +129,15 @@ def train_and_evaluate(config, workdir, *, stream=None) -> dict:
       max_len=int(cfg.data.max_len), bucket=bool(cfg.data.bucket), normalization=cfg.data.normalization,
       augment=bool(cfg.data.augment), worker_count=int(cfg.data.worker_count), **evaluation._rgb_kwargs(cfg))
 
-  ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=int(cfg.checkpoint.keep),
-                               async_save=bool(cfg.checkpoint.async_save))
-  start = ckpt.latest_step()
-  if start is not None:
-    state = ckpt.restore(start, ckpt_lib.abstract_like(state), train_it)
-    say(f"resumed from {ckpt.directory}/{start} (step {int(state.step)})")
+  ckpt = run["ckpt"] = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=int(cfg.checkpoint.keep),
+                                             async_save=bool(cfg.checkpoint.async_save))
+  warning = ckpt.check_space(sum(x.nbytes for x in jax.tree.leaves(state)))
+  if warning:
+    say(warning)
+  restored, start = ckpt.restore_latest(ckpt_lib.abstract_like(state), train_it, say=say)
+  if restored is not None:
+    state = restored
+    say(f"resumed from {ckpt.directory}/{start} (step {int(state.step)}), the newest complete checkpoint")
   start = int(state.step)
 
   untrained_path = workdir / "eval" / "untrained.json"
@@ -179,9 +184,8 @@ def train_and_evaluate(config, workdir, *, stream=None) -> dict:
   stop_after = int(cfg.train.stop_after)
   order_file = workdir / "data_order.txt" if cfg.train.record_data_order and main else None
   stopped = None
-  stop_request = _StopRequest()
+  stop.phase = "train"
   try:
-    stop_request.__enter__()
     for step in range(start, total):
       fn, use_table = step_fn_for(step)
       table = text_table(_vars(state)) if use_table else np.zeros((1, 1), np.float32)
@@ -201,8 +205,9 @@ def train_and_evaluate(config, workdir, *, stream=None) -> dict:
         progress.start_timer(step + 1)
       do_eval = int(cfg.eval.every_steps) > 0 and (step + 1) % int(cfg.eval.every_steps) == 0
       do_ckpt = (step + 1) % int(cfg.checkpoint.every_steps) == 0 or step + 1 == total
-      if stop_request.signal or (stop_after and step + 1 == stop_after):
-        stopped = stop_request.signal or f"train.stop_after={stop_after}"
+      signalled = stop.agree()
+      if signalled or (stop_after and step + 1 == stop_after):
+        stopped = signalled or f"train.stop_after={stop_after}"
         do_ckpt = True
       if do_eval or do_ckpt:
         _check_and_report(pending, cfg, progress, summaries, sched)
@@ -220,14 +225,21 @@ def train_and_evaluate(config, workdir, *, stream=None) -> dict:
         break
     if pending is not None:
       _check_and_report(pending, cfg, progress, summaries, sched)
-  finally:
-    stop_request.__exit__()
+  except NonFiniteError as err:
     ckpt.wait()
-    summaries.close()
+    latest = ckpt.latest_complete_step()
+    raise NonFiniteError(
+        f"{err} The latest checkpoint, step {latest}, holds the last good state." if latest is not None
+        else f"{err} No checkpoint was written before it.") from None
+  finally:
+    stop.phase = "final"  # a signal from here on has nothing new to save
+    try:
+      ckpt.wait()
+    finally:
+      summaries.close()
   if stopped:
     ckpt.close()
-    say(f"stopped ({stopped}) after step {int(state.step)}; checkpoint saved in {ckpt.directory}. "
-        f"Run the same command again to resume.")
+    say(f"stopped ({stopped}) after step {int(state.step)}; checkpoint saved in {ckpt.directory}. {RESUME_HINT}")
     return {"steps": int(state.step), "stopped": stopped}
   train_seconds = time.perf_counter() - t_start
   result = {"steps": total, "train_seconds": train_seconds, "validation": last_val}
@@ -262,8 +274,8 @@ def _check_and_report(pending, cfg, progress: Progress, summaries: _Summaries, s
     if cfg.train.nonfinite == "skip":
       progress.message(msg + "; step skipped (parameters unchanged)")
     else:
-      raise NonFiniteError(msg + ". The latest checkpoint is the last good state; lower the learning "
-                           "rate or set --config.train.nonfinite=skip")
+      raise NonFiniteError(msg + ". Lower the learning rate (config.optim.lr), check the data, or "
+                           "set --config.train.nonfinite=skip to skip such steps.")
   lr = float(sched(step - 1))
   summaries.scalars(step, {**m, "lr": lr})
   progress.update(step, m, lr)

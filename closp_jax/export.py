@@ -281,8 +281,8 @@ def _readme(meta: dict) -> str:
   fns = ", ".join(f"`{f}`" for f in meta["functions"].values())
   return f"""# {meta['name']} (closp-jax export, step {meta['checkpoint']['step']})
 
-A CLOSP{'/GeoCLOSP' if loc else ''} model: text, Sentinel-2 and Sentinel-1{' and location' if loc else ''}
-encoders into one {meta['embed_dim']}-d space (unit vectors; score = dot product).
+A {'GeoCLOSP' if loc else 'CLOSP'} model: text, Sentinel-2, Sentinel-1{' and location' if loc else ''} encoders
+into one {meta['embed_dim']}-d space (unit vectors; score = dot product).
 
 ```python
 import closp_jax
@@ -292,8 +292,16 @@ z = m.encode_image(s2_patches, "s2")                   # [B, 120, 120, 13] raw a
 scores = z @ q[0]
 ```
 
-Without closp_jax: `jax.export.deserialize(open("encode_s2.jax", "rb").read()).call(weights, images)`,
-where `weights` are the model.safetensors tensors named in the function's input tree.
+Without closp_jax (jax, numpy and safetensors only):
+
+```python
+import jax
+from safetensors.numpy import load_file
+fn = jax.export.deserialize(bytearray(open("encode_s2.jax", "rb").read()))
+names = jax.tree_util.tree_unflatten(fn.in_tree, range(len(fn.in_avals)))[0][0]   # the tensors it reads
+tensors = load_file("model.safetensors")
+emb = fn.call({{k: tensors[k] for k in names}}, s2_patches)
+```
 
 - Images: NHWC float32, 120 x 120. S2: the 13 bands {', '.join(S2_BANDS)} (B10 is zero in
   CrisisLandMark), reflectance x 10,000 as stored. S1: VV, VH linear backscatter as stored.
@@ -366,7 +374,8 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *, checkpoi
       write_torch_state_dict(variables, mcfg, tmp / "closp_torch.safetensors", scale, bias)
     (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     (tmp / "README.md").write_text(_readme(meta))
-    os.chmod(tmp, 0o755)
+    for path in [tmp, *tmp.rglob("*")]:  # mkdtemp and safetensors create owner-only entries
+      os.chmod(path, 0o755 if path.is_dir() else 0o644)
     if out.exists():
       old = out.with_name(f".{out.name}.old{os.getpid()}")
       os.replace(out, old)

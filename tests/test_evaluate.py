@@ -401,3 +401,181 @@ def test_compare_subcommand(evaluation, tmp_path):
                         cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert f"error: {tmp_path / 'none'} not found: expected an evaluation output folder" in proc.stderr
+
+
+def test_judgments_index_drops_outside_docs_and_checks_grades(case):
+  corpus = case[0]
+  k0, k1 = str(corpus.keys[0]), str(corpus.keys[-1])
+  j = evaluator.Judgments({"a": {k0: 2, "elsewhere": 3, k1: 0}, "b": {k1: 1}, "c": {k0: 0}}, corpus)
+  assert j.restrict(corpus) == {"a": {k0: 2, k1: 0}, "b": {k1: 1}}
+  s2 = corpus.select(corpus.sensor == "s2")
+  assert j.restrict(s2) == {"a": {k0: 2}}
+  with pytest.raises(ValueError, match=r"qrels\['a'\]\['x'\] = 1.5: grades must be integers"):
+    evaluator.Judgments({"a": {"x": 1.5}}, corpus)
+
+
+# --------------------------------------------------------------------------- end to end (slow)
+
+TINY = ["--config.data.name=crisis_landmark/tiny", "--config.data.batch_size=16",
+        "--config.data.eval_batch_size=32"]
+
+
+def _run(args, env, timeout=900):
+  proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=timeout)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return proc
+
+
+def _train(config, workdir, env, steps=2):
+  _run(["-m", "closp_jax.main", "--config", config, "--workdir", str(workdir), *TINY,
+        f"--config.train.steps={steps}", "--config.eval.every_steps=0",
+        f"--config.checkpoint.every_steps={steps}", "--config.eval.final=False",
+        "--config.checkpoint.async_save=False"], env)
+
+
+def _config(spec, data_dir):
+  from closp_jax.config import load_config_file
+  cfg = load_config_file(spec)
+  cfg.unlock()
+  cfg.data.name, cfg.data.data_dir = "crisis_landmark/tiny", str(data_dir)
+  cfg.data.batch_size, cfg.data.eval_batch_size = 16, 32
+  cfg.lock()
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def trained_geo(tmp_path_factory):
+  root = tmp_path_factory.mktemp("e2e")
+  env = {**os.environ, "CLOSP_DATA_DIR": str(root / "data")}
+  _train("configs/geoclosp.py", root / "geo", env)
+  out = root / "geo_eval"
+  proc = _run(["-m", "closp_jax.evaluate", "--config", "configs/geoclosp.py", "--workdir",
+               str(root / "geo"), *TINY, "--output", str(out)], env)
+  return root, env, out, proc.stdout
+
+
+@pytest.mark.slow
+def test_binary_files_give_metrics_json_in_pytrec_eval(trained_geo):
+  _, _, out, stdout = trained_geo
+  assert "text->all" in stdout and "zero-shot classification mAP" in stdout
+  m = evaluator.load_metrics(out)
+  assert m["checkpoint"]["step"] == "2" and m["queries"]["origin"] == "official"
+  assert m["dataset"]["docs"] == {"s2": 240, "s1": 240}
+  names = m["metric_names"]
+  trec_names = {"nDCG": "ndcg_cut", "mAP": "map_cut", "R": "recall", "P": "P"}
+  measures = {f"{trec_names[n.split('@')[0]]}.{n.split('@')[1]}" for n in names}
+  for ranking, entry in m["rankings"].items():
+    run = trec.read_run(out / entry["files"]["run"])
+    qrels = trec.read_qrels(out / entry["files"]["qrels"])
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+    assert len(per_query) == entry["num_queries"] > 0
+    for name in names:
+      family, k = name.split("@")
+      want = np.mean([v[f"{trec_names[family]}_{k}"] for v in per_query.values()])
+      assert entry["metrics"][name] == pytest.approx(want, abs=1e-6), (ranking, name)
+      assert 0.0 <= entry["metrics"][name] <= 1.0
+    assert max(len(v) for v in run.values()) == min(1000, entry["num_docs"])
+  assert set(m["rankings"]["text->all"]["by_source"]) == {
+      "benv2s2", "cabuar", "sen2flood", "benv2s1", "mmflood", "sen1flood", "quakeset"}
+  assert set(m["rankings"]["text->all"]["by_type"]) <= set(queries_rule.QUERY_TYPES)
+  assert 0.0 < m["zero_shot"]["text->all"]["mAP"] <= 1.0
+  assert (out / "report.md").is_file() and (out / "chart.png").is_file()
+
+
+@pytest.mark.slow
+def test_partial_restore_equals_full_state_restore(trained_geo):
+  import jax
+  from closp_jax import checkpoint as ckpt_lib
+  from closp_jax.parallel import mesh as mesh_lib
+  from closp_jax.train import setup
+  root = trained_geo[0]
+  cfg = _config("configs/geoclosp.py", root / "data")
+  mesh = mesh_lib.make_mesh(cfg.mesh)
+  _, variables, label = evaluator.load_variables(cfg, mesh, root / "geo", "latest")
+  _, init_vars, shardings, optimizer, _ = setup.build_model_and_optimizer(cfg, mesh, 2)
+  state, _ = setup.create_state(init_vars, optimizer, shardings, mesh, int(cfg.seed))
+  ckpt = ckpt_lib.Checkpointer(root / "geo" / "checkpoints", async_save=False)
+  full = ckpt.restore(2, ckpt_lib.abstract_like(state))
+  ckpt.close()
+  assert label == "2"
+  for got, want in ((variables["params"], full.params), (variables["batch_stats"], full.batch_stats)):
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # training moved the parameters away from the init the untrained baseline uses
+  _, untrained, label = evaluator.load_variables(cfg, mesh, root / "geo", "untrained")
+  assert label == "untrained"
+  moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+           zip(jax.tree.leaves(untrained["params"]), jax.tree.leaves(variables["params"]))]
+  assert any(moved)
+  with pytest.raises(ckpt_lib.CheckpointError, match="no checkpoint for step 7"):
+    evaluator.load_variables(cfg, mesh, root / "geo", "7")
+
+
+@pytest.mark.slow
+def test_untrained_baseline_and_compare(trained_geo):
+  from closp_jax import evaluate
+  root, _, out, _ = trained_geo
+  cfg = _config("configs/geoclosp.py", root / "data")
+  metrics = evaluator.evaluate_checkpoint(cfg, root / "geo", checkpoint="untrained")
+  assert metrics["checkpoint"]["step"] == "untrained"
+  assert (root / "geo" / "eval" / "untrained" / "metrics.json").is_file()
+  text = evaluate.compare([str(root / "geo" / "eval" / "untrained"), str(out)])
+  assert "geoclosp:sample@untrained" in text and "Δ geoclosp:sample@2" in text
+  trained = evaluator.load_metrics(out)
+  row = next(line for line in text.splitlines() if line.startswith("text->all nDCG@1000 "))
+  a, b, d = map(float, row.split()[-3:])
+  want = trained["rankings"]["text->all"]["metrics"]["nDCG@1000"] - metrics["rankings"]["text->all"]["metrics"]["nDCG@1000"]
+  assert d == pytest.approx(want, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_same_evaluation(trained_geo, tmp_path):
+  import socket
+  root, env, out, _ = trained_geo
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  code = (
+      "import sys, jax\n"
+      f"jax.distributed.initialize(coordinator_address='127.0.0.1:{port}', num_processes=2, "
+      "process_id=int(sys.argv[1]))\n"
+      "from closp_jax.config import load_config_file\n"
+      "from closp_jax.retrieval import evaluator\n"
+      "cfg = load_config_file('configs/geoclosp.py')\n"
+      "cfg.unlock()\n"
+      f"cfg.data.name, cfg.data.data_dir = 'crisis_landmark/tiny', {str(root / 'data')!r}\n"
+      "cfg.data.batch_size, cfg.data.eval_batch_size = 16, 32\n"
+      f"evaluator.evaluate_checkpoint(cfg, {str(root / 'geo')!r}, output={str(tmp_path / 'mp')!r})\n")
+  env = {**env, "PYTHONPATH": str(REPO)}
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  logs = [p.communicate(timeout=600)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), logs[0][-3000:] + logs[1][-3000:]
+  assert "2 process(es)" in logs[0]
+  single, multi = evaluator.load_metrics(out), evaluator.load_metrics(tmp_path / "mp")
+  assert multi["rankings"] == single["rankings"] and multi["zero_shot"] == single["zero_shot"]
+  assert (tmp_path / "mp" / "run.all.trec").read_bytes() == (out / "run.all.trec").read_bytes()
+
+
+@pytest.mark.slow
+def test_rgb_variant_trains_and_evaluates(tmp_path):
+  env = {**os.environ, "CLOSP_DATA_DIR": str(tmp_path / "data")}
+  _train("configs/closp.py:rgb", tmp_path / "rgb", env)
+  cfg = _config("configs/closp.py:rgb", tmp_path / "data")
+  assert cfg.data.rgb and cfg.model.s2_in_chans == 3 and cfg.model.s1_in_chans == 3
+  metrics = evaluator.evaluate_checkpoint(cfg, tmp_path / "rgb")
+  assert metrics["config"] == "closp:rgb" and metrics["checkpoint"]["step"] == "2"
+  for entry in metrics["rankings"].values():
+    assert entry["num_queries"] > 0 and 0.0 <= entry["metrics"]["nDCG@1000"] <= 1.0
+  assert (tmp_path / "rgb" / "eval" / "2" / "run.all.trec").is_file()
+
+
+def test_eval_batch_check_names_the_flag():
+  import jax
+  mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  evaluator.check_eval_batch(5, mesh)
+  with pytest.raises(ValueError, match=r"config.data.eval_batch_size=0 must be a positive multiple of 1"):
+    evaluator.check_eval_batch(0, mesh)

@@ -46,13 +46,19 @@ DEPTH = 1000
 @dataclasses.dataclass(frozen=True)
 class Corpus:
   """Embedded corpus samples: emb [N, D] (unit norm), keys [N], labels [N, 12] multi-hot,
-  lonlat [N, 2], sensor [N] ('s2'/'s1'), source [N] (key prefix, e.g. 'benv2s2')."""
+  lonlat [N, 2], sensor [N] ('s2'/'s1'), source [N] (key prefix, e.g. 'benv2s2'), row [N]
+  (position in the corpus it was selected from, kept through `select`)."""
   emb: np.ndarray
   keys: np.ndarray
   labels: np.ndarray
   lonlat: np.ndarray
   sensor: np.ndarray
   source: np.ndarray
+  row: np.ndarray | None = None
+
+  def __post_init__(self):
+    if self.row is None:
+      object.__setattr__(self, "row", np.arange(len(self.keys)))
 
   def __len__(self) -> int:
     return len(self.keys)
@@ -107,27 +113,53 @@ class Ranking:
   num_docs: int
 
 
-def restrict_qrels(qrels: Mapping[str, Mapping[str, int]], keys) -> dict[str, dict[str, int]]:
-  """Judgments of documents in `keys`, for the queries left with a relevant (grade >= 1) one."""
-  keyset = set(map(str, keys))
-  out = {}
-  for qid, judged in qrels.items():
-    sub = {d: int(g) for d, g in judged.items() if d in keyset}
-    if any(g > 0 for g in sub.values()):
-      out[str(qid)] = sub
-  return out
+class Judgments:
+  """Qrels indexed by corpus row, built once, so each ranking and source restricts them with
+  array operations instead of another pass over every judgment (millions at full scale).
+
+  Judgments of documents outside the corpus are dropped here.
+  """
+
+  def __init__(self, qrels: Mapping[str, Mapping[str, int]], corpus: "Corpus"):
+    row_of = dict(zip(corpus.keys.tolist(), corpus.row.tolist()))
+    self.keys = np.empty(int(corpus.row.max()) + 1 if len(corpus) else 0, dtype=corpus.keys.dtype)
+    self.keys[corpus.row] = corpus.keys
+    self.index: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for qid, judged in qrels.items():
+      rows, grades = [], []
+      for doc, grade in judged.items():
+        if isinstance(grade, bool) or not isinstance(grade, (int, np.integer)):
+          raise ValueError(f"qrels[{qid!r}][{doc!r}] = {grade!r}: grades must be integers")
+        row = row_of.get(doc)
+        if row is not None:
+          rows.append(row)
+          grades.append(grade)
+      self.index[str(qid)] = (np.asarray(rows, np.int64), np.asarray(grades, np.int64))
+
+  def restrict(self, corpus: "Corpus") -> dict[str, dict[str, int]]:
+    """{qid: {key: grade}} of the documents in `corpus` (a selection of the indexed one), for
+    the queries left with a relevant (grade >= 1) document there."""
+    member = np.zeros(len(self.keys), bool)
+    member[corpus.row] = True
+    out = {}
+    for qid, (rows, grades) in self.index.items():
+      keep = member[rows]
+      if not np.any(grades[keep] > 0):
+        continue
+      out[qid] = dict(zip(self.keys[rows[keep]].tolist(), grades[keep].tolist()))
+    return out
 
 
 def rank_corpus(name: str, corpus: Corpus, qids: Sequence[str], query_emb: np.ndarray,
-                qrels: Mapping[str, Mapping[str, int]], *, k: int = DEPTH,
+                judged: Mapping[str, Mapping[str, int]], *, k: int = DEPTH,
                 metrics: Sequence[str] = DEFAULT_METRICS, block: int = 65536) -> Ranking | None:
-  """Ranks `corpus` for the queries with a relevant document in it and scores the run.
+  """Ranks `corpus` for the queries of `judged` and scores the run against `judged`.
 
-  None when no query has one. Top-k by exact blocked matrix products (`topk_search`), so
-  memory stays O(Q x (block + k)) whatever the corpus size.
+  `judged` holds the judgments of this corpus's documents only, for the queries with a
+  relevant one (`Judgments.restrict`). None when there is no such query. Top-k by exact
+  blocked matrix products (`topk_search`): memory O(Q x (block + k)) whatever the corpus size.
   """
-  sub = restrict_qrels(qrels, corpus.keys)
-  keep = [i for i, q in enumerate(qids) if str(q) in sub]
+  keep = [i for i, q in enumerate(qids) if str(q) in judged]
   if not keep or len(corpus) == 0:
     return None
   depth = min(int(k), len(corpus))
@@ -135,7 +167,7 @@ def rank_corpus(name: str, corpus: Corpus, qids: Sequence[str], query_emb: np.nd
   doc_keys = corpus.keys[index]
   kept = [str(qids[i]) for i in keep]
   run = trec.make_run(kept, doc_keys, scores)
-  sub = {q: sub[q] for q in kept}
+  sub = {q: judged[q] for q in kept}
   mean, per_query = evaluate_run(run, sub, metrics)
   return Ranking(name, kept, scores, doc_keys, sub, mean, per_query, len(corpus))
 
@@ -177,18 +209,21 @@ def evaluate_embeddings(corpus: Corpus, queries: Sequence[Mapping], query_emb: n
   out: dict = {"metric_names": list(metrics), "depth": int(k), "rankings": {}, "zero_shot": {}}
   rankings: dict[str, Ranking] = {}
   by_source: dict[str, dict] = {}
+  judgments = Judgments(qrels, corpus)
   for source in preprocess.SOURCES:
     mask = corpus.source == source
     if not mask.any():
       continue
-    r = rank_corpus(source, corpus.select(mask), qids, query_emb, qrels, k=k, metrics=metrics,
-                    block=block)
+    sub_corpus = corpus.select(mask)
+    r = rank_corpus(source, sub_corpus, qids, query_emb, judgments.restrict(sub_corpus), k=k,
+                    metrics=metrics, block=block)
     by_source[source] = {"num_docs": int(mask.sum()),
                          "num_queries": len(r.qids) if r else 0,
                          "metrics": r.mean if r else None}
   for name, sensors in RANKINGS.items():
     sub_corpus = corpus.select(np.isin(corpus.sensor, sensors))
-    r = rank_corpus(name, sub_corpus, qids, query_emb, qrels, k=k, metrics=metrics, block=block)
+    r = rank_corpus(name, sub_corpus, qids, query_emb, judgments.restrict(sub_corpus), k=k,
+                    metrics=metrics, block=block)
     entry = {"num_docs": len(sub_corpus), "num_queries": len(r.qids) if r else 0,
              "metrics": r.mean if r else None,
              "by_source": {s: v for s, v in by_source.items()
@@ -217,8 +252,9 @@ def zero_shot(corpus: Corpus, class_emb: np.ndarray, *, k: int = DEPTH, block: i
   scores = similarity(corpus.emb, class_emb, block=block)
   mean_ap, ap = classification_map(scores, corpus.labels)
   cq = queries_rule.class_queries()
-  qrels = {q["query_id"]: {str(key): 1 for key in corpus.keys[corpus.labels[:, i] > 0]}
+  qrels = {q["query_id"]: dict.fromkeys(corpus.keys[corpus.labels[:, i] > 0].tolist(), 1)
            for i, q in enumerate(cq)}
+  qrels = {q: judged for q, judged in qrels.items() if judged}
   ndcg_name = f"nDCG@{k}"
   r = rank_corpus("classes", corpus, [q["query_id"] for q in cq], class_emb, qrels, k=k,
                   metrics=(ndcg_name,), block=block)
@@ -438,6 +474,18 @@ def restore_variables(state_dir: Path, abstract: dict) -> dict:
   return {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
 
 
+def check_eval_batch(batch: int, mesh) -> None:
+  """The global embedding batch must split evenly over the data axes and the processes."""
+  import jax  # pylint: disable=import-outside-toplevel
+  shards = int(mesh.shape["data"]) * int(mesh.shape["fsdp"])
+  step = int(np.lcm(shards, jax.process_count()))
+  if batch <= 0 or batch % step:
+    raise ValueError(
+        f"config.data.eval_batch_size={batch} must be a positive multiple of {step} (the mesh's "
+        f"data x fsdp size {shards} and the process count {jax.process_count()}); e.g. "
+        f"--config.data.eval_batch_size={step * max(1, round(batch / step))}")
+
+
 def evaluate_checkpoint(config, workdir, *, checkpoint: str = "latest", output=None,
                         queries_path=None, qrels_path=None, k: int = DEPTH,
                         metrics: Sequence[str] = DEFAULT_METRICS, stream=None) -> dict:
@@ -451,7 +499,6 @@ def evaluate_checkpoint(config, workdir, *, checkpoint: str = "latest", output=N
   from closp_jax.data.tokenize import load_tokenizer  # pylint: disable=import-outside-toplevel
   from closp_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
   from closp_jax.retrieval import embed as embed_lib  # pylint: disable=import-outside-toplevel
-  from closp_jax.train import setup  # pylint: disable=import-outside-toplevel
 
   stream = stream or sys.stdout
   main = jax.process_index() == 0
@@ -459,7 +506,7 @@ def evaluate_checkpoint(config, workdir, *, checkpoint: str = "latest", output=N
   t0 = time.perf_counter()
   workdir = Path(workdir).expanduser().absolute()
   mesh = mesh_lib.make_mesh(config.mesh)
-  setup.check_batch(config, mesh)
+  check_eval_batch(int(config.data.eval_batch_size), mesh)
   builder = pipeline.get_builder(config.data.name, data_dir=config.data.data_dir or None,
                                  manual_dir=config.data.manual_dir or None)
   model, variables, label = load_variables(config, mesh, workdir, checkpoint)

@@ -7,26 +7,18 @@ import numpy as np
 
 from closp_jax import losses
 from closp_jax.data import labels as labels_lib
-from closp_jax.data import pipeline
 from closp_jax.retrieval import embed as embed_lib
-from closp_jax.retrieval.ranking import retrieval_metrics
+from closp_jax.retrieval.ranking import TRAIN_TABLE_METRICS, retrieval_metrics
 
 SENSORS = ("s2", "s1")
 
 
 def embed_corpus(model, variables, builder, mesh, cfg, split: str, *, with_location: bool, max_items: int = 0):
   """{sensor: embed_split(...) result} for both sensors of a split."""
-  nproc = jax.process_count()
-  bs = int(cfg.data.eval_batch_size) // nproc
-  out = {}
-  for sensor in SENSORS:
-    it = pipeline.eval_iterator(builder, split, sensor, batch_size=bs, normalization=cfg.data.normalization,
-                                **_rgb_kwargs(cfg))
-    n = pipeline.split_size(builder, split, sensor)
-    out[sensor] = embed_lib.embed_split(
-        model, variables, it, mesh, sensor, with_location=with_location,
-        num_batches=embed_lib.num_eval_batches(n, bs), max_items=max_items, progress=False)
-  return out
+  return embed_lib.embed_corpus(
+      model, variables, builder, mesh, split, eval_batch_size=int(cfg.data.eval_batch_size),
+      normalization=cfg.data.normalization, rgb=bool(cfg.data.rgb), with_location=with_location,
+      max_items=max_items, sensors=SENSORS)
 
 
 def _rgb_kwargs(cfg) -> dict:
@@ -80,20 +72,17 @@ def class_query_ndcg(model, variables, corpus, cfg, k: int) -> float:
 
 
 def retrieval_table(model, variables, builder, mesh, cfg, tokenizer) -> dict[str, dict[str, float]]:
-  """{'text->s2'|'text->s1'|'text->all': metrics} on the test corpus with the dataset's queries."""
-  from closp_jax.data import queries as queries_lib  # pylint: disable=import-outside-toplevel
-  corpus = embed_corpus(model, variables, builder, mesh, cfg, "test", with_location=False,
-                        max_items=int(cfg.eval.max_corpus))
-  qs = queries_lib.load_queries(builder)
-  qrels = queries_lib.load_qrels(builder)
-  qids = [q["query_id"] for q in qs]
-  qemb = embed_lib.embed_texts(model, variables, tokenizer, [q["text"] for q in qs], max_len=int(cfg.data.max_len))
-  out = {}
-  for name, sensors in (("text->s2", ("s2",)), ("text->s1", ("s1",)), ("text->all", SENSORS)):
-    emb = np.concatenate([corpus[s]["emb"] for s in sensors])
-    keys = np.concatenate([corpus[s]["key"] for s in sensors])
-    out[name] = retrieval_metrics(qids, qemb, emb, keys, qrels, k=1000)
-  return out
+  """{'text->s2'|'text->s1'|'text->all': metrics} on the test corpus, by the evaluation binary's
+  protocol (closp_jax.retrieval.evaluator): the dataset's queries, or label-built ones."""
+  from closp_jax.retrieval import evaluator  # pylint: disable=import-outside-toplevel
+  corpus = evaluator.Corpus.from_embedded(embed_corpus(
+      model, variables, builder, mesh, cfg, "test", with_location=False, max_items=int(cfg.eval.max_corpus)))
+  queries, qrels, _ = evaluator.resolve_queries(builder.data_dir, corpus)
+  qemb = embed_lib.embed_texts(model, variables, tokenizer, [q["text"] for q in queries],
+                               max_len=int(cfg.data.max_len))
+  result = evaluator.evaluate_embeddings(corpus, queries, qemb, qrels, metrics=TRAIN_TABLE_METRICS)
+  return {name: r["metrics"] or {m: float("nan") for m in TRAIN_TABLE_METRICS}
+          for name, r in result.metrics["rankings"].items()}
 
 
 def format_table(final: dict, untrained: dict | None) -> str:

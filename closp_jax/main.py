@@ -41,10 +41,10 @@ def main(argv):
   # orbax and grain log every checkpoint step at INFO; the trainer prints its own progress.
   logging.set_verbosity(logging.WARNING)
   from closp_jax.parallel import distributed  # pylint: disable=import-outside-toplevel
-  distributed.initialize(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value)
-  from closp_jax.train import loop  # pylint: disable=import-outside-toplevel
   config = _CONFIG.value
   try:
+    distributed.initialize(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value)
+    from closp_jax.train import loop  # pylint: disable=import-outside-toplevel  (after initialize)
     loop.train_and_evaluate(config, _WORKDIR.value or default_workdir(config))
   except _user_errors() as e:
     sys.exit(f"error: {e}")

@@ -95,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (SearchIndexError, SourceError, ExportedModelError, ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    if args.command == "index":
+      print(f"interrupted: run the same command again to resume {args.out}", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -205,13 +205,15 @@ def global_batch(local_batch, mesh: Mesh):
 
 
 def bytes_per_device(tree, shardings) -> tuple[int, int]:
-  """(total bytes, bytes on the fullest device) of a tree of arrays or ShapeDtypeStructs."""
-  total = 0
-  per_device: dict[Any, int] = {}
+  """(total bytes, bytes held by each device) of a tree of arrays or ShapeDtypeStructs.
+
+  Works with shardings over a `jax.sharding.AbstractMesh` too, so the per-chip size of a
+  pod's state can be computed on a laptop. Shardings from `param_shardings` divide evenly,
+  so every device holds the same number of bytes.
+  """
+  total = per_device = 0
   for leaf, sharding in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)):
     shape, itemsize = tuple(leaf.shape), np.dtype(leaf.dtype).itemsize
     total += math.prod(shape) * itemsize
-    for device, shard in sharding.devices_indices_map(shape).items():
-      n = math.prod(len(range(*s.indices(d))) for s, d in zip(shard, shape)) if shape else 1
-      per_device[device] = per_device.get(device, 0) + n * itemsize
-  return total, max(per_device.values(), default=0)
+    per_device += math.prod(sharding.shard_shape(shape)) * itemsize
+  return total, per_device

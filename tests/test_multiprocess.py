@@ -259,3 +259,39 @@ def test_two_processes_train_like_one_and_their_checkpoint_resumes_on_one(tiny_d
   np.testing.assert_allclose(resumed["losses"], two["losses"][3:], rtol=0, atol=1e-5)
   for k in keys:
     np.testing.assert_allclose(resumed[k], two[k], rtol=0, atol=1e-5, err_msg=k)
+
+
+# --------------------------------------------------------------------------- the trainer itself
+
+def _checkpointer_reads_other_layouts() -> bool:
+  from closp_jax import checkpoint
+  return "DataIteratorHandler" in open(checkpoint.__file__, encoding="utf-8").read()
+
+
+TRAINER = ["--config=configs/geoclosp.py", "--config.data.name=crisis_landmark/tiny", "--config.data.batch_size=16",
+           "--config.data.eval_batch_size=64", "--config.eval.every_steps=0", "--config.eval.final=False",
+           "--config.checkpoint.every_steps=2", "--config.checkpoint.async_save=False",
+           "--config.init.text=", "--config.model.text.layers=1", "--config.train.log_every_steps=1"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _checkpointer_reads_other_layouts(),
+                    reason="closp_jax/checkpoint.py still uses grain's data handler, which cannot read a "
+                           "checkpoint of another process count (use parallel.data_checkpoint)")
+def test_trainer_on_two_processes_resumes_on_one(tiny_data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  env = dict(os.environ, CLOSP_DATA_DIR=tiny_data_dir)
+  cmd = ["bash", LAUNCH, "2", "--python", sys.executable, "--", *TRAINER, f"--workdir={workdir}",
+         "--config.train.steps=4"]
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+  assert "2 process(es)" in proc.stdout and "step 4/4" in proc.stdout
+  assert sorted(os.listdir(workdir / "checkpoints" / "4" / "data")) >= ["process_0-of-2.json", "process_1-of-2.json"]
+
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  proc = subprocess.run([sys.executable, "-m", "closp_jax.main", *TRAINER, f"--workdir={workdir}",
+                         "--config.train.steps=6"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+  assert "resumed from" in proc.stdout and "written by 2 process(es), resumed by 1" in proc.stdout
+  assert "step 6/6" in proc.stdout
+  assert not (tmp_path / "run" / "checkpoints_unreadable").exists()

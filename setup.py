@@ -25,6 +25,8 @@ CORE = [
     "pyproj>=3.6",
     "tensorboardX>=2.6",
     "pillow>=10",
+    # jax.export serialisation (the export binary and load_exported) needs it; jax does not declare it.
+    "flatbuffers>=24",
 ]
 
 EXTRAS = {
@@ -34,6 +36,11 @@ EXTRAS = {
         "scipy>=1.11",
         "ir-measures>=0.3",
         "pytrec-eval-terrier>=0.5.6",
+        "tifffile>=2024.1",
+    ],
+    # Indexing folders of GeoTIFF patches with the search tool.
+    "geotiff": [
+        "tifffile>=2024.1",
     ],
     # Reference checks and benchmarks only; never imported by the library itself.
     # torchvision 0.29.1 is the release that works with timm on these machines, and it needs

@@ -195,3 +195,36 @@ def test_five_steps_on_eight_devices_match_one_device(one_device_run, tiny_data_
   else:
     assert int(run["sharded_params"]) == 0
     assert int(run["param_bytes_per_device"]) == int(run["param_bytes"])
+
+
+class _FakeDevice:
+  """Stands in for a jax.Device in the pure slice-grouping logic."""
+
+  def __init__(self, id_, process_index, slice_index=None):
+    self.id, self.process_index = id_, process_index
+    if slice_index is not None:
+      self.slice_index = slice_index
+
+  def __repr__(self):
+    return f"d{self.id}"
+
+
+def test_slices_of_process_groups():
+  # 4 hosts x 2 devices, listed out of order; 2 slices = hosts {0, 1} and {2, 3}.
+  devices = [_FakeDevice(i, i // 2) for i in (5, 1, 0, 7, 3, 2, 6, 4)]
+  grid = mesh_lib._slice_grid(devices, (2, 2, 1), 2)  # pylint: disable=protected-access
+  assert grid.shape == (4, 2, 1)
+  assert [[d.id for d in row.flat] for row in grid] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+  assert {d.process_index for d in grid[:2].flat} == {0, 1} and {d.process_index for d in grid[2:].flat} == {2, 3}
+  with pytest.raises(mesh_lib.MeshConfigError, match="4 process"):
+    mesh_lib._slice_grid(devices, (4, 2, 1), 3)  # pylint: disable=protected-access
+
+
+def test_tpu_slice_count_must_match():
+  devices = [_FakeDevice(i, i // 4, slice_index=i // 8) for i in range(32)]  # 4 TPU slices of 8
+  with pytest.raises(mesh_lib.MeshConfigError, match="span 4 TPU slices; set --config.mesh.slices=4"):
+    mesh_lib._slice_grid(devices, (8, 2, 1), 2)  # pylint: disable=protected-access
+  assert mesh_lib.num_slices({"slices": -1}, devices) == 4
+  assert mesh_lib.num_slices({}, devices) == 1
+  with pytest.raises(mesh_lib.MeshConfigError, match="expected a positive count or -1"):
+    mesh_lib.num_slices({"slices": 0}, devices)

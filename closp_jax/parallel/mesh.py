@@ -74,17 +74,31 @@ def num_slices(mesh_cfg, devices: Sequence[jax.Device]) -> int:
   return slices
 
 
-def _granules(devices: Sequence[jax.Device], slices: int) -> bool:
-  """True when processes (hosts) are the DCN units; False when devices carry slice_index."""
+def _slice_grid(devices: Sequence[jax.Device], ici: tuple[int, ...], slices: int) -> np.ndarray:
+  """Devices arranged (slices * ici[0], ici[1], ici[2]), one slice per block of the 'data' axis.
+
+  TPU devices of several slices carry `slice_index` and go through
+  `mesh_utils.create_hybrid_device_mesh`; otherwise (GPU hosts, CPU processes) consecutive
+  processes form the slices, each an equal group.
+  """
   seen = {getattr(d, "slice_index", None) for d in devices}
-  if None not in seen and len(seen) == slices:
-    return False
-  procs = {d.process_index for d in devices}
+  if None not in seen and len(seen) > 1:
+    if len(seen) != slices:
+      raise MeshConfigError(f"config.mesh.slices={slices}, but the devices span {len(seen)} TPU slices; "
+                            f"set --config.mesh.slices={len(seen)} (or -1)")
+    return mesh_utils.create_hybrid_device_mesh(ici, (slices, 1, 1), devices, allow_split_physical_axes=True)
+  procs = sorted({d.process_index for d in devices})
   if len(procs) % slices:
     raise MeshConfigError(
         f"config.mesh.slices={slices}: the devices span {len(seen - {None}) or 1} slice(s) and "
         f"{len(procs)} process(es); the slices must be TPU slices or whole groups of processes")
-  return True
+  per = len(procs) // slices
+  blocks = []
+  for k in range(slices):
+    members = set(procs[k * per:(k + 1) * per])
+    group = sorted((d for d in devices if d.process_index in members), key=lambda d: (d.process_index, d.id))
+    blocks.append(np.asarray(group, dtype=object).reshape(ici))
+  return np.concatenate(blocks, axis=0)
 
 
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -104,10 +118,7 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
       raise MeshConfigError(
           f"config.mesh.data={shape[0]} must be a multiple of config.mesh.slices={slices}: the slices "
           f"split the 'data' axis (e.g. --config.mesh.data={slices} --config.mesh.fsdp=-1)")
-    by_process = _granules(devices, slices)
-    ici = (shape[0] // slices, shape[1], shape[2])
-    grid = mesh_utils.create_hybrid_device_mesh(
-        ici, (slices, 1, 1), devices, process_is_granule=by_process, allow_split_physical_axes=True)
+    grid = _slice_grid(devices, (shape[0] // slices, shape[1], shape[2]), slices)
     return Mesh(grid, MESH_AXES, axis_types=auto)
   if devices == jax.devices():
     return jax.make_mesh(shape, MESH_AXES, axis_types=auto)

@@ -232,11 +232,12 @@ def _train(config, workdir, stream, say, stop: StopRequest, run: dict) -> dict:
         f"{err} The latest checkpoint, step {latest}, holds the last good state." if latest is not None
         else f"{err} No checkpoint was written before it.") from None
   finally:
-    stop.phase = "final"  # a signal from here on has nothing new to save
     try:
       ckpt.wait()
     finally:
       summaries.close()
+  stopped = stopped or stop.agree()  # a signal after the last step's check: its checkpoint is saved
+  stop.phase = "final"  # a signal from here on has nothing new to save
   if stopped:
     ckpt.close()
     say(f"stopped ({stopped}) after step {int(state.step)}; checkpoint saved in {ckpt.directory}. {RESUME_HINT}")

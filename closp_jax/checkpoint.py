@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
@@ -186,7 +187,9 @@ class Checkpointer:
               f"{self.directory} to start from scratch")
         return None, None
       try:
-        state = self.restore(step, abstract_state, data_iterator)
+        problem = self.layout_mismatch(step, abstract_state)
+        if problem is None:
+          state = self.restore(step, abstract_state, data_iterator)
       except Exception as e:  # pylint: disable=broad-except  # tensorstore/orbax/json raise many types
         tried.append(step)
         moved = self._set_aside(step)
@@ -194,7 +197,35 @@ class Checkpointer:
         say(f"checkpoint {self.directory / str(step)} is incomplete or corrupt and was not restored "
             f"({_root_cause(e)}); moved it to {moved}; trying the next older checkpoint")
         continue
+      if problem is not None:  # a readable checkpoint of another model: not damage, do not touch it
+        raise CheckpointError(
+            f"checkpoint {self.directory / str(step)} holds a different train state than this config "
+            f"builds ({problem}). Resume with the config it was written with (saved as config.json "
+            f"in the workdir), or pass another --workdir to start a new run.")
       return state, step
+
+  def layout_mismatch(self, step: int, abstract_state) -> str | None:
+    """None when checkpoint `step` holds the arrays of `abstract_state` (names, shapes, dtypes).
+
+    Otherwise a short description of the difference. Raises if the checkpoint's metadata
+    cannot be read (the caller treats that as damage).
+    """
+    meta = self.manager.item_metadata(int(step))["state"]
+    if meta is None:
+      raise CheckpointError(f"checkpoint {step} has no readable metadata for its state")
+    saved, wanted = _layout(getattr(meta, "tree", meta)), _layout(abstract_state)
+    missing, extra = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
+    changed = sorted(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])
+    if not (missing or extra or changed):
+      return None
+    parts = []
+    if missing:
+      parts.append(f"{len(missing)} array(s) missing from it, e.g. {', '.join(missing[:3])}")
+    if extra:
+      parts.append(f"{len(extra)} it has that this model lacks, e.g. {', '.join(extra[:3])}")
+    for k in changed[:3]:
+      parts.append(f"{k}: saved {saved[k][1]}{list(saved[k][0])}, model {wanted[k][1]}{list(wanted[k][0])}")
+    return "; ".join(parts)
 
   @property
   def unreadable_dir(self) -> Path:
@@ -233,6 +264,18 @@ def _root_cause(err: BaseException) -> str:
   if len(text) > 400:
     text = text[:180] + " ... " + text[-200:]
   return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _layout(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+  """'params/s2_encoder/...' -> (shape, dtype) for a state pytree or orbax's metadata tree of it."""
+  def name(entry) -> str:
+    for attr in ("key", "name", "idx"):
+      if hasattr(entry, attr):
+        return str(getattr(entry, attr))
+    return str(entry)
+  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+  return {"/".join(name(e) for e in path): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+          for path, leaf in leaves}
 
 
 def list_steps(directory: str | os.PathLike) -> list[int]:

@@ -30,43 +30,94 @@ from closp_jax.data import crisis_landmark, pipeline, preprocess
 from closp_jax.data.tokenize import load_tokenizer
 
 
-def grain_samples_per_s(builder, batch_size: int, steps: int, threads: int, workers: int,
-                        warmup: int = 2) -> float:
-  it = pipeline.train_iterator(builder, batch_size=batch_size, seed=0, tokenizer=load_tokenizer(),
-                               read_threads=threads, prefetch=max(2, 2 * threads),
-                               worker_count=workers)
-  for _ in range(warmup):
-    next(it)
-  start = time.perf_counter()
+def make_grain_iterator(builder, batch_size: int, threads: int = 2, workers: int = 0, seed: int = 0):
+  """The trainer's train iterator (closp_jax.data.pipeline.train_iterator) with its prefetch settings."""
+  return pipeline.train_iterator(builder, batch_size=batch_size, seed=seed, tokenizer=load_tokenizer(),
+                                 read_threads=threads, prefetch=grain_prefetch(threads),
+                                 worker_count=workers)
+
+
+def grain_prefetch(threads: int) -> int:
+  return max(2, 2 * threads)
+
+
+def take_batches(it, steps: int, batch_size: int) -> None:
+  """Pulls `steps` batches (each one S2 and one S1 batch of `batch_size`) from the iterator."""
   for _ in range(steps):
     batch = next(it)
     assert batch["s2"]["image"].shape[0] == batch_size
+
+
+def grain_samples_per_s(builder, batch_size: int, steps: int, threads: int, workers: int,
+                        warmup: int = 2) -> float:
+  it = make_grain_iterator(builder, batch_size, threads, workers)
+  take_batches(it, warmup, batch_size)
+  start = time.perf_counter()
+  take_batches(it, steps, batch_size)
   return 2 * batch_size * steps / (time.perf_counter() - start)
 
 
-def original_loader_samples_per_s(release: Path, num_samples: int, seed: int = 0) -> float:
-  """Reads `num_samples` train samples (alternating S2 / S1) opening the master file each time."""
+def original_keys(release: Path, num_samples: int, split: str = "train", seed: int = 0,
+                  alternate: bool = True) -> list[str]:
+  """Keys of `split` as the original loader would visit them: random train keys alternating
+  S2 / S1 (alternate=True), or the split's keys in file order (alternate=False, evaluation)."""
   table = pq.read_table(release / crisis_landmark.METADATA_FILE, columns=["key", "split"]).to_pydict()
   by_sensor = {"s2": [], "s1": []}
-  for key, split in zip(table["key"], table["split"]):
-    if split == "train":
+  ordered = []
+  for key, key_split in zip(table["key"], table["split"]):
+    if key_split == split:
       by_sensor[preprocess.sensor_of_source(preprocess.source_of_key(key))].append(key)
+      ordered.append(key)
+  if not alternate:
+    return ordered[:num_samples]
   rng = np.random.default_rng(seed)
   keys = []
   for i in range(num_samples):
     group = by_sensor["s2" if i % 2 == 0 else "s1"]
     keys.append(group[rng.integers(len(group))])
+  return keys
+
+
+def read_original(master: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
+  """One sample the way the authors' loader reads it: open the master file, read image and
+  coords, apply the channel quirks and NaN fill, convert the centre to lon/lat.
+  Returns (image HWC float32, lonlat float32 [2])."""
+  with h5py.File(master, "r") as f:
+    image = f[key]["image"][:]
+    coords = f[key]["coords"][:]
+    crs = f[key].attrs["crs"]
+  source = preprocess.source_of_key(key)
+  image, _ = preprocess.preprocess_image(image, key, source)
+  return image, preprocess.center_lonlat(coords, crs, key)
+
+
+def read_original_keys(release: Path, keys: list[str]) -> None:
   master = release / crisis_landmark.MASTER_FILE
-  start = time.perf_counter()
   for key in keys:
-    with h5py.File(master, "r") as f:
-      image = f[key]["image"][:]
-      coords = f[key]["coords"][:]
-      crs = f[key].attrs["crs"]
-    source = preprocess.source_of_key(key)
-    image, _ = preprocess.preprocess_image(image, key, source)
-    preprocess.center_lonlat(coords, crs, key)
+    read_original(master, key)
+
+
+def original_loader_samples_per_s(release: Path, num_samples: int, seed: int = 0) -> float:
+  """Reads `num_samples` train samples (alternating S2 / S1) opening the master file each time."""
+  keys = original_keys(release, num_samples, seed=seed)
+  start = time.perf_counter()
+  read_original_keys(release, keys)
   return num_samples / (time.perf_counter() - start)
+
+
+def synthetic_release(builder, folder: Path) -> Path:
+  """The release folder a synthetic config was converted from, written again (same bytes) under `folder`."""
+  cfg = builder.builder_config
+  if not getattr(cfg, "synthetic", False):
+    raise ValueError(f"{builder.info.full_name} is not synthetic: pass its release folder instead")
+  from closp_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+  return Path(synthetic.write_archive(Path(folder) / "release", cfg.num_s2, cfg.num_s1, cfg.seed))
+
+
+def bench_config(num_s2: int, num_s1: int):
+  """A synthetic builder config of the given size (records as large as the release's)."""
+  return crisis_landmark.CrisisLandmarkConfig(
+      name=f"sample_{num_s2}_{num_s1}", synthetic=True, num_s2=num_s2, num_s1=num_s1, seed=0)
 
 
 def main() -> None:
@@ -84,9 +135,7 @@ def main() -> None:
 
   config = None
   if args.num_s2 or args.num_s1:
-    n2, n1 = args.num_s2 or 0, args.num_s1 or 0
-    config = crisis_landmark.CrisisLandmarkConfig(
-        name=f"sample_{n2}_{n1}", synthetic=True, num_s2=n2, num_s1=n1, seed=0)
+    config = bench_config(args.num_s2 or 0, args.num_s1 or 0)
   builder = pipeline.get_builder(args.name, data_dir=args.data_dir, manual_dir=args.release,
                                  config=config)
   cfg = builder.builder_config
@@ -103,8 +152,7 @@ def main() -> None:
     if release is None:
       if not getattr(cfg, "synthetic", False):
         raise SystemExit("--release is needed for a non-synthetic config")
-      from closp_jax.data import synthetic  # pylint: disable=import-outside-toplevel
-      release = Path(synthetic.write_archive(Path(tmp) / "release", cfg.num_s2, cfg.num_s1, cfg.seed))
+      release = synthetic_release(builder, Path(tmp))
     orig = original_loader_samples_per_s(release, num)
   print(f"(b) per-sample HDF5 open:  {orig:8.1f} samples/s  ({num} samples, one process)")
   print(f"ratio (a)/(b): {rate / orig:.2f}")

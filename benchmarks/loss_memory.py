@@ -8,6 +8,7 @@ over N fake CPU devices and prints XLA's `temp_size_in_bytes` for each.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -18,6 +19,8 @@ def _parse(argv):
   parser.add_argument("--dim", type=int, default=384)
   parser.add_argument("--num_devices", type=int, default=64)
   parser.add_argument("--kind", choices=("softmax", "sigmoid"), default="softmax")
+  parser.add_argument("--json", action="store_true",
+                      help="print one JSON object {label: {dense, shard_map}} instead of the table")
   return parser.parse_args(argv)
 
 
@@ -54,12 +57,17 @@ def main(argv=None) -> int:
     compiled = jax.jit(fn).lower(emb, emb, one, one).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
-  print(f"{args.kind} loss, global batch {args.global_batch}, dim {args.dim}, "
-        f"{args.num_devices} devices (per-device temp bytes)")
+  results = {}
   for label, wrap in (("loss", lambda f: f),
                       ("value_and_grad", lambda f: jax.value_and_grad(f, argnums=(0, 1, 2)))):
-    d = temp_bytes(wrap(dense))
-    c = temp_bytes(wrap(chunked))
+    results[label] = {"dense": int(temp_bytes(wrap(dense))), "shard_map": int(temp_bytes(wrap(chunked)))}
+  if args.json:
+    print(json.dumps(results))
+    return 0
+  print(f"{args.kind} loss, global batch {args.global_batch}, dim {args.dim}, "
+        f"{args.num_devices} devices (per-device temp bytes)")
+  for label, r in results.items():
+    d, c = r["dense"], r["shard_map"]
     print(f"{label:15s} dense {d:>13,d}  shard_map {c:>11,d}  ratio {d / max(c, 1):8.1f}x")
   return 0
 

@@ -182,6 +182,7 @@ def test_sigterm_and_sigkill_at_any_point_resume_bit_for_bit(tmp_path, tiny_data
                    r"to resume", t.output), t.output
   stopped_at = int(re.search(r"after step (\d+)", t.output).group(1))
   assert steps_in(resumed)[-1] == stopped_at and 2 <= stopped_at < 12
+  start = saved_state(resumed, stopped_at)  # (checkpoint.keep removes it later)
 
   # 2. SIGKILL while the next checkpoint is being written (orbax's final rename held back).
   marker = tmp_path / "writing"
@@ -215,7 +216,6 @@ def test_sigterm_and_sigkill_at_any_point_resume_bit_for_bit(tmp_path, tiny_data
   assert a.keys() == b.keys() and any("params" in k for k in a)
   for k in a:
     assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), f"{k} differs after resuming"
-  start = saved_state(resumed, stopped_at)
   assert any(not np.array_equal(start[k], a[k]) for k in a if "params" in k)  # training moved them
   assert data_order(straight) == data_order(resumed) and len(data_order(straight)) == 12
 
@@ -351,6 +351,23 @@ def test_corrupt_or_half_deleted_checkpoints_are_set_aside(tmp_path):
   ckpt = Checkpointer(directory, keep=10, async_save=False)
   with pytest.raises(CheckpointError, match=r"none of the checkpoints .* could be read back \(steps 2, 1"):
     ckpt.restore_latest(abstract_like(_small_state(0)), say=messages.append)
+
+
+def test_checkpoint_of_another_model_is_an_error_not_damage(tmp_path):
+  """A changed config (other shapes or names) must not be mistaken for corruption and moved aside."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from closp_jax.checkpoint import Checkpointer, CheckpointError, abstract_like  # pylint: disable=import-outside-toplevel
+  directory = tmp_path / "checkpoints"
+  _saved(directory, (1, 2))
+  other = {"w": jnp.zeros((32, 64), jnp.float32), "step": jnp.asarray(0, jnp.int32), "extra": jnp.zeros(3)}
+  ckpt = Checkpointer(directory, keep=10, async_save=False)
+  with pytest.raises(CheckpointError) as err:
+    ckpt.restore_latest(abstract_like(other), say=pytest.fail)
+  message = str(err.value)
+  assert f"checkpoint {directory / '2'} holds a different train state" in message
+  assert "w: saved float32[64, 64], model float32[32, 64]" in message and "extra" in message
+  assert "config.json" in message and ckpt.all_steps() == [1, 2]
+  assert not (tmp_path / "checkpoints_unreadable").exists()
 
 
 @contextlib.contextmanager

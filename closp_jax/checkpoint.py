@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
+
+from closp_jax.parallel import data_checkpoint
 
 BEST_METRIC = "val_loss"
 
@@ -55,7 +56,7 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=("state", "data"),
         item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler()})
+                       "data": data_checkpoint.DataIteratorHandler()})
 
   # -- queries ---------------------------------------------------------------
   def latest_step(self) -> int | None:
@@ -100,7 +101,7 @@ class Checkpointer:
     """
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+      items["data"] = data_checkpoint.DataSave(data_iterator)
     try:
       saved = self.manager.save(
           int(step), args=ocp.args.Composite(**items),
@@ -160,7 +161,7 @@ class Checkpointer:
     """Restores onto the shardings of `abstract_state` (any topology); the iterator in place."""
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      items["data"] = data_checkpoint.DataRestore(data_iterator)
     restored = self.manager.restore(int(step), args=ocp.args.Composite(**items))
     return restored["state"]
 

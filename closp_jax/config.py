@@ -97,6 +97,7 @@ def base_config(variant: str, geo: bool) -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  c.mesh.slices = 1              # > 1: multi-slice (DCN) data parallelism over equal groups of hosts
   c.mesh.rules = "dp"
 
   _apply_variant(c, variant, geo)

@@ -191,6 +191,8 @@ class Checkpointer:
         problem = self.layout_mismatch(step, abstract_state)
         if problem is None:
           state = self.restore(step, abstract_state, data_iterator)
+      except data_checkpoint.DataStateError as e:  # a layout it cannot be mapped onto: not damage
+        raise CheckpointError(f"checkpoint {self.directory / str(step)}: {e}") from e
       except Exception as e:  # pylint: disable=broad-except  # tensorstore/orbax/json raise many types
         tried.append(step)
         moved = self._set_aside(step)

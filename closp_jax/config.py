@@ -299,3 +299,21 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise ConfigValueError(
         "invalid config:\n  " + "\n  ".join(problems)
         + "\nFix the value(s) with --config.KEY=VALUE (docs/configs.md lists every key and its range).")
+
+
+def exit_on_bad_config_args(argv: list[str]) -> None:
+  """For binaries: exits with 'error: ...' naming the valid keys when a --config.key override is
+  mistyped (before any work starts)."""
+  import sys  # pylint: disable=import-outside-toplevel
+  spec = None
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      spec = a.split("=", 1)[1]
+    elif a == "--config" and i + 1 < len(argv):
+      spec = argv[i + 1]
+  if spec is None:
+    return
+  try:
+    check_override_keys(load_config_file(spec), argv)
+  except (ConfigKeyError, ValueError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")

@@ -18,6 +18,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from closp_jax.config import exit_on_bad_config_args
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The training config (configs/*.py[:variant]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir (default: ./workdir/<config name>).")
@@ -74,23 +76,6 @@ def main(argv):
       output=_OUTPUT.value, queries_path=_QUERIES.value, qrels_path=_QRELS.value, k=_DEPTH.value)
 
 
-def _check_argv(argv: list[str]) -> None:
-  """Fails early, naming the valid keys, on a mistyped --config.key."""
-  from closp_jax.config import ConfigKeyError, check_override_keys, load_config_file  # pylint: disable=import-outside-toplevel
-  spec = None
-  for i, a in enumerate(argv):
-    if a.startswith("--config="):
-      spec = a.split("=", 1)[1]
-    elif a == "--config" and i + 1 < len(argv):
-      spec = argv[i + 1]
-  if spec is None:
-    return
-  try:
-    check_override_keys(load_config_file(spec), argv)
-  except (ConfigKeyError, ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
-
-
 if __name__ == "__main__":
-  _check_argv(sys.argv)
+  exit_on_bad_config_args(sys.argv)
   app.run(main)

@@ -17,6 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from closp_jax.config import exit_on_bad_config_args
 from closp_jax.train.preemption import Preempted, install_early_handlers, stopped_message
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:variant]).",
@@ -69,27 +70,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
           FileNotFoundError)
 
 
-def _check_argv(argv: list[str]) -> None:
-  """Fails early, with the valid keys, on a mistyped --config.key (before any work starts)."""
-  from closp_jax.config import ConfigKeyError, check_override_keys, load_config_file  # pylint: disable=import-outside-toplevel
-  spec = None
-  for i, a in enumerate(argv):
-    if a.startswith("--config="):
-      spec = a.split("=", 1)[1]
-    elif a == "--config" and i + 1 < len(argv):
-      spec = argv[i + 1]
-  if spec is None:
-    return
-  try:
-    check_override_keys(load_config_file(spec), argv)
-  except (ConfigKeyError, ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
-
-
 if __name__ == "__main__":
   install_early_handlers()  # a stop signal during start-up (imports, flags) exits cleanly
   try:
-    _check_argv(sys.argv)
+    exit_on_bad_config_args(sys.argv)
     app.run(main)
   except Preempted as stop:  # before the run installed its own handlers: nothing to save yet
     print(stopped_message(stop, None, "WORKDIR/checkpoints"), flush=True)

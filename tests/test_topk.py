@@ -66,3 +66,41 @@ def test_bad_arguments_are_named():
     topk_search(queries, corpus, 2, corpus_mask=np.ones(9, bool))
   with pytest.raises(ValueError, match="2-D"):
     topk_search(queries[0], corpus, 2)
+
+
+@pytest.mark.parametrize("n,k,block,segment,segment_k,max_bytes", [
+    (203, 20, 64, 8, 2, 1 << 30),    # several blocks per call, many segments
+    (203, 20, 64, 8, 2, 1),          # one block per call
+    (97, 12, 40, 16, 3, 1 << 30),    # block not a multiple of the segment
+    (300, 7, 300, 32, 6, 1 << 30),   # one block
+])
+def test_segmented_scan_matches_numpy_with_ties(n, k, block, segment, segment_k, max_bytes):
+  queries, corpus = integer_data(n + k, 11, n, 6)
+  scores, index = topk_search(queries, corpus, k, block=block, segment=segment, segment_k=segment_k,
+                              max_score_bytes=max_bytes)
+  want_scores, want_index = numpy_topk(queries, corpus, k)
+  np.testing.assert_array_equal(index, want_index)
+  np.testing.assert_array_equal(scores, want_scores.astype(np.float32))
+
+
+def test_segmented_scan_searches_again_when_one_segment_holds_the_top_k():
+  rng = np.random.default_rng(0)
+  corpus = rng.normal(size=(256, 8)).astype(np.float32)
+  queries = rng.normal(size=(5, 8)).astype(np.float32)
+  corpus[40:56] = queries[2] * 10  # query 2's best 16 documents share one segment of 32
+  scores, index = topk_search(queries, corpus, 16, block=128, segment=32, segment_k=4)
+  want_scores, want_index = numpy_topk(queries, corpus, 16)
+  np.testing.assert_array_equal(index, want_index)
+  np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+  assert set(index[2]) == set(range(40, 56))
+
+
+def test_segmented_scan_with_mask_pads_like_the_plain_scan():
+  queries, corpus = integer_data(7, 4, 120, 5)
+  mask = np.zeros(120, bool)
+  mask[[3, 9, 40, 41, 42, 77, 119]] = True
+  scores, index = topk_search(queries, corpus, 10, block=64, segment=8, segment_k=2, corpus_mask=mask)
+  want_scores, want_index = numpy_topk(queries, corpus, 7, mask)
+  np.testing.assert_array_equal(index[:, :7], want_index)
+  np.testing.assert_array_equal(scores[:, :7], want_scores.astype(np.float32))
+  assert np.all(index[:, 7:] == -1) and np.all(np.isneginf(scores[:, 7:]))

@@ -3,7 +3,7 @@
 Every top-level parameter group (a tower such as `s2_encoder`, a projection, the temperature)
 gets its own learning-rate schedule: base schedule x multiplier x freeze gate. A frozen tower's
 gate is 0 until `optim.freeze_steps`, so neither its Adam update nor its weight decay moves it;
-towers listed in `optim.frozen` never train.
+towers listed in `optim.frozen` never train and carry no optimizer state (their update is zero).
 """
 from __future__ import annotations
 
@@ -102,6 +102,10 @@ def make_optimizer(optim_cfg, params, total_steps: int) -> optax.GradientTransfo
         f"the groups are {groups}")
   transforms = {}
   for g in groups:
+    if g in tuple(optim_cfg.frozen):
+      # Never trained: no Adam moments to keep or update (the text tower of :sample is 22.7M values).
+      transforms[g] = optax.set_to_zero()
+      continue
     transforms[g] = optax.adamw(
         learning_rate=tower_schedule(optim_cfg, g, total_steps),
         b1=float(optim_cfg.b1), b2=float(optim_cfg.b2), eps=float(optim_cfg.eps),

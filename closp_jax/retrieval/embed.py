@@ -1,6 +1,7 @@
 """Embedding a split, or a list of texts, on the devices of this run (all processes)."""
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -21,8 +22,34 @@ def _to_host(x) -> np.ndarray:
   return np.asarray(x)
 
 
+def _tower_spec(model):
+  """The hashable TowerSpec of a CLOSP model (None for other modules): the key of the jit caches."""
+  cfg = getattr(model, "cfg", None)
+  if cfg is None:
+    return None
+  from closp_jax.models.towers import CLOSP, tower_spec  # pylint: disable=import-outside-toplevel
+  return tower_spec(cfg) if isinstance(model, CLOSP) else None
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_image_embedder(spec, mesh, sensor: str, with_location: bool) -> Callable:
+  from closp_jax.models.towers import CLOSP  # pylint: disable=import-outside-toplevel
+  return _image_embedder(CLOSP(spec), mesh, sensor, with_location)
+
+
 def make_image_embedder(model, mesh, sensor: str, with_location: bool) -> Callable:
-  """jit(variables, images, lonlat) -> (image_emb, location_emb | None), batch sharded."""
+  """jit(variables, images, lonlat) -> (image_emb, location_emb | None), batch sharded.
+
+  For CLOSP models the jitted function is cached by tower geometry, mesh and sensor, so
+  repeated passes (the trainer's validation every eval.every_steps) compile once.
+  """
+  spec = _tower_spec(model)
+  if spec is not None:
+    return _cached_image_embedder(spec, mesh, sensor, with_location)
+  return _image_embedder(model, mesh, sensor, with_location)
+
+
+def _image_embedder(model, mesh, sensor: str, with_location: bool) -> Callable:
   method = model.encode_s2 if sensor == "s2" else model.encode_s1
 
   def embed(variables, images, lonlat):
@@ -102,10 +129,8 @@ def embed_texts(model, variables, tokenizer, texts: list[str], *, max_len: int =
   """[len(texts), D] normalised text embeddings (replicated computation, host result)."""
   from closp_jax.data.tokenize import tokenize  # pylint: disable=import-outside-toplevel
 
-  @jax.jit
-  def enc(variables, ids, mask):
-    return model.apply(variables, ids, mask, method=model.encode_text)
-
+  spec = _tower_spec(model)
+  enc = _cached_text_encoder(spec) if spec is not None else _text_encoder(model)
   out = []
   for start in range(0, len(texts), batch_size):
     chunk = list(texts[start:start + batch_size])
@@ -114,6 +139,19 @@ def embed_texts(model, variables, tokenizer, texts: list[str], *, max_len: int =
     ids, mask = tokenize(tokenizer, padded, max_len=max_len)
     out.append(np.asarray(enc(variables, jnp.asarray(ids), jnp.asarray(mask)))[:n])
   return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _text_encoder(model) -> Callable:
+  @jax.jit
+  def enc(variables, ids, mask):
+    return model.apply(variables, ids, mask, method=model.encode_text)
+  return enc
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_text_encoder(spec) -> Callable:
+  from closp_jax.models.towers import CLOSP  # pylint: disable=import-outside-toplevel
+  return _text_encoder(CLOSP(spec))
 
 
 def num_eval_batches(num_items: int, batch_size_per_process: int) -> int:

@@ -130,9 +130,11 @@ class ClospStep:
                samples_per_step=2 * batch_size, use_text_table=use_table, trainable_params=trainable_params,
                flops=compiled_flops(compiled), compile_seconds=seconds)
 
-  def run(self) -> None:
-    """One optimizer step (the state is donated and replaced); returns when it is done."""
-    self.state, self.last_metrics = self.compiled(self.state, self.batch, self.table)
+  def run(self, steps: int = 1) -> None:
+    """`steps` optimizer steps (the state is donated and replaced each time), dispatched back to
+    back; returns when the last is done."""
+    for _ in range(steps):
+      self.state, self.last_metrics = self.compiled(self.state, self.batch, self.table)
     jax.block_until_ready((self.state, self.last_metrics))
 
   def metrics(self) -> dict[str, float]:

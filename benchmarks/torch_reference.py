@@ -76,8 +76,13 @@ def image_encoder(name: str, in_chans: int, head_classes: int) -> nn.Module:
   """A torch image encoder [B, C, H, W] -> features (timm's classifier output when head_classes > 0)."""
   if name == "resnet_tiny":
     return TinyResNet(in_chans, num_classes=head_classes)
+  if name == "vit_tiny":  # closp-jax's test-sized ViT: 8 px patches, 96 wide, 2 blocks, 3 heads, 120 px grid
+    from timm.models.vision_transformer import VisionTransformer  # pylint: disable=import-outside-toplevel
+    return VisionTransformer(img_size=120, patch_size=8, in_chans=in_chans, num_classes=head_classes,
+                             embed_dim=96, depth=2, num_heads=3)
   if name not in _TIMM_NAMES:
-    raise ValueError(f"no PyTorch reference for image encoder {name!r}; known: resnet_tiny, {', '.join(_TIMM_NAMES)}")
+    raise ValueError(f"no PyTorch reference for image encoder {name!r}; known: resnet_tiny, vit_tiny, "
+                     f"{', '.join(_TIMM_NAMES)}")
   import timm  # pylint: disable=import-outside-toplevel
   return timm.create_model(_TIMM_NAMES[name], pretrained=False, in_chans=in_chans, num_classes=head_classes)
 
@@ -288,17 +293,19 @@ class TorchStep:
   def num_params(self) -> int:
     return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
-  def run(self) -> None:
-    self.optimizer.zero_grad(set_to_none=True)
-    if self.autocast is not None:
-      with torch.autocast(self.device.type, dtype=self.autocast):
+  def run(self, steps: int = 1) -> None:
+    """`steps` training steps; on CUDA, returns when the last one has finished on the device."""
+    for _ in range(steps):
+      self.optimizer.zero_grad(set_to_none=True)
+      if self.autocast is not None:
+        with torch.autocast(self.device.type, dtype=self.autocast):
+          loss = self.model.loss(self.batch)
+      else:
         loss = self.model.loss(self.batch)
-    else:
-      loss = self.model.loss(self.batch)
-    loss.backward()
-    if self.grad_clip > 0:
-      torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-    self.optimizer.step()
-    self.last_loss = loss.detach()
+      loss.backward()
+      if self.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+      self.optimizer.step()
+      self.last_loss = loss.detach()
     if self.device.type == "cuda":
       torch.cuda.synchronize(self.device)

@@ -88,6 +88,7 @@ def _jax_worker(args, send) -> None:
 
 
 def _torch_worker(args, send) -> None:
+  os.environ["JAX_PLATFORMS"] = "cpu"  # jax (config, schedule) must not take GPU memory here
   import torch  # pylint: disable=import-outside-toplevel
   from benchmarks import jax_step, torch_reference  # pylint: disable=import-outside-toplevel
   cuda = torch.cuda.is_available()
@@ -101,7 +102,7 @@ def _torch_worker(args, send) -> None:
   host = jax_step.synthetic_batch(cfg, args.batch)
   conv = cfg.model.s2_encoder.startswith("resnet")
   step = torch_reference.TorchStep(cfg, host, device=device, autocast=torch.bfloat16,
-                                   channels_last=cuda and conv)
+                                   channels_last=cuda and conv, lr_table=jax_step.lr_table(cfg))
   n = args.matmul
   a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
   b = torch.randn(n, n, device=device, dtype=torch.bfloat16)

@@ -83,6 +83,14 @@ def synthetic_batch(cfg, batch_size: int, *, seed: int = 0, text_len: int | None
   return out
 
 
+def lr_table(cfg, steps: int = TOTAL_STEPS) -> np.ndarray:
+  """The base learning rate of steps 0..steps-1 (closp_jax.train.optimizer.base_schedule), for the
+  reference's LambdaLR: both sides then take the same update sizes step by step."""
+  from closp_jax.train.optimizer import base_schedule  # pylint: disable=import-outside-toplevel
+  sched = base_schedule(cfg.optim, steps)
+  return np.asarray([float(sched(i)) for i in range(steps)], np.float64)
+
+
 def text_table(dim: int, seed: int = 1) -> np.ndarray:
   """Unit-norm stand-ins for the cached text embeddings [NUM_TEXTS, dim]."""
   x = np.random.default_rng(seed).normal(size=(NUM_TEXTS, dim)).astype(np.float32)

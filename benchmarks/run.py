@@ -117,7 +117,7 @@ class Bench:
     ref_batch = js.host_batch
     if text_len is not None:  # the reference pads as the original does (max_length 64)
       ref_batch = jax_step.synthetic_batch(js.cfg, batch)
-    ts = torch_reference.TorchStep(js.cfg, ref_batch, text_table=table)
+    ts = torch_reference.TorchStep(js.cfg, ref_batch, text_table=table, lr_table=jax_step.lr_table(js.cfg))
     if ts.num_params() != js.trainable_params:
       raise RuntimeError(f"{name}: the reference trains {ts.num_params():,} parameters, closp-jax "
                          f"{js.trainable_params:,}: the two models differ")

@@ -18,8 +18,9 @@ sides have the same architecture, loss and optimizer:
   loss           per sensor, symmetric CLIP cross-entropy of scale * img @ txt.T (fixed scale, or
                  exp(logit_scale) clipped at 100 when learnable), the two sensors averaged.
   optimizer      torch.optim.AdamW (decay on >= 2-D weights, none on biases, norms and the
-                 temperature), gradient clipping when the config has it, one optimizer step per
-                 S2 + S1 batch pair (the closp-jax step's schedule).
+                 temperature), gradient clipping when the config has it, the closp-jax learning-rate
+                 schedule through LambdaLR, one optimizer step per S2 + S1 batch pair (the
+                 original steps once per sensor batch; the closp-jax step once per pair).
 """
 from __future__ import annotations
 
@@ -273,7 +274,7 @@ class TorchStep:
   """
 
   def __init__(self, cfg, host_batch: dict, *, text_table=None, device: Any = "cpu",
-               autocast: Any = None, channels_last: bool = False, text_impl: str = "auto"):
+               autocast: Any = None, channels_last: bool = False, text_impl: str = "auto", lr_table=None):
     self.device = torch.device(device)
     frozen_text = "text_model" in tuple(cfg.optim.frozen)
     table = torch.from_numpy(text_table) if frozen_text and text_table is not None else None
@@ -284,6 +285,11 @@ class TorchStep:
       self.model = self.model.to(memory_format=torch.channels_last)
     self.model.train()
     self.optimizer = adamw(self.model, cfg.optim)
+    self.scheduler = None
+    if lr_table is not None:  # the closp-jax schedule, step by step (factors of the base rate)
+      factors = [float(v) / float(cfg.optim.lr) for v in lr_table]
+      self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+          self.optimizer, lambda step: factors[min(step, len(factors) - 1)])
     self.grad_clip = float(cfg.optim.grad_clip or 0.0)
     self.batch = torch_batch(host_batch, self.device, channels_last)
     self.autocast = autocast
@@ -306,6 +312,8 @@ class TorchStep:
       if self.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
       self.optimizer.step()
+      if self.scheduler is not None:
+        self.scheduler.step()
       self.last_loss = loss.detach()
     if self.device.type == "cuda":
       torch.cuda.synchronize(self.device)

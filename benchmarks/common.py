@@ -15,7 +15,6 @@ median over rounds.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -146,12 +145,8 @@ def write_json(path: str | os.PathLike, rows: Mapping[str, Mapping[str, Any]]) -
   """Writes the rows (checked) to `path` through a temporary file and a rename."""
   for name, row in rows.items():
     check_row(name, row)
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  tmp.write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-  os.replace(tmp, path)
-  return path
+  from closp_jax import atomic  # pylint: disable=import-outside-toplevel
+  return atomic.write_json(path, rows, indent=2, sort_keys=True)
 
 
 def cpu_model() -> str:

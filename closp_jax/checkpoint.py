@@ -26,6 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
+from closp_jax import atomic
 from closp_jax.parallel import data_checkpoint
 
 BEST_METRIC = "val_loss"
@@ -153,9 +154,7 @@ class Checkpointer:
       current = json.loads(path.read_text())
       if current.get(BEST_METRIC, float("inf")) <= value and int(current["step"]) in self.all_steps() + [step]:
         return
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"step": step, BEST_METRIC: value}))
-    os.replace(tmp, path)
+    atomic.write_json(path, {"step": step, BEST_METRIC: value})
 
   def restore(self, step: int, abstract_state, data_iterator=None):
     """Restores onto the shardings of `abstract_state` (any topology); the iterator in place."""

@@ -31,6 +31,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from closp_jax import atomic
+
 FORMAT = "closp-jax-export"
 VERSION = 1
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -376,13 +378,7 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *, checkpoi
     (tmp / "README.md").write_text(_readme(meta))
     for path in [tmp, *tmp.rglob("*")]:  # mkdtemp and safetensors create owner-only entries
       os.chmod(path, 0o755 if path.is_dir() else 0o644)
-    if out.exists():
-      old = out.with_name(f".{out.name}.old{os.getpid()}")
-      os.replace(out, old)
-      os.replace(tmp, out)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, out)
+    atomic.replace_dir(tmp, out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from closp_jax import atomic
 from closp_jax.data import geo
 from closp_jax.data import synthetic_render as R
 from closp_jax.data import synthetic_world as W
@@ -194,12 +195,6 @@ def build_queries(records: list[Record]) -> tuple[list[dict], list[tuple[str, st
   return queries, qrels
 
 
-def _write_atomic_text(path: Path, text: str) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
-
-
 def _write_archive_files(folder: Path, records: list[Record], counts: dict[str, int],
                          seed: int, test_fraction: float) -> None:
   with h5py.File(folder / (MASTER_FILE + ".tmp"), "w") as f:
@@ -216,12 +211,12 @@ def _write_archive_files(folder: Path, records: list[Record], counts: dict[str, 
   pq.write_table(table, folder / (METADATA_FILE + ".tmp"))
   os.replace(folder / (METADATA_FILE + ".tmp"), folder / METADATA_FILE)
   queries, qrels = build_queries(records)
-  _write_atomic_text(folder / QUERIES_FILE, "".join(json.dumps(q) + "\n" for q in queries))
+  atomic.write_text(folder / QUERIES_FILE, "".join(json.dumps(q) + "\n" for q in queries))
   (folder / "qrels").mkdir(exist_ok=True)
-  _write_atomic_text(folder / QRELS_FILE, "".join(f"{q} 0 {d} {rel}\n" for q, d, rel in qrels))
+  atomic.write_text(folder / QRELS_FILE, "".join(f"{q} 0 {d} {rel}\n" for q, d, rel in qrels))
   info = {"generator": "closp_jax.data.synthetic", "seed": seed, "test_fraction": test_fraction,
           "counts": counts, "num_queries": len(queries)}
-  _write_atomic_text(folder / INFO_FILE, json.dumps(info, indent=1) + "\n")
+  atomic.write_text(folder / INFO_FILE, json.dumps(info, indent=1) + "\n")
 
 
 def _check_target(out: Path, overwrite: bool) -> None:
@@ -264,13 +259,7 @@ def write_archive(out_dir, num_s2: int, num_s1: int, seed: int, test_fraction: f
     assign_splits(records, seed, test_fraction)
     _write_archive_files(tmp, records, counts, seed, test_fraction)
     _check_target(out, overwrite)
-    if out.exists():
-      trash = Path(tempfile.mkdtemp(prefix=out.name + ".old-", dir=out.parent))
-      os.replace(out, trash / "old")
-      os.replace(tmp, out)
-      shutil.rmtree(trash)
-    else:
-      os.replace(tmp, out)
+    atomic.replace_dir(tmp, out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from closp_jax import atomic
 from closp_jax.data import labels as labels_lib
 from closp_jax.data import preprocess
 from closp_jax.retrieval import queries_rule, trec
@@ -372,8 +373,6 @@ def write_outputs(out_dir, evaluation: Evaluation, *, tag: str, report: bool = T
     for path in (out_dir / RUN_FILES[name], out_dir / QRELS_FILES[name]):
       if name not in evaluation.rankings:
         path.unlink(missing_ok=True)  # a stale file of an earlier evaluation into this folder
-      elif path.is_file():  # written through a private temporary file: make it readable as usual
-        os.chmod(path, 0o666 & ~_umask())
   if report:
     from closp_jax.retrieval import report as report_lib  # pylint: disable=import-outside-toplevel
     report_lib.write_report(out_dir, evaluation.metrics)
@@ -381,17 +380,8 @@ def write_outputs(out_dir, evaluation: Evaluation, *, tag: str, report: bool = T
   return out_dir
 
 
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
-
-
 def write_json(path: Path, obj) -> None:
-  path = Path(path)
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  tmp.write_text(json.dumps(obj, indent=1, allow_nan=False) + "\n")
-  os.replace(tmp, path)
+  atomic.write_json(path, obj, indent=1, allow_nan=False)
 
 
 def load_metrics(out_dir) -> dict:

@@ -7,9 +7,10 @@ with their differences to the first.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from closp_jax import atomic
 
 REPORT_FILE = "report.md"
 CHART_FILE = "chart.png"
@@ -183,17 +184,12 @@ def draw_chart(panels, path, *, width: int = 760) -> None:
         draw.text((left + round(v * span) + 6, y + 3), f"{value:.3f}", fill="black", font=font)
       y += bar_h + gap
     y += 24
-  path = Path(path)
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-  image.save(tmp, format="PNG")
-  os.replace(tmp, path)
+  atomic.write_with(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def write_report(out_dir, metrics: Mapping) -> None:
   """report.md and chart.png into out_dir (each written to a temporary name, then renamed)."""
   out_dir = Path(out_dir)
   text = markdown(metrics)
-  tmp = out_dir / f".{REPORT_FILE}.tmp{os.getpid()}"
-  tmp.write_text(text, encoding="utf-8")
-  os.replace(tmp, out_dir / REPORT_FILE)
+  atomic.write_text(out_dir / REPORT_FILE, text)
   draw_chart(chart_bars(metrics), out_dir / CHART_FILE)

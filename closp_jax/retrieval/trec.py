@@ -15,30 +15,22 @@ a header line).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from closp_jax import atomic
 from closp_jax.retrieval.metrics import rank_documents
 
 
 def _atomic_write_lines(path, lines: Iterable[str]) -> None:
   """Writes lines to a temporary file beside `path`, then renames it into place."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+  def write(tmp: Path) -> None:
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
       for line in lines:
         f.write(line + "\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  atomic.write_with(path, write)
 
 
 def _check_token(value, what: str) -> str:

@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from closp_jax import atomic
+
 S2_RGB = (3, 2, 1)
 S2_MAX = 3000.0
 S1_RANGES_DB = ((-25.0, 0.0), (-30.0, -5.0), (0.0, 15.0))
@@ -97,7 +99,4 @@ def contact_sheet(results: Sequence[dict], images: Sequence[np.ndarray], *, colu
 
 def save_png(image, path) -> None:
   """Writes the PNG through a temporary file and a rename."""
-  import os  # pylint: disable=import-outside-toplevel
-  tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-  image.save(tmp, format="PNG")
-  os.replace(tmp, path)
+  atomic.write_with(path, lambda tmp: image.save(tmp, format="PNG"))

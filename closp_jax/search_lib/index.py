@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from closp_jax import atomic
+
 FORMAT = "closp-jax-index"
 VERSION = 1
 COLUMNS = ("key", "sensor", "source", "lon", "lat", "timestamp", "labels", "record", "path")
@@ -37,9 +39,7 @@ class SearchIndexError(ValueError):
 
 
 def _write_json(path: Path, obj: Any) -> None:
-  tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-  os.replace(tmp, path)
+  atomic.write_json(path, obj, indent=2, sort_keys=True)
 
 
 def model_fingerprint(model_dir: str | os.PathLike) -> str:
@@ -65,9 +65,7 @@ def _table(items) -> Any:
 
 def _write_parquet(table, path: Path) -> None:
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
-  tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-  pq.write_table(table, tmp)
-  os.replace(tmp, path)
+  atomic.write_with(path, lambda tmp: pq.write_table(table, tmp))
 
 
 class _Progress:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from closp_jax import atomic
 from closp_jax import checkpoint as ckpt_lib
 from closp_jax import config as config_lib
 from closp_jax.data import pipeline
@@ -42,10 +42,7 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-  tmp.write_text(text)
-  os.replace(tmp, path)
+  atomic.write_text(path, text)
 
 
 class _Summaries:

@@ -20,8 +20,15 @@ from closp_jax.data import synthetic_world as W
 SHARDS = {"benv2s2_part1.h5", "benv2s2_part2.h5", "benv2s2_part3.h5", "benv2s2_part4.h5",
           "benv2s1_part1.h5", "benv2s1_part2.h5", "benv2s1_part3.h5", "benv2s1_part4.h5",
           "cabuar.h5", "sen12flood.h5", "mmflood.h5", "quakeset.h5"}
+# The release's layout: 12 S2 bands, every S1 source (VV, VH).
 CHANNELS = {"benv2s2": 12, "cabuar": 12, "sen2flood": 12, "benv2s1": 2, "mmflood": 2,
-            "sen1flood": 2, "quakeset": 4}
+            "sen1flood": 2, "quakeset": 2}
+
+
+def _epsg(attrs):
+  """The `crs` attribute as the dataset card types it: float32 of shape (1,)."""
+  assert attrs["crs"].dtype == np.float32 and attrs["crs"].shape == (1,), attrs["crs"]
+  return int(attrs["crs"][0])
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +79,12 @@ def test_sample_dtypes_shapes_attrs(samples):
     source = key.rsplit("_", 1)[0]
     assert image.dtype == np.float32 and image.shape == (CHANNELS[source], 120, 120), key
     assert coords.dtype == np.float32 and coords.shape == (2, 120, 120), key
-    assert geo.is_utm_epsg(int(attrs["crs"])), (key, attrs["crs"])
-    dt.datetime.fromisoformat(str(attrs["timestamp"]))
+    assert geo.is_utm_epsg(_epsg(attrs)), (key, attrs["crs"])
+    # timestamp: float32 (1) seconds since 1970 (the card's type), at the scene's date
+    assert attrs["timestamp"].dtype == np.float32 and attrs["timestamp"].shape == (1,)
+    moment = dt.datetime.fromtimestamp(float(attrs["timestamp"][0]), tz=dt.timezone.utc)
+    assert dt.datetime(2015, 1, 1, tzinfo=dt.timezone.utc) < moment < dt.datetime(
+        2025, 1, 1, tzinfo=dt.timezone.utc), (key, moment)
     labels = [str(x) for x in attrs["labels"]]
     assert labels
     table = L.CORINE_TO_CLASS if source.startswith("benv2") else {c: c for c in L.CLASSES}
@@ -85,6 +96,8 @@ def test_sample_dtypes_shapes_attrs(samples):
       assert 50 < np.median(finite) < 9000, key
     else:
       assert 1e-4 < np.median(finite) < 3.0, key  # linear sigma0
+      vv, vh = (np.nanmean(image[c]) for c in range(2))
+      assert vv > vh, (key, vv, vh)  # stored (VV, VH): co-pol brighter
     # 10 m pixels, north up
     np.testing.assert_allclose(np.diff(coords[0, 0, :2].astype(np.float64)), [10.0], atol=0.6)
     np.testing.assert_allclose(np.diff(coords[1, :2, 0].astype(np.float64)), [-10.0], atol=0.6)
@@ -98,7 +111,7 @@ def _inside(lon, lat, places, margin=0.05):
 def test_crs_projects_centre_into_intended_region(samples):
   for key, (_, coords, attrs) in samples.items():
     source = W.SOURCE_BY_NAME[key.rsplit("_", 1)[0]]
-    crs = int(attrs["crs"])
+    crs = _epsg(attrs)
     lon, lat = pyproj.Proj(crs)(float(coords[0, 60, 60]), float(coords[1, 60, 60]), inverse=True)
     assert _inside(lon, lat, source.places), (key, lon, lat)
     # the zone is the one that holds the point
@@ -268,6 +281,11 @@ def test_optical_physics():
   assert nd(med["Burnt areas"][b8], med["Burnt areas"][b12]) < 0                     # NBR
   assert nd(med["Glaciers and perpetual snow"][b3], med["Glaciers and perpetual snow"][b11]) > 0.6
   assert med["Broad-leaved forest"][b8] > 3 * med["Water bodies"][b8]
+  # Stored in the release's order B1-B8, B8A, B9, B11, B12: the NIR plateau (B8A, index 8) stays
+  # above the water-vapour band B9 (index 9) over vegetation.
+  b8a, b9 = 8, 9
+  for n in ("Broad-leaved forest", "Non-irrigated arable land"):
+    assert med[n][b8a] > med[n][b9] * 1.1, (n, med[n])
 
 
 def test_radar_physics_and_speckle():

@@ -1,9 +1,17 @@
 """TFDS builder `crisis_landmark`: the CrisisLandMark release converted to ArrayRecord.
 
 Configs:
-  full    the official release folder, given as `manual_dir`.
-  sample  writes the synthetic archive (closp_jax.data.synthetic) into a temporary folder,
-          then runs the very same conversion (4,000 S2 + 4,000 S1 by default).
+  full              the official release folder, given as `manual_dir`; S1 channels read with
+                    the release's rules (every S1 source stored as (VV, VH)).
+  full_pre_release  the same for an archive written by the authors' pre-release pipeline
+                    (`benv2s1` / `sen1flood` stored (VH, VV), QuakeSet 4 channels).
+  sample            writes the synthetic archive (closp_jax.data.synthetic) into a temporary
+                    folder, then runs the very same conversion (4,000 S2 + 4,000 S1 by default).
+
+Whatever the S1 rule set (`CrisisLandmarkConfig.s1_rules`, preprocess.S1_RULE_SETS), the build
+verifies it on the data: per S1 source, VV must be brighter than VH for most samples
+(preprocess.S1OrderCheck); otherwise it stops naming the source, and tfds removes the
+incomplete dataset folder.
 
 Splits: `train` and `test` (the retrieval corpus) as in metadata.parquet, and `validation`,
 a fixed-seed draw from the corpus per sensor (those samples also stay in `test`, as in the
@@ -26,7 +34,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers the HDF5 compression filters of the release)
@@ -61,8 +69,14 @@ CC-BY-NC-4.0) and pass its folder as manual_dir. The folder must hold:
 
 @dataclasses.dataclass(eq=False)
 class CrisisLandmarkConfig(tfds.core.BuilderConfig):
-  """Builder config. `num_s2`/`num_s1`/`seed` size the synthetic archive (sample configs)."""
+  """Builder config. `num_s2`/`num_s1`/`seed` size the synthetic archive (sample configs).
+
+  `s1_rules` names the S1 channel rule set (preprocess.S1_RULE_SETS): "release" (every S1
+  source stored (VV, VH)) or "pre_release" (the authors' pre-release loader's flips and
+  QuakeSet slice).
+  """
   synthetic: bool = False
+  s1_rules: str = preprocess.DEFAULT_S1_RULES
   num_s2: int = 0
   num_s1: int = 0
   seed: int = 0
@@ -79,7 +93,12 @@ TINY = CrisisLandmarkConfig(
     name="tiny", synthetic=True, num_s2=300, num_s1=300, seed=0, validation_min_per_sensor=32,
     description="A small synthetic archive (300 S2 + 300 S1) for tests and quick trials.")
 FULL = CrisisLandmarkConfig(
-    name="full", description="The official release folder, given as manual_dir.")
+    name="full", description="The official release folder, given as manual_dir; S1 sources "
+                             "stored (VV, VH) as the dataset card says.")
+FULL_PRE_RELEASE = CrisisLandmarkConfig(
+    name="full_pre_release", s1_rules="pre_release",
+    description="An archive written by the authors' pre-release pipeline, given as manual_dir: "
+                "benv2s1 and sen1flood stored (VH, VV), QuakeSet 4 channels (pre, post).")
 SAMPLE = CrisisLandmarkConfig(
     name="sample", synthetic=True, num_s2=4000, num_s1=4000, seed=0,
     description="A synthetic archive in the release layout (4,000 S2 + 4,000 S1), converted "
@@ -95,14 +114,15 @@ def _features() -> tfds.features.FeaturesDict:
       "image": f.Tensor(
           shape=(preprocess.IMAGE_SIZE, preprocess.IMAGE_SIZE, None), dtype=np.float32,
           encoding=f.Encoding.BYTES,
-          doc="(120, 120, C) after the official preprocessing: S2 C=13 (B1-B12 with a zero B10 "
-              "at index 10, reflectance x 10,000), S1 C=2 (VV, VH linear power)."),
+          doc="(120, 120, C) after the preprocessing: S2 C=13 in ESA order B1-B8, B8A, B9, "
+              "B10 (zero), B11, B12 (reflectance x 10,000), S1 C=2 (VV, VH as stored)."),
       "text": f.Text(doc="Mapped classes, lower-cased, joined by '. '."),
       "labels": f.Tensor(shape=(labels_lib.NUM_CLASSES,), dtype=np.float32,
                          doc="Multi-hot over the 12 classes (closp_jax.data.labels.CLASSES)."),
       "lonlat": f.Tensor(shape=(2,), dtype=np.float32,
                          doc="Centre pixel (lon, lat) in degrees, from the sample's CRS."),
-      "timestamp": f.Text(doc="Acquisition time as stored."),
+      "timestamp": f.Text(doc="Acquisition time: ISO 8601 UTC for numeric attributes, "
+                              "strings as stored, '' when unavailable."),
   })
 
 
@@ -202,11 +222,12 @@ class ReleaseReader:
       return f"{MASTER_FILE}:/{key}"
     return f"{filename or MASTER_FILE}:/{path.lstrip('/')}"
 
-  def read(self, key: str) -> tuple[np.ndarray, np.ndarray, object, str]:
-    """(image CHW, coords, crs attribute, timestamp) as stored.
+  def read(self, key: str) -> StoredSample:
+    """The sample's image (CHW) and coords as stored, its attributes parsed.
 
-    A shard that is missing, not HDF5, truncated or unreadable is an error naming the file
-    and the sample key (h5py's own messages name neither).
+    `crs` is required; `timestamp` may be missing (''), `labels` too (None). A shard that is
+    missing, not HDF5, truncated or unreadable is an error naming the file and the sample key
+    (h5py's own messages name neither).
     """
     filename, path = self._locate(key)
     if filename is None:
@@ -222,16 +243,32 @@ class ReleaseReader:
     for name in ("image", "coords"):
       if name not in group:
         raise KeyError(f"sample {key!r} in {filename or MASTER_FILE} has no dataset {name!r}")
-    for name in ("crs", "timestamp"):
-      if name not in group.attrs:
-        raise KeyError(f"sample {key!r} in {filename or MASTER_FILE} has no attribute {name!r}")
+    if "crs" not in group.attrs:
+      raise KeyError(f"sample {key!r} in {filename or MASTER_FILE} has no attribute 'crs' (the "
+                     "EPSG code of its coords)")
     try:
       image, coords = group["image"][()], group["coords"][()]
     except OSError as err:
       raise ReleaseFileError(
           f"sample {key!r}: reading {path}/image or coords from {where} failed ({err}); the file is "
           f"damaged: download it again") from err
-    return image, coords, group.attrs["crs"], preprocess.attr_text(group.attrs["timestamp"])
+    attrs = group.attrs
+    labels = attrs.get("labels")
+    return StoredSample(
+        image=image, coords=coords, crs=attrs["crs"],
+        timestamp=preprocess.parse_timestamp(attrs.get("timestamp"), key),
+        labels=None if labels is None else preprocess.parse_labels(labels, key))
+
+
+class StoredSample(NamedTuple):
+  """One sample as the release stores it: image (C, 120, 120), coords (2, 120, 120), the raw
+  `crs` attribute, the parsed `timestamp` (preprocess.parse_timestamp) and `labels` (None when
+  the group has no such attribute)."""
+  image: np.ndarray
+  coords: np.ndarray
+  crs: object
+  timestamp: str
+  labels: list[str] | None
 
 
 class ReleaseFileError(OSError):
@@ -310,7 +347,8 @@ def make_plan(rows, config: CrisisLandmarkConfig, max_per_split: int | None = No
 
 
 class _SplitTally:
-  """Counts per sensor and source, NaN replacements, and (train) running band sums."""
+  """Counts per sensor and source, NaN replacements, (train) running band sums, and how often
+  a sample's `labels` attribute differs from metadata.parquet (which the build uses)."""
 
   def __init__(self, with_stats: bool):
     self.sensors = {s: 0 for s in preprocess.SENSORS}
@@ -321,6 +359,7 @@ class _SplitTally:
     self.sums = {s: np.zeros(preprocess.NUM_CHANNELS[s], np.float64) for s in preprocess.SENSORS}
     self.sq_sums = {s: np.zeros(preprocess.NUM_CHANNELS[s], np.float64) for s in preprocess.SENSORS}
     self.pixels = {s: 0 for s in preprocess.SENSORS}
+    self.labels_checked, self.labels_differ, self.labels_example = 0, 0, None
 
   def add(self, sensor: str, source: str, image: np.ndarray, nans: int) -> None:
     self.sensors[sensor] += 1
@@ -333,6 +372,21 @@ class _SplitTally:
       self.sums[sensor] += flat.sum(0)
       self.sq_sums[sensor] += np.square(flat).sum(0)
       self.pixels[sensor] += flat.shape[0]
+
+  def compare_labels(self, key: str, attribute: list[str] | None, names: list[str]) -> None:
+    if attribute is None:
+      return
+    self.labels_checked += 1
+    if sorted(set(attribute)) != sorted(set(names)):
+      self.labels_differ += 1
+      if self.labels_example is None:
+        self.labels_example = {"key": key, "attribute": attribute, "metadata": list(names)}
+
+  def labels_attribute(self) -> dict:
+    """{checked, differ, example}: samples with a `labels` attribute, those whose label set
+    differs from metadata.parquet's, the first such sample."""
+    return {"checked": self.labels_checked, "differ": self.labels_differ,
+            "example": self.labels_example}
 
   def band_stats(self) -> dict:
     stats = {}
@@ -354,8 +408,10 @@ class _SplitTally:
       parts.append(f"{s} {self.sensors[s]} ({', '.join(srcs) or 'none'})")
     nan = ", ".join(f"{s} {self.nan_samples[s]} samples / {self.nan_values[s]} values"
                     for s in preprocess.SENSORS)
+    differ = (f" | labels attribute differs from {METADATA_FILE} (which is used) for "
+              f"{self.labels_differ} of {self.labels_checked}" if self.labels_differ else "")
     return (f"{name}: {sum(self.sensors.values())} samples | " + " | ".join(parts)
-            + f" | NaN replaced: {nan}")
+            + f" | NaN replaced: {nan}" + differ)
 
 
 class _OrderedShardWriter:
@@ -416,9 +472,17 @@ class _OrderedShardWriter:
 class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
   """CrisisLandMark: Sentinel-2 / Sentinel-1 patches with land-cover and crisis labels."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First conversion: ArrayRecord, S2 13 bands, S1 VV/VH, lon/lat."}
-  BUILDER_CONFIGS = [FULL, SAMPLE, TINY]
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+      "1.0.0": "First conversion: ArrayRecord, S2 13 bands, S1 VV/VH, lon/lat.",
+      "2.0.0": "S1 channel rules chosen by the config (s1_rules; `full` reads every S1 source "
+               "as stored (VV, VH), as the release's loader and card do; `full_pre_release` keeps "
+               "the pre-release flips and QuakeSet slice) and verified per source (VV brighter "
+               "than VH); S2 stored order named B1-B8, B8A, B9, B11, B12 (encoders get ESA "
+               "order with a zero B10); numeric timestamps as ISO 8601 UTC, '' when missing or "
+               "NaN; crs read as the card's float32 as well as int / string / WKT.",
+  }
+  BUILDER_CONFIGS = [FULL, FULL_PRE_RELEASE, SAMPLE, TINY]
   DEFAULT_BUILDER_CONFIG_NAME = "sample"
   MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_INSTRUCTIONS
 
@@ -436,8 +500,10 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
       raise ValueError(f"crisis_landmark is written as ArrayRecord only, got file_format="
                        f"{file_format!r}")
     super().__init__(file_format=file_format, **kwargs)
+    preprocess.check_s1_rules(self.builder_config.s1_rules)
     self._plan: BuildPlan | None = None
     self._release: Path | None = None
+    self._s1_check: preprocess.S1OrderCheck | None = None
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -494,13 +560,15 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
       md["validation"] = {"fraction": self.builder_config.validation_fraction,
                           "min_per_sensor": self.builder_config.validation_min_per_sensor,
                           "seed": self.builder_config.validation_seed, "also_in_test": True}
-      md["counts"], md["nan_replaced"] = {}, {}
+      md["counts"], md["nan_replaced"], md["labels_attribute"] = {}, {}, {}
       md["queries_file"], md["qrels_dir"] = QUERIES_FILE, QRELS_DIR
+      md["s1_rules"] = self.builder_config.s1_rules
       self._plan, self._release = plan, folder
+      self._s1_check = preprocess.S1OrderCheck(self.builder_config.s1_rules)
       try:
         self._write_splits()
       finally:
-        self._plan, self._release = None, None
+        self._plan, self._release, self._s1_check = None, None, None
 
   def _write_splits(self) -> None:
     """Generates every split in order and writes its ArrayRecord shards."""
@@ -516,6 +584,9 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
       lengths, size = writer.finalize()
       infos.append(tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=size,
                                        filename_template=template))
+    # Every S1 source over all its train + test samples (sources smaller than the early check's
+    # S1_CHECK_FIRST_AT included); an error here leaves no dataset (tfds removes the folder).
+    self.info.metadata["s1_vv_above_vh"] = self._s1_check.finish()
     self.info.set_splits(tfds.core.SplitDict(infos))
 
   @staticmethod
@@ -535,6 +606,8 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
     plan, folder = self._plan, self._release
     keys = plan.split_keys[split]
     tally = _SplitTally(with_stats=split == "train")
+    rules = self.builder_config.s1_rules
+    check = self._s1_check if split != "validation" else None  # validation repeats test samples
     name = f"crisis_landmark/{self.builder_config.name} {split}"
     started = time.perf_counter()
     with ReleaseReader(folder) as reader:
@@ -544,14 +617,17 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
           print(f"{name}: {index}/{len(keys)} samples ({rate:.0f}/s)", flush=True)
         source = preprocess.source_of_key(key)
         sensor = preprocess.sensor_of_source(source)
-        stored, coords, crs, timestamp = reader.read(key)
         try:
-          image, nans = preprocess.preprocess_image(stored, key, source)
-          lonlat = preprocess.center_lonlat(coords, crs, key)
+          sample = reader.read(key)
+          image, nans = preprocess.preprocess_image(sample.image, key, source, rules)
+          lonlat = preprocess.center_lonlat(sample.coords, sample.crs, key)
         except preprocess.SampleFormatError as err:
           raise preprocess.SampleFormatError(f"{reader.where(key)}: {err}") from None
-        tally.add(sensor, source, image, nans)
+        if check is not None and sensor == "s1":
+          check.add(source, key, preprocess.vv_vh_means(sample.image, key, source, rules))
         names = plan.labels[key]
+        tally.add(sensor, source, image, nans)
+        tally.compare_labels(key, sample.labels, names)
         yield index, {
             "key": key,
             "source": source,
@@ -560,12 +636,13 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
             "text": labels_lib.labels_to_text(names, key),
             "labels": labels_lib.labels_to_multihot(names, key),
             "lonlat": lonlat,
-            "timestamp": timestamp,
+            "timestamp": sample.timestamp,
         }
     md = self.info.metadata
     md["counts"][split] = {"total": len(keys), "sensors": dict(tally.sensors),
                            "sources": dict(sorted(tally.sources.items()))}
     md["nan_replaced"][split] = {"samples": dict(tally.nan_samples), "values": dict(tally.nan_values)}
+    md["labels_attribute"][split] = tally.labels_attribute()
     if tally.with_stats:
       md["band_stats"] = tally.band_stats()
     line = tally.summary(name) + f" | {time.perf_counter() - started:.1f} s"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import datetime as dt
 import itertools
 import json
 import os
@@ -103,12 +104,22 @@ def _shard_name(source: W.Source, index: int, count: int) -> str:
 
 
 def _write_sample(f: h5py.File, scene: R.Scene, image: np.ndarray) -> None:
+  """One sample group with the dataset card's attribute types: `crs` float32 (1) (the EPSG
+  code), `timestamp` float32 (1) (seconds since 1970-01-01 UTC), `labels` list[str]."""
   g = f.create_group(scene.key)
   _write_float32(g, "image", image)
   _write_float32(g, "coords", geo.pixel_grid(scene.x, scene.y, R.SIZE))
-  g.attrs["crs"] = np.int64(scene.epsg)
-  g.attrs["timestamp"] = scene.timestamp
+  g.attrs["crs"] = np.array([scene.epsg], np.float32)
+  g.attrs["timestamp"] = np.array([posix_seconds(scene.timestamp)], np.float32)
   g.attrs["labels"] = np.array(scene.labels, dtype=h5py.string_dtype())
+
+
+def posix_seconds(timestamp: str) -> float:
+  """Seconds since 1970-01-01 UTC of a scene's ISO 8601 UTC time (naive means UTC)."""
+  moment = dt.datetime.fromisoformat(timestamp)
+  if moment.tzinfo is None:
+    moment = moment.replace(tzinfo=dt.timezone.utc)
+  return moment.timestamp()
 
 
 def write_source(folder: Path, source: W.Source, count: int, seed: int,

@@ -30,7 +30,7 @@ SIZE = 120
 LOW = 40
 NAN_RATE = 0.01
 S1_LOOKS = 4.4
-_HAZE = np.array([1.0, .9, .7, .5, .45, .4, .35, .33, .3, .32, .15, .1])
+_HAZE = np.array([1.0, .9, .7, .5, .45, .4, .35, .33, .32, .3, .15, .1])  # W.S2_BANDS order
 _MATS = W.material_arrays()
 _RUBBLE, _BUILT = W.MATERIAL_INDEX["rubble"], W.MATERIAL_INDEX["built"]
 _CORINE_ORDER = {name: i for i, name in enumerate(CORINE_TO_CLASS)}
@@ -294,7 +294,8 @@ def _add_nans(rng, images: np.ndarray, scenes: list[Scene]) -> None:
 
 # ---------------------------------------------------------------- Sentinel-2
 def render_s2(rng: np.random.Generator, scenes: list[Scene]) -> np.ndarray:
-  """float32 [B, 12, SIZE, SIZE] L2A reflectance x 10000 (integer valued, NaN where missing)."""
+  """float32 [B, 12, SIZE, SIZE] L2A reflectance x 10000 (integer valued, NaN where missing),
+  bands in the release's stored order W.S2_BANDS."""
   b = len(scenes)
   areas, fields, k = _pad_regions(scenes)
   spectra = np.zeros((b, 12, 2 * k), np.float32)
@@ -360,10 +361,11 @@ def _material_sigma0(rng, s: Scene, n_var: int) -> np.ndarray:
 
 
 def render_s1(rng: np.random.Generator, scenes: list[Scene], channels: tuple[str, ...]) -> np.ndarray:
-  """float32 [B, C, SIZE, SIZE] sigma0 (linear power) in the source's channel order.
+  """float32 [B, C, SIZE, SIZE] sigma0 (linear power) in the given channel order.
 
-  channels: ("VV","VH"), ("VH","VV") or ("VV_pre","VH_pre","VV","VH") (QuakeSet:
-  the pre-event pair shows intact buildings where the post-event pair shows rubble).
+  channels: ("VV","VH") (the release's layout), ("VH","VV") or ("VV_pre","VH_pre","VV","VH")
+  (pre-release QuakeSet: the pre-event pair shows intact buildings where the post-event pair
+  shows rubble).
   """
   b = len(scenes)
   areas, fields, k = _pad_regions(scenes)

@@ -6,8 +6,8 @@ to be physically plausible, not measurements (see docs/data.md).
 
 Materials carry
 - Sentinel-2 L2A surface reflectance (fraction, x10000 when written) for the 12
-  stored bands B1..B9, B8A, B11, B12, once at peak season and once dormant
-  (leaf-off, dry, harvested); non-vegetation materials have one spectrum;
+  stored bands in the release's order (B1..B8, B8A, B9, B11, B12), once at peak season and
+  once dormant (leaf-off, dry, harvested); non-vegetation materials have one spectrum;
 - Sentinel-1 C-band backscatter sigma0 in dB (VV, VH) at 37 degrees incidence,
   peak and dormant, its incidence-angle slope (dB per degree), the spread of
   per-scene values (dB) and whether soil moisture moves it.
@@ -20,7 +20,10 @@ import datetime as dt
 
 import numpy as np
 
-S2_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B8A", "B11", "B12")
+from closp_jax.data import preprocess
+
+# Spectra below are in the release's stored band order (B1-B8, B8A, B9, B11, B12).
+S2_BANDS = preprocess.S2_STORED_BANDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,58 +37,58 @@ class Material:
   moisture: bool = False
 
 
-#           B1    B2    B3    B4    B5    B6    B7    B8    B9    B8A   B11   B12
+#           B1    B2    B3    B4    B5    B6    B7    B8    B8A   B9    B11   B12
 MATERIALS: dict[str, Material] = {
     "broadleaf": Material(
-        (.020, .025, .050, .025, .080, .240, .310, .340, .300, .350, .170, .080),
-        (.035, .045, .065, .075, .095, .120, .140, .160, .155, .165, .220, .150),
+        (.020, .025, .050, .025, .080, .240, .310, .340, .350, .300, .170, .080),
+        (.035, .045, .065, .075, .095, .120, .140, .160, .165, .155, .220, .150),
         (-7.5, -13.0), (-8.5, -15.0), -0.08, 1.0),
     "conifer": Material(
-        (.015, .020, .035, .018, .055, .150, .190, .210, .185, .220, .100, .045),
-        (.015, .020, .033, .020, .050, .125, .155, .170, .150, .178, .095, .045),
+        (.015, .020, .035, .018, .055, .150, .190, .210, .220, .185, .100, .045),
+        (.015, .020, .033, .020, .050, .125, .155, .170, .178, .150, .095, .045),
         (-7.0, -12.5), (-7.3, -13.0), -0.06, 0.8),
     "crop": Material(
-        (.030, .040, .080, .040, .120, .300, .380, .410, .360, .420, .220, .110),
-        (.060, .075, .105, .130, .155, .175, .190, .205, .200, .210, .300, .240),
+        (.030, .040, .080, .040, .120, .300, .380, .410, .420, .360, .220, .110),
+        (.060, .075, .105, .130, .155, .175, .190, .205, .210, .200, .300, .240),
         (-9.5, -15.5), (-11.5, -19.0), -0.15, 2.0, True),
     "grass": Material(
-        (.030, .040, .075, .050, .110, .250, .300, .320, .295, .330, .240, .130),
-        (.050, .065, .095, .110, .150, .190, .215, .230, .225, .240, .310, .220),
+        (.030, .040, .075, .050, .110, .250, .300, .320, .330, .295, .240, .130),
+        (.050, .065, .095, .110, .150, .190, .215, .230, .240, .225, .310, .220),
         (-10.5, -17.0), (-11.5, -18.5), -0.15, 2.0, True),
     "shrub": Material(
-        (.035, .045, .070, .065, .100, .170, .200, .220, .205, .228, .240, .160),
-        (.040, .050, .075, .080, .110, .160, .185, .200, .190, .206, .250, .180),
+        (.035, .045, .070, .065, .100, .170, .200, .220, .228, .205, .240, .160),
+        (.040, .050, .075, .080, .110, .160, .185, .200, .206, .190, .250, .180),
         (-9.0, -15.0), (-9.5, -15.8), -0.10, 1.5),
     "marsh": Material(
-        (.030, .035, .060, .040, .075, .160, .190, .200, .160, .205, .090, .045),
-        (.035, .040, .055, .050, .070, .100, .110, .115, .095, .118, .080, .045),
+        (.030, .035, .060, .040, .075, .160, .190, .200, .205, .160, .090, .045),
+        (.035, .040, .055, .050, .070, .100, .110, .115, .118, .095, .080, .045),
         (-5.5, -15.5), (-8.5, -17.0), -0.10, 2.0),
     "soil": Material(
-        (.060, .080, .120, .160, .190, .210, .230, .250, .240, .260, .320, .270), None,
+        (.060, .080, .120, .160, .190, .210, .230, .250, .260, .240, .320, .270), None,
         (-12.0, -19.5), None, -0.20, 2.5, True),
     "sand": Material(
-        (.120, .150, .220, .280, .310, .330, .340, .350, .340, .360, .420, .380), None,
+        (.120, .150, .220, .280, .310, .330, .340, .350, .360, .340, .420, .380), None,
         (-17.0, -24.0), None, -0.30, 2.0),
     "rock": Material(
-        (.100, .120, .150, .180, .200, .210, .220, .230, .220, .240, .280, .250), None,
+        (.100, .120, .150, .180, .200, .210, .220, .230, .240, .220, .280, .250), None,
         (-9.0, -16.5), None, -0.15, 2.0),
     "water": Material(
-        (.060, .055, .045, .025, .018, .012, .010, .009, .006, .008, .004, .003), None,
+        (.060, .055, .045, .025, .018, .012, .010, .009, .008, .006, .004, .003), None,
         (-19.0, -26.0), None, -0.35, 3.0),
     "floodwater": Material(
-        (.075, .085, .110, .100, .090, .060, .048, .042, .025, .036, .012, .008), None,
+        (.075, .085, .110, .100, .090, .060, .048, .042, .036, .025, .012, .008), None,
         (-21.0, -27.0), None, -0.35, 2.0),
     "built": Material(
-        (.100, .110, .125, .140, .155, .170, .180, .190, .185, .200, .250, .220), None,
+        (.100, .110, .125, .140, .155, .170, .180, .190, .200, .185, .250, .220), None,
         (-3.5, -10.5), None, -0.05, 2.5),
     "rubble": Material(
-        (.140, .160, .190, .210, .230, .240, .250, .260, .250, .270, .300, .270), None,
+        (.140, .160, .190, .210, .230, .240, .250, .260, .270, .250, .300, .270), None,
         (-7.5, -14.0), None, -0.10, 2.0),  # SAR: derived per scene from "built" (renderer)
     "snow": Material(
-        (.850, .880, .870, .840, .820, .800, .780, .760, .600, .740, .050, .040), None,
+        (.850, .880, .870, .840, .820, .800, .780, .760, .740, .600, .050, .040), None,
         (-14.0, -21.0), None, -0.15, 2.5),
     "burned": Material(
-        (.030, .035, .045, .050, .060, .070, .080, .090, .088, .095, .160, .150), None,
+        (.030, .035, .045, .050, .060, .070, .080, .090, .095, .088, .160, .150), None,
         (-9.5, -16.5), None, -0.12, 1.5),
 }
 MATERIAL_NAMES: tuple[str, ...] = tuple(MATERIALS)
@@ -326,15 +329,18 @@ class Source:
 
 
 S2_CH = S2_BANDS
+# The release's layout: every S1 source stores (VV, VH) (preprocess.S1_RULE_SETS["release"]).
+S1_CH = preprocess.S1_RULE_SETS["release"]
 SOURCES: tuple[Source, ...] = (
     Source("benv2s2", "s2", "benv2s2_part{part}.h5", .80, BENV2_PLACES, None, S2_CH),
     Source("cabuar", "s2", "cabuar.h5", .10, CALIFORNIA_FIRES, "Burned Area", S2_CH),
     Source("sen2flood", "s2", "sen12flood.h5", .10, FLOODS_SEN12, "Flooded Area", S2_CH),
-    Source("benv2s1", "s1", "benv2s1_part{part}.h5", .70, BENV2_PLACES, None, ("VH", "VV")),
-    Source("mmflood", "s1", "mmflood.h5", .12, FLOODS_MMFLOOD, "Flooded Area", ("VV", "VH")),
-    Source("sen1flood", "s1", "sen12flood.h5", .08, FLOODS_SEN12, "Flooded Area", ("VH", "VV")),
+    Source("benv2s1", "s1", "benv2s1_part{part}.h5", .70, BENV2_PLACES, None, S1_CH["benv2s1"]),
+    Source("mmflood", "s1", "mmflood.h5", .12, FLOODS_MMFLOOD, "Flooded Area", S1_CH["mmflood"]),
+    Source("sen1flood", "s1", "sen12flood.h5", .08, FLOODS_SEN12, "Flooded Area",
+           S1_CH["sen1flood"]),
     Source("quakeset", "s1", "quakeset.h5", .10, EARTHQUAKES, "Earthquake Damage",
-           ("VV_pre", "VH_pre", "VV", "VH")),
+           S1_CH["quakeset"]),
 )
 SOURCE_BY_NAME = {s.name: s for s in SOURCES}
 BENV2_PARTS = 4

@@ -63,11 +63,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
   from closp_jax.parallel.mesh import MeshConfigError
   from closp_jax.train.loop import NonFiniteError
   from closp_jax.train.setup import RunConfigError
+  from closp_jax.weights.convert import WeightMismatchError
+  from closp_jax.weights.registry import WeightsError
   from closp_jax.weights.safe_load import UnsafeWeightsError
   return (config.ConfigValueError, config.ConfigKeyError, RunConfigError, MeshConfigError,
           DistributedConfigError, checkpoint.CheckpointError, NonFiniteError, SampleFormatError,
           ReleaseFileError, UnknownLabelError, DataFileError, DatasetNameError, UnsafeWeightsError,
-          FileNotFoundError)
+          WeightsError, WeightMismatchError, FileNotFoundError)
 
 
 if __name__ == "__main__":

@@ -102,8 +102,13 @@ def init_variables(model: CLOSP, cfg, mesh, rng) -> tuple[dict, dict]:
   return variables, shardings
 
 
-def load_pretrained(variables: dict, cfg, shardings: dict) -> tuple[dict, list[str]]:
-  """Puts pretrained tower weights named in config.init into the variables. Returns notes."""
+def load_pretrained(variables: dict, cfg, shardings: dict, *, weights_table=None) -> tuple[dict, list[str]]:
+  """Puts the pretrained weights named in config.init into the variables. Returns notes.
+
+  init.s2 / init.s1 / init.location take a weights name (closp_jax.weights.registry; resolved through
+  the Hugging Face cache, downloaded and checked once when absent), a local file, or '' (random).
+  `weights_table` replaces the registry (tests).
+  """
   notes = []
   params = dict(variables["params"])
   stats = dict(variables.get("batch_stats", {}))
@@ -115,22 +120,114 @@ def load_pretrained(variables: dict, cfg, shardings: dict) -> tuple[dict, list[s
     params["text_model"] = _checked_replace(params["text_model"], text_params, "text_model")
     notes.append(f"text_model <- all-MiniLM-L6-v2 ({'installed package' if path is None else path})")
   for sensor in ("s2", "s1"):
-    path = init_cfg[sensor]
-    if not path:
+    value = init_cfg[sensor]
+    if not value:
       continue
-    from closp_jax.weights import timm_import  # pylint: disable=import-outside-toplevel
-    name = cfg.model[f"{sensor}_encoder"]
     key = f"{sensor}_encoder"
-    if name.startswith("resnet"):
-      p, bs = timm_import.load_timm_resnet(path, name=name, in_chans=int(cfg.model[f"{sensor}_in_chans"]))
+    p, bs, path = _image_weights(value, cfg, sensor, params[key], weights_table)
+    if bs is not None:
       stats[key], _ = _checked_merge(stats[key], bs, key + " (batch_stats)")
-    else:
-      p = timm_import.load_timm_vit(path, name=name, in_chans=int(cfg.model[f"{sensor}_in_chans"]))
     params[key], kept = _checked_merge(params[key], p, key)
-    notes.append(f"{key} <- {path}" + (f" (kept initialised: {', '.join(kept)})" if kept else ""))
+    notes.append(f"{key} <- {value}{'' if str(path) == str(value) else f' ({path})'}"
+                 + (f" (kept initialised: {', '.join(kept)})" if kept else ""))
+  location = init_cfg.get("location", "")
+  if location:
+    loc_vars, path = _location_weights(location, cfg, weights_table)
+    params["location_encoder"] = _checked_replace(params["location_encoder"], loc_vars["params"], "location_encoder")
+    if "batch_stats" in loc_vars:
+      stats["location_encoder"] = _checked_replace(stats["location_encoder"], loc_vars["batch_stats"],
+                                                   "location_encoder (batch_stats)")
+    notes.append(f"location_encoder <- {location}{'' if str(path) == str(location) else f' ({path})'}")
   out = {"params": params, "batch_stats": stats}
   out = jax.device_put(out, {"params": shardings["params"], "batch_stats": shardings["batch_stats"]})
   return out, notes
+
+
+# MAE pre-training checkpoints hold a decoder next to the encoder; only the encoder is imported.
+_MAE_DECODER = ("decoder_", "mask_token")
+
+
+def _entry_for(value: str, slot: str, table):
+  """The registry entry `value` names (checked to fit the slot), or None for a path."""
+  from closp_jax.weights import registry  # pylint: disable=import-outside-toplevel
+  entry = registry.lookup(value, table)
+  if entry is not None:
+    registry.require_slot(entry, slot)
+  return entry
+
+
+def _image_weights(value: str, cfg, sensor: str, current, table):
+  """(params, batch_stats or None, file) for the `sensor` image tower from a name or a file."""
+  # pylint: disable=import-outside-toplevel
+  from closp_jax.weights import convert, hub, timm_import
+  from closp_jax.weights.safe_load import load_state_dict
+  key = f"{sensor}_encoder"
+  encoder, in_chans = str(cfg.model[key]), int(cfg.model[f"{sensor}_in_chans"])
+  entry = _entry_for(value, sensor, table)
+  if entry is not None:
+    wrong = []
+    if entry.architecture and entry.architecture != encoder:
+      wrong.append(f"--config.model.{key}={entry.architecture} (config: {encoder})")
+    if entry.in_chans and entry.in_chans != in_chans:
+      wrong.append(f"--config.model.{sensor}_in_chans={entry.in_chans} (config: {in_chans})")
+    if wrong:
+      raise RunConfigError(f"config.init.{sensor}={value!r} ({entry.description}) does not fit the model: set "
+                           + ", ".join(wrong))
+  path = hub.resolve(value, table=table)
+  sd = load_state_dict(path)
+  tower = next((k[:k.index(key + ".") + len(key) + 1] for k in sd if key + "." in k), None)
+  if tower is not None:  # a whole CLOSP checkpoint: this tower's tensors only
+    sd = {k[len(tower):]: v for k, v in sd.items() if k.startswith(tower)}
+  head = "fc" if encoder.startswith("resnet") else "head"
+  if encoder.startswith("resnet"):
+    p, bs = timm_import.load_timm_resnet(sd, name=encoder, in_chans=in_chans, source=str(path))
+  else:
+    sd = {k: v for k, v in sd.items() if not k.startswith(_MAE_DECODER)}
+    p, bs = timm_import.load_timm_vit(sd, name=encoder, in_chans=in_chans, source=str(path)), None
+  if head in current and f"{head}.weight" in sd:  # the model keeps a classifier and the file has one
+    want = {"params": {head: jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.float32), current[head])}}
+    p = {**p, head: convert.import_state_dict({k: v for k, v in sd.items() if k.startswith(head + ".")},
+                                              convert.dense_rules(head, (head,)), want,
+                                              source=f"{path} ({head})")["params"][head]}
+  return p, bs, path
+
+
+def _location_weights(value: str, cfg, table):
+  """({'params'[, 'batch_stats']}, file) for the location encoder, checked against config.model.location."""
+  # pylint: disable=import-outside-toplevel
+  from closp_jax.weights import convert, hub
+  from closp_jax.weights.geoclip_import import load_geoclip_location
+  from closp_jax.weights.satclip import load_satclip
+  loc = cfg.model.location
+  if not loc.enabled:
+    raise RunConfigError(f"config.init.location={value!r} but the model has no location encoder: set "
+                         "--config.model.location.enabled=True (or train configs/geoclosp.py)")
+  entry = _entry_for(value, "location", table)
+  facts = dict(entry.location) if entry is not None else {}
+  _check_location(value, facts, loc)  # what the table knows, before any download
+  path = hub.resolve(value, table=table)
+  kind = facts.get("kind", str(loc.kind))
+  if kind == "satclip":
+    module, p = load_satclip(path, sh_convention=entry.sh_convention if entry is not None else None)
+    _check_location(value, {"kind": "satclip", "degree": module.degree, "hidden": module.hidden,
+                            "layers": module.layers, "out": module.out, "sh_convention": module.sh_convention}, loc)
+    return {"params": p}, path
+  try:
+    module, variables = load_geoclip_location(path, sigmas=tuple(float(s) for s in loc.sigmas))
+  except convert.WeightMismatchError as e:
+    raise RunConfigError(f"config.init.location={value!r}: {e}; set --config.model.location.sigmas to as many "
+                         "values as the file has branches") from None
+  _check_location(value, {"kind": "geoclip", "hidden": module.hidden, "layers": module.depth, "out": module.out,
+                          "rff_dim": module.rff_dim}, loc)
+  return {"params": variables["params"], "batch_stats": variables["batch_stats"]}, path
+
+
+def _check_location(value: str, needs: dict, loc) -> None:
+  """RunConfigError naming every --config.model.location.* flag whose value differs from `needs`."""
+  wrong = [f"--config.model.location.{k}={v} (config: {loc[k]})" for k, v in needs.items() if loc[k] != v]
+  if wrong:
+    raise RunConfigError(f"config.init.location={value!r} needs a location encoder the config does not describe: "
+                         f"set {', '.join(wrong)}")
 
 
 def _checked_merge(current, new, where: str):
@@ -212,5 +309,6 @@ def build_model_and_optimizer(cfg, mesh, total_steps: int):
   rng = jax.random.key(int(cfg.seed))
   variables, shardings = init_variables(model, cfg, mesh, rng)
   variables, notes = load_pretrained(variables, cfg, shardings)
-  optimizer = make_optimizer(cfg.optim, variables["params"], total_steps)
+  optimizer = make_optimizer(cfg.optim, variables["params"], total_steps,
+                             updates_per_step=2 if cfg.train.sensor_updates == "alternate" else 1)
   return model, variables, shardings, optimizer, notes

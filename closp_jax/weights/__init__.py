@@ -11,6 +11,10 @@ Public API (imported lazily, so `closp_jax.weights.locate` stays light for data 
   load_state_dict, UnsafeWeightsError               safe reading (safe_load.py)
   WeightMismatchError                               names / shapes that do not fit (convert.py)
   find_minilm_folder, WeightsNotFoundError          where the files are (locate.py)
+  REGISTRY, WeightsEntry, lookup                     published weights by name (registry.py)
+  WeightsError, UnknownWeightsError, WeightsKindError
+  resolve, fetch, WeightsUnavailableError,           a name or path -> a verified local file (hub.py)
+  WeightsChecksumError
 """
 from __future__ import annotations
 
@@ -28,6 +32,9 @@ _EXPORTS = {
     "load_state_dict": "safe_load", "UnsafeWeightsError": "safe_load",
     "WeightMismatchError": "convert",
     "find_minilm_folder": "locate", "WeightsNotFoundError": "locate",
+    "REGISTRY": "registry", "WeightsEntry": "registry", "lookup": "registry", "WeightsError": "registry",
+    "UnknownWeightsError": "registry", "WeightsKindError": "registry",
+    "resolve": "hub", "fetch": "hub", "WeightsUnavailableError": "hub", "WeightsChecksumError": "hub",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -16,6 +16,8 @@ CORE = [
     "transformers>=5.20,<6",
     "tokenizers>=0.21",
     "safetensors>=0.5",
+    # Pretrained weights by name resolve through the Hugging Face cache (closp_jax/weights/hub.py).
+    "huggingface_hub>=1.0,<3",
     "numpy>=2.0",
     "ml-collections>=1.0",
     "absl-py>=2.0",
@@ -53,6 +55,8 @@ EXTRAS = {
         "torch==2.14.1",
         "torchvision==0.29.1",
         "timm==1.0.31",
+        # The authors resize ViT inputs with kornia's Resize; tests check our resize against it.
+        "kornia==0.8.1",
     ],
 }
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from benchmarks import input_pipeline
 from benchmarks.jax_step import closp_config
-from closp_jax.data import crisis_landmark
+from closp_jax.data import crisis_landmark, pipeline
 from closp_jax.models.towers import CLOSP
 from closp_jax.parallel import mesh as mesh_lib
 from closp_jax.retrieval import embed as embed_lib
@@ -45,7 +45,7 @@ class ClospEmbed:
   def run(self) -> None:
     out = embed_lib.embed_corpus(self.model, self.variables, self.builder, self.mesh, "test",
                                  eval_batch_size=self.eval_batch_size,
-                                 normalization=self.cfg.data.normalization, max_items=self.max_items)
+                                 inputs=pipeline.input_kwargs(self.cfg), max_items=self.max_items)
     self.count = sum(len(v["emb"]) for v in out.values())
 
   def model_only(self, sensor: str):

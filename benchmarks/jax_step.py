@@ -25,7 +25,7 @@ from closp_jax import config as config_lib
 from closp_jax.parallel import mesh as mesh_lib
 from closp_jax.train import setup
 from closp_jax.train.optimizer import trainable_groups
-from closp_jax.train.step import make_train_step
+from closp_jax.train.step import make_train_step, uses_text_table
 
 NUM_TEXTS = 512  # distinct texts of the synthetic batches (the cached-embedding table's rows)
 TOTAL_STEPS = 1000  # only shapes the learning-rate schedule
@@ -122,7 +122,7 @@ class ClospStep:
     model, variables, shardings, optimizer, _ = setup.build_model_and_optimizer(cfg, mesh, TOTAL_STEPS)
     state, state_shardings = setup.create_state(variables, optimizer, shardings, mesh, int(cfg.seed))
     trainable = trainable_groups(cfg.optim, sorted(state.params), int(state.step))
-    use_table = not any(g.startswith("text") for g in trainable)
+    use_table = uses_text_table(cfg, trainable)
     fn = make_train_step(model, cfg, optimizer, trainable=trainable, use_text_table=use_table, mesh=mesh)
     jitted = jax.jit(fn, donate_argnums=(0,), out_shardings=(state_shardings, mesh_lib.replicated(mesh)))
     host = synthetic_batch(cfg, batch_size, text_len=text_len)

@@ -200,6 +200,7 @@ class TorchCLOSP(nn.Module):
     super().__init__()
     m = model_cfg
     self.image_size = None if m.image_size is None else int(m.image_size)
+    self.resize_align_corners = bool(m.get("resize_align_corners", False))
     for sensor in ("s2", "s1"):
       enc = image_encoder(m[f"{sensor}_encoder"], int(m[f"{sensor}_in_chans"]), int(m[f"{sensor}_head_classes"]))
       setattr(self, f"{sensor}_encoder", enc)
@@ -219,7 +220,8 @@ class TorchCLOSP(nn.Module):
 
   def encode_image(self, sensor: str, images: torch.Tensor) -> torch.Tensor:
     if self.image_size and tuple(images.shape[-2:]) != (self.image_size, self.image_size):
-      images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+      images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
+                             align_corners=bool(self.resize_align_corners))
     f = getattr(self, f"{sensor}_encoder")(images)
     return F.normalize(getattr(self, f"{sensor}_projection")(f).float(), dim=-1)
 

@@ -33,8 +33,11 @@ def base_config(variant: str, geo: bool) -> ml_collections.ConfigDict:
   c.data.manual_dir = ""         # the official release folder, for crisis_landmark/full
   c.data.batch_size = 64         # per sensor, global (all processes together)
   c.data.eval_batch_size = 256   # global
-  c.data.normalization = "scale"  # 'scale' (S2 / 10000, as the original) or 'standardize'
-  c.data.augment = True
+  # Per sensor: 'none' (as stored), 'scale' (x / scale_divisor) or 'standardize' (train-split band
+  # statistics). The authors: S2 / 10,000 and S1 as stored (:paper); the sample standardises S1.
+  c.data.normalization = ml_collections.ConfigDict({"s2": "scale", "s1": "standardize"})
+  c.data.scale_divisor = ml_collections.ConfigDict({"s2": 10000.0, "s1": 1.0})
+  c.data.augment = "flips_rot90"  # 'none', 'flips' (the authors') or 'flips_rot90'
   c.data.max_len = 64
   c.data.bucket = False          # pad text to the batch's longest in buckets of 16/32/64
   c.data.worker_count = 0
@@ -47,15 +50,18 @@ def base_config(variant: str, geo: bool) -> ml_collections.ConfigDict:
   c.init.text = "minilm"         # 'minilm' (installed all-MiniLM-L6-v2), a local HF BERT folder, or '' (random)
   c.init.s2 = ""                 # timm/TorchGeo state dict (.safetensors, or .pth read weights-only)
   c.init.s1 = ""
+  c.init.location = ""           # SatCLIP / GeoCLIP weights for the location encoder ('' random)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.kind = "softmax"        # 'softmax' (CLIP InfoNCE) or 'sigmoid' (SigLIP)
   c.loss.chunked = False         # shard_map loss that never holds the global B x B logits
   c.loss.cross_sensor_negatives = False
+  c.loss.location_directions = "both"  # GeoCLOSP: 'both' (4 terms) or 'location_to_image' (3 of 4)
   c.loss.weights = ml_collections.ConfigDict(
       {"s2_text": 1.0, "s1_text": 1.0, "s2_location": 1.0, "s1_location": 1.0})
 
   c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"         # 'adamw' (decoupled decay) or 'adam' (L2 decay added to the gradient)
   c.optim.lr = 1e-3
   c.optim.schedule = "warmup_cosine"  # 'one_cycle', 'warmup_cosine' or 'constant'
   c.optim.warmup_steps = 20
@@ -63,10 +69,14 @@ def base_config(variant: str, geo: bool) -> ml_collections.ConfigDict:
   c.optim.pct_start = 0.3
   c.optim.div_factor = 25.0
   c.optim.final_div_factor = 1e4
-  c.optim.b1 = 0.9
+  c.optim.cycle_momentum = False  # one_cycle: beta1 cycles max_momentum -> base_momentum -> max_momentum
+  c.optim.base_momentum = 0.85
+  c.optim.max_momentum = 0.95
+  c.optim.b1 = 0.9               # beta1 when it does not cycle
   c.optim.b2 = 0.999
   c.optim.eps = 1e-8
   c.optim.weight_decay = 0.01
+  c.optim.decay = "matrices"     # which parameters decay: 'matrices' (kernels, embeddings) or 'all'
   c.optim.grad_clip = 1.0
   c.optim.grad_accum_steps = 1
   # Learning-rate multiplier per parameter group (groups a model lacks are ignored at 1.0).
@@ -78,6 +88,7 @@ def base_config(variant: str, geo: bool) -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.steps = 300
   c.train.epochs = 0.0           # > 0: steps = epochs x steps per epoch of the larger sensor
+  c.train.sensor_updates = "joint"  # 'joint' (one update per step) or 'alternate' (S2, then S1)
   c.train.log_every_steps = 10
   c.train.nonfinite = "stop"     # 'stop' or 'skip' on a NaN/Inf loss or gradient norm
   c.train.stop_after = 0         # > 0: checkpoint and stop after this step (the run resumes later)
@@ -112,6 +123,10 @@ def _apply_variant(c, variant: str, geo: bool) -> None:
     # a learnable temperature from 10 trains the CPU-sized towers within minutes.
     c.model.temperature.init_scale = 10.0
     c.model.temperature.learnable = True
+    # Dropout off: the frozen text tower's embeddings are then computed once, and the CPU demo
+    # trains as it always has.
+    c.model.text.dropout = 0.0
+    c.model.location.dropout = 0.0
   if variant == "sample":
     # Sized so that a 2-core laptop builds the sample archive, trains and evaluates within 10 minutes.
     c.train.steps = 150
@@ -123,24 +138,52 @@ def _apply_variant(c, variant: str, geo: bool) -> None:
     c.model.s1_in_chans = 3
     c.data.rgb = True
     return
-  # The paper's recipe (and the bases of vit_s / vit_l / pod).
+  # The authors' training, as their final train.py and configs/{default,loc_default}.yaml run it
+  # (DarthReca/closp at 4938033); docs/fidelity.md gives the file and line of every value.
   c.data.name = "crisis_landmark/full"
-  c.data.batch_size = 64
+  c.data.batch_size = 64                     # per sensor
+  c.data.normalization.s2 = "scale"          # S2 / 10,000
+  c.data.normalization.s1 = "none"           # S1 as stored
+  c.data.augment = "flips"                   # random horizontal and vertical flips
   c.model.s2_encoder = "resnet50"
   c.model.s1_encoder = "resnet50"
-  c.model.temperature.init_scale = 1.0
-  c.model.temperature.learnable = False
-  c.optim.lr = 1e-6
-  c.optim.schedule = "one_cycle"
-  c.optim.weight_decay = 0.01
-  c.optim.grad_clip = 0.0
-  c.optim.frozen = ()
-  c.train.epochs = 30.0
-  c.train.steps = -1
-  # The released layouts: the ResNet-50 towers keep timm's 1000-way classifier and project its output.
+  # TorchGeo's ResNet-50 keeps timm's 1000-way classifier; the projection maps its output to 384.
   c.model.s2_head_classes = 1000
   c.model.s1_head_classes = 1000
-  c.optim.freeze_steps = -1      # -1: one epoch, resolved from the dataset size
+  c.model.temperature.init_scale = 1.0       # logits = 1.0 * cosine, fixed
+  c.model.temperature.learnable = False
+  c.model.text.dropout = 0.1                 # BERT's hidden and attention dropout, on in training
+  c.model.location.dropout = 0.5             # SatCLIP's SIREN dropout, on in training
+  c.init.text = "minilm"
+  c.init.s2 = "ssl4eo-s12/resnet50-s2-moco"
+  c.init.s1 = "ssl4eo-s12/resnet50-s1-moco"
+  c.init.location = "satclip/resnet50-l10" if geo else ""
+  # SatCLIP's released checkpoints were trained with its 2023 "analytic" spherical-harmonics table.
+  c.model.location.sh_convention = "analytic_2023"
+  # The pretrained towers stay frozen (freeze_pretrained: true; the final train.py never unfreezes);
+  # the projections train. --config.optim.frozen= --config.optim.freeze_towers=... with
+  # --config.optim.freeze_steps=-1 gives the earlier train.py's unfreezing after the first epoch.
+  c.optim.frozen = ("s2_encoder", "s1_encoder", "text_model") + (("location_encoder",) if geo else ())
+  c.optim.freeze_towers = ()
+  c.optim.freeze_steps = 0
+  c.optim.name = "adamw"                     # torch.optim.AdamW(params, lr=1e-6): wd 0.01 on every parameter
+  c.optim.weight_decay = 0.01
+  c.optim.decay = "all"
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.grad_clip = 0.0
+  c.optim.lr = 1e-6                          # OneCycleLR(max_lr=1e-6, pct_start=0.1, div_factor=1e6,
+  c.optim.schedule = "one_cycle"             #            final_div_factor=1e6), stepped every batch,
+  c.optim.pct_start = 0.1                    #            beta1 cycling 0.95 -> 0.85 -> 0.95
+  c.optim.div_factor = 1e6
+  c.optim.final_div_factor = 1e6
+  c.optim.cycle_momentum = True
+  c.optim.base_momentum = 0.85
+  c.optim.max_momentum = 0.95
+  c.train.epochs = 30.0
+  c.train.steps = -1
+  c.train.sensor_updates = "joint"           # one update from the mean of the S2 and S1 losses
+  c.loss.location_directions = "both"        # GeoCLOSP: mean of four cross-entropies per sensor
   c.eval.every_steps = 1000
   c.checkpoint.every_steps = 1000
   if variant in ("vit_s", "vit_l"):
@@ -148,9 +191,23 @@ def _apply_variant(c, variant: str, geo: bool) -> None:
     c.model.s2_encoder = name
     c.model.s1_encoder = name
     c.model.image_size = 224
+    c.model.resize_align_corners = True  # kornia's Resize(224), as the authors resize
     c.model.s2_head_classes = 1000 if variant == "vit_s" else 0   # as CLOSP-VS / CLOSP-VL were released
     c.model.s1_head_classes = 0
+    if variant == "vit_s":
+      c.init.s2 = "ssl4eo-s12/vit-s16-s2-moco"
+      c.init.s1 = "ssl4eo-s12/vit-s16-s1-mae"
+    else:
+      c.init.s2 = "ssl4eo-s12/vit-l16-s2-mae"
+      c.init.s1 = "ssl4eo-s12/vit-l16-s1-mae"
   if variant == "pod":
+    # Pod-scale training of every tower: unfrozen after the first epoch, learnable temperature.
+    c.optim.frozen = ()
+    c.optim.freeze_towers = ("s2_encoder", "s1_encoder", "text_model")
+    c.optim.freeze_steps = -1      # -1: one epoch, resolved from the dataset size
+    c.optim.cycle_momentum = False
+    c.optim.decay = "matrices"
+    c.data.augment = "flips_rot90"
     c.data.batch_size = 32768
     c.data.eval_batch_size = 32768
     c.model.temperature.init_scale = 1.0 / 0.07
@@ -176,6 +233,21 @@ def get_config(arg: str | None, geo: bool) -> ml_collections.ConfigDict:
     c.loss.weights.s1_location = 0.0
   c.lock()
   return c
+
+
+def upgrade_saved_config(data: dict) -> dict:
+  """A config saved by an older closp-jax (WORKDIR/config.json) in today's shape, values unchanged:
+  data.normalization was the S2 mode alone (S1 was always standardised) and data.augment a bool
+  (flips and 90-degree rotations)."""
+  data = dict(data)
+  d = dict(data.get("data", {}))
+  if isinstance(d.get("normalization"), str):
+    d["normalization"] = {"s2": d["normalization"], "s1": "standardize"}
+  d.setdefault("scale_divisor", {"s2": 10000.0, "s1": 1.0})
+  if isinstance(d.get("augment"), bool):
+    d["augment"] = "flips_rot90" if d["augment"] else "none"
+  data["data"] = d
+  return data
 
 
 class ConfigKeyError(KeyError):
@@ -220,8 +292,14 @@ class ConfigValueError(ValueError):
 
 
 _CHOICES = {
-    "data.normalization": ("scale", "standardize"),
+    "data.normalization.s2": ("none", "scale", "standardize"),
+    "data.normalization.s1": ("none", "scale", "standardize"),
+    "data.augment": ("none", "flips", "flips_rot90"),
     "loss.kind": ("softmax", "sigmoid"),
+    "loss.location_directions": ("both", "location_to_image"),
+    "optim.name": ("adamw", "adam"),
+    "optim.decay": ("all", "matrices"),
+    "train.sensor_updates": ("joint", "alternate"),
     "optim.schedule": ("one_cycle", "warmup_cosine", "constant"),
     "train.nonfinite": ("stop", "skip"),
     "mesh.rules": ("dp", "fsdp"),

@@ -63,6 +63,15 @@ def softmax_contrastive_loss(x: jax.Array, y: jax.Array, logit_scale) -> jax.Arr
   return 0.5 * (jnp.mean(row) + jnp.mean(col))
 
 
+def directional_softmax_loss(x: jax.Array, y: jax.Array, logit_scale) -> jax.Array:
+  """The x->y half of the InfoNCE loss: mean over rows i of the cross-entropy of
+  logit_scale * <x_i, y_j> over j with target i (torch's CrossEntropyLoss on x @ y.T)."""
+  _check_pair(x, y)
+  x, y, s = _as_f32(x, y, logit_scale)
+  logits = s * (x @ y.T)
+  return jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits))
+
+
 def sigmoid_contrastive_loss(x: jax.Array, y: jax.Array, logit_scale,
                              logit_bias) -> jax.Array:
   """SigLIP loss: -sum_ij log sigmoid(z_ij * (logit_scale <x_i, y_j> + logit_bias)) / B.

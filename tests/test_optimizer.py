@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from closp_jax.train import optimizer as opt_lib
@@ -10,8 +11,9 @@ from closp_jax.train import optimizer as opt_lib
 
 def _cfg(**kw):
   c = ml_collections.ConfigDict(dict(
-      lr=1e-2, schedule="constant", warmup_steps=0, end_lr_factor=0.0, pct_start=0.3, div_factor=25.0,
-      final_div_factor=1e4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1, grad_clip=0.0,
+      name="adamw", lr=1e-2, schedule="constant", warmup_steps=0, end_lr_factor=0.0, pct_start=0.3,
+      div_factor=25.0, final_div_factor=1e4, cycle_momentum=False, base_momentum=0.85, max_momentum=0.95,
+      b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1, decay="matrices", grad_clip=0.0,
       grad_accum_steps=1, multipliers={}, freeze_towers=("enc",), freeze_steps=0, frozen=()))
   c.update(kw)
   return c
@@ -40,6 +42,105 @@ def test_one_cycle_matches_torch_onecyclelr():
   ours = opt_lib.one_cycle_schedule(total, peak, 0.3, 25.0, 1e4)
   got = np.array([float(ours(i)) for i in range(total)])
   np.testing.assert_allclose(got, np.array(expected), rtol=1e-5, atol=1e-14)
+
+
+# The authors' schedule: OneCycleLR(max_lr=1e-6, pct_start=0.1, div_factor=1e6, final_div_factor=1e6)
+# with its default momentum cycling of AdamW's beta1 (0.95 -> 0.85 -> 0.95).
+PAPER_ONE_CYCLE = dict(schedule="one_cycle", lr=1e-6, pct_start=0.1, div_factor=1e6, final_div_factor=1e6,
+                       cycle_momentum=True, base_momentum=0.85, max_momentum=0.95, weight_decay=0.01,
+                       decay="all")
+
+
+def _torch_one_cycle(torch, total, opt):
+  return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-6, total_steps=total, pct_start=0.1,
+                                             div_factor=1e6, final_div_factor=1e6)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("total", [1000, 97])
+def test_paper_lr_and_beta1_per_step_match_torch(total):
+  """lr and beta1 of every update, read from torch.optim.AdamW's param group as OneCycleLR sets them
+  before each optimizer.step(), against ours at the same update index (relative 1e-6)."""
+  torch = pytest.importorskip("torch")
+  p = torch.nn.Parameter(torch.zeros(1))
+  opt = torch.optim.AdamW([p], lr=1e-6)
+  sched = _torch_one_cycle(torch, total, opt)
+  lrs, betas = [], []
+  for i in range(total):
+    lrs.append(opt.param_groups[0]["lr"])
+    betas.append(opt.param_groups[0]["betas"][0])
+    opt.step()
+    if i < total - 1:
+      sched.step()
+  cfg = _cfg(**PAPER_ONE_CYCLE)
+  ours_lr = opt_lib.base_schedule(cfg, total)
+  ours_b1 = opt_lib.beta1_schedule(cfg, total)
+  got_lr = np.array([float(ours_lr(i)) for i in range(total)], np.float64)
+  got_b1 = np.array([float(ours_b1(i)) for i in range(total)], np.float64)
+  np.testing.assert_allclose(got_lr, np.array(lrs), rtol=1e-6, atol=0)
+  np.testing.assert_allclose(got_b1, np.array(betas), rtol=1e-6, atol=0)
+  # the shape itself: starts at 1e-12 and beta1 0.95; with T=1000 the peak 1e-6 (beta1 0.85) is
+  # update 0.1*T - 1 = 99 and the last update's rate is 1e-18
+  assert got_lr[0] == pytest.approx(1e-12, rel=1e-6) and got_b1[0] == pytest.approx(0.95, rel=1e-6)
+  if total == 1000:
+    assert got_lr[99] == pytest.approx(1e-6, rel=1e-6) and got_b1[99] == pytest.approx(0.85, rel=1e-6)
+    assert got_lr[-1] == pytest.approx(1e-18, rel=1e-6)
+
+
+def _torch_params(torch, tree):
+  return {k: torch.nn.Parameter(torch.tensor(np.asarray(v, np.float64)))
+          for k, v in _flat_items(tree)}
+
+
+def _flat_items(tree, prefix=""):
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      yield from _flat_items(v, prefix + k + ".")
+    else:
+      yield prefix + k, v
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name,freeze_steps", [("adamw", 0), ("adamw", 4), ("adam", 0)])
+def test_updates_follow_torch_adam_and_adamw_with_one_cycle(name, freeze_steps):
+  """Parameters after each update equal torch's optimizer driven by OneCycleLR (float64 on both
+  sides, lr raised to 1e-2 so that updates are visible). A tower frozen for the first updates joins
+  later with fresh moments and bias correction, as a torch parameter whose requires_grad is switched
+  on (its gradient is None until then, so torch keeps no state for it)."""
+  torch = pytest.importorskip("torch")
+  jax.config.update("jax_enable_x64", True)
+  try:
+    total = 12
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), _params())
+    cfg = _cfg(**{**PAPER_ONE_CYCLE, "lr": 1e-2, "weight_decay": 0.1}, name=name, freeze_towers=("enc",),
+               freeze_steps=freeze_steps)
+    tx = opt_lib.make_optimizer(cfg, params, total)
+    state = tx.init(params)
+    tparams = _torch_params(torch, params)
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    opt = cls(list(tparams.values()), lr=1e-2, weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=total, pct_start=0.1,
+                                                div_factor=1e6, final_div_factor=1e6)
+    rng = np.random.default_rng(0)
+    for i in range(total):
+      grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape)), params)
+      for k, g in _flat_items(grads):
+        frozen = k.startswith("enc.") and i < freeze_steps
+        tparams[k].grad = None if frozen else torch.tensor(np.asarray(g))
+      opt.step()
+      sched.step()
+      updates, state = tx.update(grads, state, params)
+      params = optax.apply_updates(params, updates)
+      for k, v in _flat_items(params):
+        np.testing.assert_allclose(np.asarray(v), tparams[k].detach().numpy(), rtol=1e-10, atol=1e-14,
+                                   err_msg=f"{k} after update {i}")
+  finally:
+    jax.config.update("jax_enable_x64", False)
+
+
+def test_decay_all_covers_every_parameter():
+  mask = opt_lib.decay_mask(_params(), "all")
+  assert all(jax.tree.leaves(mask))
 
 
 def test_decay_mask_excludes_norms_biases_and_temperature():

@@ -171,24 +171,27 @@ def test_epoch_covers_longer_sensor_once_and_cycles_shorter(built, tok):
 def test_normalisation_scale_and_standardize(built, tok):
   builder, _ = built
   stats = pipeline.band_stats(builder)
-  for normalization in ("scale", "standardize"):
+  for mode in ("scale", "standardize", "none"):
     it = pipeline.train_iterator(builder, batch_size=2, seed=0, tokenizer=tok, augment=False,
-                                 normalization=normalization)
+                                 normalization={"s2": mode, "s1": mode},
+                                 scale_divisor={"s2": 10000.0, "s1": 4.0})
     step = next(it)
     for sensor in ("s2", "s1"):
       recs = _by_lonlat(_records(builder, "train", sensor))
       for i in range(2):
         raw = recs[tuple(np.round(step[sensor]["lonlat"][i], 4))]["image"].astype(np.float64)
-        if sensor == "s2" and normalization == "scale":
-          want = raw / 10000.0
+        if mode == "scale":
+          want = raw / (10000.0 if sensor == "s2" else 4.0)
+        elif mode == "none":
+          want = raw
         else:
           mean = np.array(stats[sensor]["mean"])
           std = np.array(stats[sensor]["std"])
           want = (raw - mean) / np.where(std > 0, std, 1.0)
         np.testing.assert_allclose(step[sensor]["image"][i], want, rtol=1e-5, atol=1e-5)
-  # s1_normalization="none" leaves S1 as stored (the original's input).
+  # S1 "none" leaves S1 exactly as stored (the authors' input); S2 keeps its default (scale).
   step = next(pipeline.train_iterator(builder, batch_size=2, seed=0, tokenizer=tok, augment=False,
-                                      s1_normalization="none"))
+                                      normalization={"s1": "none"}))
   recs = _by_lonlat(_records(builder, "train", "s1"))
   np.testing.assert_array_equal(
       step["s1"]["image"][0], recs[tuple(np.round(step["s1"]["lonlat"][0], 4))]["image"])
@@ -202,25 +205,40 @@ def _d4(image):
   return out
 
 
-def test_augmentation_is_flips_and_rotations(built, tok):
+def _flips(image):
+  return [image, image[:, ::-1], image[::-1], image[::-1, ::-1]]
+
+
+@pytest.mark.parametrize("mode", ["flips_rot90", "flips"])
+def test_augmentation_is_flips_and_rotations(built, tok, mode):
+  """flips_rot90 draws from the 8 symmetries of the square; flips (the authors') only from the 4
+  flip combinations, and over enough draws uses each of them."""
   builder, _ = built
-  it = pipeline.train_iterator(builder, batch_size=2, seed=0, tokenizer=tok, augment=True,
-                               s1_normalization="none")
-  changed = 0
-  for step in _take(it, 8):
+  it = pipeline.train_iterator(builder, batch_size=2, seed=0, tokenizer=tok, augment=mode,
+                               normalization={"s1": "none"})
+  seen_rotation_only = 0
+  used = set()
+  for step in _take(it, 24):
     recs = _by_lonlat(_records(builder, "train", "s1"))
     for i in range(2):
       img = step["s1"]["image"][i]
       raw = recs[tuple(np.round(step["s1"]["lonlat"][i], 4))]["image"]
       assert any(np.array_equal(img, v) for v in _d4(raw))
-      changed += not np.array_equal(img, raw)
-  assert changed > 0
+      flips = [j for j, v in enumerate(_flips(raw)) if np.array_equal(img, v)]
+      if mode == "flips":
+        assert flips, "a flips-only augmentation produced a rotation"
+      used.update(flips[:1])
+      seen_rotation_only += not flips
+  if mode == "flips":
+    assert used == {0, 1, 2, 3}
+  else:
+    assert seen_rotation_only > 0
 
 
 def test_rgb_baseline_channels(built, tok):
   builder, _ = built
   step = next(pipeline.train_iterator(builder, batch_size=2, seed=0, tokenizer=tok, augment=False,
-                                      rgb=True, s1_normalization="none"))
+                                      rgb=True, normalization={"s1": "none"}))
   s2 = _by_lonlat(_records(builder, "train", "s2"))
   raw = s2[tuple(np.round(step["s2"]["lonlat"][0], 4))]["image"] / 10000.0
   np.testing.assert_allclose(step["s2"]["image"][0], raw[..., [3, 2, 1]], rtol=1e-6)
@@ -235,7 +253,7 @@ def test_batch_larger_than_split_is_an_error(built, tok):
   with pytest.raises(ValueError, match=r"train has 4 s2 samples.*batch_size=8"):
     pipeline.train_iterator(builder, batch_size=8, seed=0, tokenizer=tok)
   with pytest.raises(ValueError, match="normalization"):
-    pipeline.train_iterator(builder, batch_size=2, seed=0, tokenizer=tok, normalization="minmax")
+    pipeline.train_iterator(builder, batch_size=2, seed=0, tokenizer=tok, normalization={"s2": "minmax"})
 
 
 # --------------------------------------------------------------------------- eval iterator
@@ -263,7 +281,7 @@ def test_eval_standardized_matches_train_stats(built, tok):
   builder, _ = built
   stats = pipeline.band_stats(builder)
   batch = next(pipeline.eval_iterator(builder, "test", "s2", batch_size=4, tokenizer=tok,
-                                      normalization="standardize"))
+                                      normalization={"s2": "standardize"}))
   raw = _records(builder, "test", "s2")[0]["image"].astype(np.float64)
   std = np.array(stats["s2"]["std"])
   want = (raw - np.array(stats["s2"]["mean"])) / np.where(std > 0, std, 1.0)

@@ -11,10 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from closp_jax.errors import UserError
 from closp_jax.search_lib import contact_sheet, geotiff
-from closp_jax.search_lib.index import SearchIndexError, build_index, open_index
-from closp_jax.search_lib.query import filter_mask, format_results, haversine_km, parse_lonlat, search
-from closp_jax.search_lib.sources import ArchiveSource, FolderSource, SourceError
+from closp_jax.search_lib.index import SearchIndexError, build_index, embed_fixed_batch, open_index
+from closp_jax.search_lib.query import (QueryError, filter_mask, format_results, haversine_km, parse_bbox, parse_date,
+                                        parse_lonlat, search, similar)
+from closp_jax.search_lib.sources import FolderSource, SourceError
+from search_helpers import PLACES, export_fresh_model, patch, write_patch_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,45 +25,12 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def fresh_model(tmp_path_factory):
   """An exported model (random weights) and its loaded form."""
-  pytest.importorskip("flatbuffers", reason="jax.export serialization needs the flatbuffers package")
-  import test_export  # pylint: disable=import-outside-toplevel
-  from closp_jax import export as export_lib  # pylint: disable=import-outside-toplevel
-  from closp_jax.exported import load_exported  # pylint: disable=import-outside-toplevel
-  tmp = tmp_path_factory.mktemp("search_model")
-  test_export.make_workdir(tmp / "workdir", test_export.fresh_config())
-  out = export_lib.export_model(tmp / "workdir", tmp / "model", band_stats=test_export.band_stats())
-  return out, load_exported(out)
-
-
-# Patches around Europe: (lon, lat), sensor, labels.
-PLACES = [((13.40, 52.52), "s2", ["Built"]), ((2.35, 48.86), "s2", ["Built", "Water"]),
-          ((-3.70, 40.42), "s2", ["Crops"]), ((13.38, 52.40), "s1", ["Water"]),
-          ((12.50, 41.90), "s1", ["Trees", "Grass"]), ((14.00, 52.00), "s1", [])]
-
-
-def patch(sensor, seed):
-  rng = np.random.default_rng(seed)
-  if sensor == "s2":
-    x = rng.uniform(100, 3500, (120, 120, 13)).astype(np.float32)
-    x[..., 10] = 0.0
-    return x
-  return rng.gamma(1.0, 0.1, (120, 120, 2)).astype(np.float32)
+  return export_fresh_model(tmp_path_factory.mktemp("search_model"))
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-  """Six .npy patches with sidecars: S2 stored HWC with all metadata, S1 stored CHW; one S1 patch
-  has no sidecar (its sensor comes from the band count, its key from the path, no location)."""
-  root = tmp_path_factory.mktemp("patches")
-  (root / "sub").mkdir()
-  for i, ((lon, lat), sensor, labels) in enumerate(PLACES):
-    x = patch(sensor, i)
-    name = root / ("sub" if sensor == "s1" else ".") / f"p{i}.npy"
-    np.save(name, x if sensor == "s2" else np.transpose(x, (2, 0, 1)))
-    if i != 5:
-      name.with_suffix(".json").write_text(json.dumps({"lon": lon, "lat": lat, "labels": labels, "key": f"patch{i}",
-                                                       "timestamp": f"2024-0{i + 1}-01", "source": "test"}))
-  return root
+  return write_patch_folder(tmp_path_factory.mktemp("patches"))
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +74,8 @@ def test_index_resumes_after_a_stop_and_refuses_another_source(fresh_model, fold
   assert json.loads((out / "progress.json").read_text()) == {"done": 4}
   build_index(model_dir, out, FolderSource(folder), chunk=4, progress=False, model=model)  # another chunk size
   resumed = open_index(out)
+  # Bit for bit: images are embedded in calls of exactly batch_size patches whatever the chunk
+  # (test_embeddings_do_not_depend_on_the_chunk).
   np.testing.assert_array_equal(np.asarray(resumed.embeddings), np.asarray(folder_index.embeddings))
   for c, v in folder_index.meta.items():
     assert list(map(str, resumed.meta[c])) == list(map(str, v)), c
@@ -133,10 +105,55 @@ def test_query_ranks_exactly_and_filters(fresh_model, folder_index):
   table = format_results(res)
   assert table.splitlines()[0].split()[:6] == ["rank", "score", "key", "sensor", "source", "lon,lat"]
   assert "Built, Water" in table and "sub/p5.npy" in table
-  with pytest.raises(ValueError, match="go together"):
+  with pytest.raises(QueryError, match="go together"):
     filter_mask(idx, near=(0.0, 0.0))
-  with pytest.raises(ValueError, match="expected LON,LAT"):
+  with pytest.raises(QueryError, match="expected LON,LAT"):
     parse_lonlat("13.4;52.5")
+  with pytest.raises(QueryError, match="the query text is empty"):
+    search(idx, model, "  ", k=3)
+
+
+def test_embeddings_do_not_depend_on_the_chunk(fresh_model):
+  """XLA's CPU kernels round differently for a batch of 1 than for larger batches (last-bit
+  differences that float16 storage occasionally keeps); embed_fixed_batch always calls the model
+  with batch_size patches, so a patch's embedding is the same wherever it sits in any chunk."""
+  _, model = fresh_model
+  x = np.stack([patch("s2", i) for i in range(5)])
+  alone = embed_fixed_batch(model, x[2:3], "s2", 8)
+  in_chunk = embed_fixed_batch(model, x, "s2", 8)
+  shifted = embed_fixed_batch(model, x[1:4], "s2", 8)
+  np.testing.assert_array_equal(in_chunk[2], alone[0])
+  np.testing.assert_array_equal(shifted[1], alone[0])
+  np.testing.assert_allclose(in_chunk, model.encode_image(x, "s2"), atol=1e-6)
+
+
+def test_bbox_date_filters_and_more_like_this(fresh_model, folder_index):
+  _, model = fresh_model
+  idx = folder_index
+  keys = lambda res: sorted(r["key"] for r in res)  # noqa: E731
+  # Around Berlin: patch0 (13.40, 52.52), patch3 (13.38, 52.40), not patch5 (14.00, 52.00: outside in lat).
+  assert keys(search(idx, model, "water", bbox=parse_bbox("13,52.3,14.5,52.6"), k=10)) == ["patch0", "patch3"]
+  # Crossing the antimeridian: minlon > maxlon keeps lon >= 170 or <= 3 (Paris 2.35, Madrid -3.70; not Rome 12.5).
+  assert keys(search(idx, model, "water", bbox=(170.0, 0.0, 3.0, 60.0), k=10)) == ["patch1", "patch2"]
+  # Dates: timestamps 2024-0{i+1}-01; the end date includes its whole day.
+  got = search(idx, model, "water", start=parse_date("2024-02-01"), end=parse_date("2024-03-01", end=True), k=10)
+  assert keys(got) == ["patch1", "patch2"]
+  assert search(idx, model, "water", start=parse_date("2025-01-01"), k=10) == []
+  for bad, match in (("1,2,3", "expected MINLON,MINLAT,MAXLON,MAXLAT"), ("0,50,1,40", "MINLAT <= MAXLAT"),
+                     ("0,0,200,1", r"longitudes must be in \[-180, 180\]"), ("a,b,c,d", "expected MINLON")):
+    with pytest.raises(QueryError, match=match):
+      parse_bbox(bad)
+  with pytest.raises(QueryError, match="expected YYYY-MM-DD"):
+    parse_date("yesterday")
+  # More like this: the stored embedding as the query, itself left out, exact order.
+  row = idx.row_of("patch0")
+  emb = idx.embeddings.astype(np.float32)
+  want = [int(r) for r in np.argsort(-(emb @ emb[row]), kind="stable") if r != row]
+  res = similar(idx, "patch0", k=10)
+  assert [r["row"] for r in res] == want and "patch0" not in keys(res)
+  assert keys(similar(idx, "patch0", k=10, sensor="s1")) == ["patch3", "patch4", "sub/p5.npy"]
+  with pytest.raises(SearchIndexError, match="unknown key 'nope'"):
+    similar(idx, "nope")
 
 
 def test_haversine_against_the_wgs84_geodesic():
@@ -188,23 +205,52 @@ def test_contact_sheet_one_tile_per_result(fresh_model, folder_index, tmp_path):
   assert [bx[:2] for bx in boxes] == [(6, 6), (192, 6), (6, 226), (192, 226), (6, 446)]
 
 
-def test_cli_query_json_and_png(fresh_model, folder_index, tmp_path, capsys):
+def test_cli_query_json_png_geojson_and_csv(fresh_model, folder_index, tmp_path, capsys):
   from closp_jax import search as search_bin  # pylint: disable=import-outside-toplevel
-  model_dir, _ = fresh_model
-  png = tmp_path / "q.png"
-  rc = search_bin.main(["query", "--index", str(folder_index.folder), "flooded area", "--k", "4", "--json",
-                        "--png", str(png), "--columns", "4"])
+  png, gj, csv_path = tmp_path / "q.png", tmp_path / "q.geojson", tmp_path / "q.csv"
+  rc = search_bin.main(["closp-search", "query", "--index", str(folder_index.folder), "flooded area", "--k", "4",
+                        "--json", "--png", str(png), "--columns", "4", "--geojson", str(gj), "--csv", str(csv_path)])
   assert rc == 0
   res = json.loads(capsys.readouterr().out)
   assert [r["rank"] for r in res] == [1, 2, 3, 4] and {"score", "key", "sensor", "source", "lon", "lat",
                                                        "labels"} <= set(res[0])
   from PIL import Image  # pylint: disable=import-outside-toplevel
   assert Image.open(png).size == (4 * 186 + 6, 220 + 6)
-  rc = search_bin.main(["query", "--index", str(folder_index.folder), "water", "--near=-3.7,40.4", "--radius-km", "50"])
+  fc = json.loads(gj.read_text())
+  assert fc["type"] == "FeatureCollection" and [f["properties"]["key"] for f in fc["features"]] == [r["key"] for r in res]
+  for f, r in zip(fc["features"], res):
+    if r["lon"] is None:
+      assert f["geometry"] is None
+    else:
+      assert f["geometry"] == {"type": "Point", "coordinates": [r["lon"], r["lat"]]}
+  lines = csv_path.read_text().splitlines()
+  assert lines[0].startswith("rank,score,key,sensor,source,lon,lat,timestamp,labels") and len(lines) == 5
+  rc = search_bin.main(["closp-search", "query", "--index", str(folder_index.folder), "water", "--near=-3.7,40.4",
+                        "--radius-km", "50"])
   out = capsys.readouterr().out
   assert rc == 0 and "patch2" in out and "patch0" not in out
-  assert search_bin.main(["query", "--index", str(tmp_path), "water"]) == 2
-  assert "index.json not found" in capsys.readouterr().err
+  rc = search_bin.main(["closp-search", "query", "--index", str(folder_index.folder), "water",
+                        "--bbox=-5,40,-3,41", "--start", "2024-03-01", "--end", "2024-03-01"])
+  out = capsys.readouterr().out
+  assert rc == 0 and "patch2" in out and "patch0" not in out
+  with pytest.raises(UserError, match="index.json not found"):
+    search_bin.main(["closp-search", "query", "--index", str(tmp_path), "water"])
+  with pytest.raises(UserError, match="the first argument is the subcommand"):
+    search_bin.main(["closp-search", "--index", str(tmp_path)])
+
+
+def test_cli_user_errors_are_one_line_exit_1(folder_index, tmp_path):
+  """Through the console-script entry in a fresh process: one line on stderr, exit status 1."""
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+  for args, match in (([ "query", "--index", str(tmp_path), "water"], "index.json not found"),
+                      (["query", "--index", str(folder_index.folder), "water", "--bbox=1,2,3"], "expected MINLON"),
+                      (["query", "--index", str(folder_index.folder), "water", "--k", "many"], "flag --k=many"),
+                      (["serve"], "serve needs --index"),
+                      (["index", "--model", "m", "--out", str(tmp_path / "o")], "exactly one of --data")):
+    proc = subprocess.run([sys.executable, "-c", "from closp_jax.search import run; run()", *args], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=REPO, check=False)
+    err = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert proc.returncode == 1 and len(err) == 1 and err[0].startswith("error: ") and match in err[0], proc.stderr
 
 
 def test_folder_errors(tmp_path):
@@ -235,35 +281,64 @@ def _write_geotiff(path, image, tiepoint_xy, epsg, pixel=10.0, raster_type=1, mo
   tifffile.imwrite(path, image, photometric="minisblack", planarconfig="contig", extratags=tags)
 
 
+def _write_named_geotiff(path, image, names, transform, crs, **tags):
+  rasterio = pytest.importorskip("rasterio")
+  with rasterio.open(path, "w", driver="GTiff", height=image.shape[0], width=image.shape[1], count=image.shape[2],
+                     dtype=image.dtype, crs=crs, transform=transform) as dst:
+    dst.write(np.transpose(image, (2, 0, 1)))
+    dst.descriptions = tuple(names)
+    if tags:
+      dst.update_tags(**tags)
+
+
 def test_geotiff_centre_location_and_bands(tmp_path):
   pyproj = pytest.importorskip("pyproj")
+  rasterio = pytest.importorskip("rasterio")
+  from closp_jax.data.preprocess import S2_STORED_BANDS  # pylint: disable=import-outside-toplevel
   lon, lat = 13.4050, 52.5200
-  to_utm = pyproj.Transformer.from_crs(4326, 32633, always_xy=True)
-  x, y = to_utm.transform(lon, lat)
-  image = patch("s2", 7)[..., [i for i in range(13) if i != 10]]       # the 12 stored bands
-  # PixelIsArea: pixel (60, 60)'s middle is 60.5 pixels right of and below the tie point.
-  _write_geotiff(tmp_path / "a.tif", image, (x - 60.5 * 10, y + 60.5 * 10), 32633)
-  got, lonlat = geotiff.read_geotiff(tmp_path / "a.tif")
+  x, y = pyproj.Transformer.from_crs(4326, 32633, always_xy=True).transform(lon, lat)
+  image = patch("s2", 7)[..., [i for i in range(13) if i != 10]]       # the 12 stored bands, model order
+  # Stored with B9 before B8A and B2/B4 swapped: read by name, they come back in the model's order.
+  file_order = ["B1", "B4", "B3", "B2", "B5", "B6", "B7", "B8", "B9", "B8A", "B11", "B12"]
+  stored = image[..., [S2_STORED_BANDS.index(b) for b in file_order]]
+  # The middle of pixel (60, 60) is 60.5 pixels right of and below the top-left corner.
+  transform = rasterio.transform.from_origin(x - 60.5 * 10, y + 60.5 * 10, 10.0, 10.0)
+  _write_named_geotiff(tmp_path / "a.tif", stored, [f"Sentinel-2 {b.replace('B', 'B0') if len(b) == 2 else b}"
+                                                     for b in file_order], transform, "EPSG:32633")
+  got, lonlat, sensor = geotiff.read_geotiff(tmp_path / "a.tif")
+  np.testing.assert_array_equal(got, image)
+  assert sensor == "s2"
+  np.testing.assert_allclose(lonlat, (lon, lat), atol=1e-7)
+  # Written by hand (tifffile, GeoKeys, no band descriptions): PixelIsPoint, the tie point at a pixel's middle.
+  _write_geotiff(tmp_path / "b.tif", image, (x - 60 * 10, y + 60 * 10), 32633, raster_type=2)
+  with pytest.raises(geotiff.GeoTiffError, match="b.tif: band descriptions .* do not name every band; give the "
+                     "band order with --bands"):
+    geotiff.read_geotiff(tmp_path / "b.tif")
+  got, lonlat, _ = geotiff.read_geotiff(tmp_path / "b.tif", bands=list(S2_STORED_BANDS))
   np.testing.assert_array_equal(got, image)
   np.testing.assert_allclose(lonlat, (lon, lat), atol=1e-7)
-  # PixelIsPoint: the tie point is a pixel's middle.
-  _write_geotiff(tmp_path / "b.tif", image, (x - 60 * 10, y + 60 * 10), 32633, raster_type=2)
-  np.testing.assert_allclose(geotiff.read_geotiff(tmp_path / "b.tif")[1], (lon, lat), atol=1e-7)
   # Geographic raster (EPSG:4326), 0.001 degree pixels.
   _write_geotiff(tmp_path / "c.tif", image, (lon - 60.5e-3, lat + 60.5e-3), 4326, pixel=1e-3, model_type=2)
-  np.testing.assert_allclose(geotiff.read_geotiff(tmp_path / "c.tif")[1], (lon, lat), atol=1e-9)
-  # A folder of GeoTIFFs: sensor from 12 bands, location from the tags.
+  np.testing.assert_allclose(geotiff.read_geotiff(tmp_path / "c.tif", bands=S2_STORED_BANDS)[1], (lon, lat), atol=1e-9)
+  # A folder of GeoTIFFs: sensor and band order from the names, location from the georeferencing.
   (tmp_path / "b.tif").unlink()
   (tmp_path / "c.tif").unlink()
   item, img = FolderSource(tmp_path).read(0)
   assert item.sensor == "s2" and item.key == "a.tif" and img.shape == (120, 120, 12)
+  np.testing.assert_array_equal(img, image)
   np.testing.assert_allclose((item.lon, item.lat), (lon, lat), atol=1e-7)
+  # A band the encoder reads is missing: named.
+  _write_named_geotiff(tmp_path / "a.tif", stored[..., :11], file_order[:11], transform, "EPSG:32633")
+  with pytest.raises(geotiff.GeoTiffError, match=r"a.tif: missing band\(s\) \['B12'\]"):
+    FolderSource(tmp_path).read(0)
+  with pytest.raises(geotiff.GeoTiffError, match=r"--bands: \['B13'\] name no"):
+    geotiff.parse_bands("B1,B13")
 
 
-def test_geotiff_without_epsg_is_named(tmp_path):
+def test_geotiff_without_a_usable_crs_is_named(tmp_path):
   _write_geotiff(tmp_path / "x.tif", np.zeros((120, 120, 2), np.float32), (500000.0, 5800000.0), 32767)
-  with pytest.raises(geotiff.GeoTiffError, match="x.tif: geo tags place the raster but name no EPSG code"):
-    geotiff.read_geotiff(tmp_path / "x.tif")
+  with pytest.raises(geotiff.GeoTiffError, match="x.tif: georeferenced in a coordinate system with no EPSG"):
+    geotiff.read_geotiff(tmp_path / "x.tif", bands=["VV", "VH"])
 
 
 # ---- a short training run on the synthetic archive (slow) -----------------------------------------
@@ -288,7 +363,7 @@ def trained(tmp_path_factory):
   model_dir = tmp / "model"
   assert export_lib.main(["--workdir", str(workdir), "--out", str(model_dir)]) == 0
   index_dir = tmp / "index"
-  assert search_bin.main(["index", "--model", str(model_dir), "--data", "crisis_landmark/tiny", "--split", "test",
+  assert search_bin.main(["closp-search", "index", "--model", str(model_dir), "--data", "crisis_landmark/tiny", "--split", "test",
                           "--data_dir", str(data_dir), "--out", str(index_dir)]) == 0
   return {"data_dir": data_dir, "workdir": workdir, "model": model_dir, "index": index_dir}
 
@@ -308,7 +383,8 @@ def test_trained_export_equals_the_trainer_on_the_archive(trained):
   builder = pipeline.get_builder("crisis_landmark/tiny", data_dir=str(trained["data_dir"]), prepare=False)
   source = builder.as_data_source("test")
   for sensor in ("s2", "s1"):
-    batch = next(pipeline.eval_iterator(builder, "test", sensor, batch_size=16, normalization=cfg.data.normalization))
+    batch = next(pipeline.eval_iterator(builder, "test", sensor, batch_size=16,
+                                         **pipeline.input_kwargs(cfg)))
     start = pipeline.sensor_range(builder, "test", sensor)[0]
     raw = np.stack([source[start + i]["image"] for i in range(16)])
     method = model.encode_s2 if sensor == "s2" else model.encode_s1
@@ -334,7 +410,7 @@ def test_class_queries_rank_far_above_the_class_frequency(trained):
 def test_trained_cli_query_png_has_one_tile_per_result(trained, tmp_path, capsys):
   from closp_jax import search as search_bin  # pylint: disable=import-outside-toplevel
   png = tmp_path / "flood.png"
-  assert search_bin.main(["query", "--index", str(trained["index"]), "flooded area", "--k", "7", "--png", str(png),
+  assert search_bin.main(["closp-search", "query", "--index", str(trained["index"]), "flooded area", "--k", "7", "--png", str(png),
                           "--columns", "4"]) == 0
   lines = capsys.readouterr().out.strip().splitlines()
   assert len(lines) == 8 and lines[0].split()[0] == "rank"

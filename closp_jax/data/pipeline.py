@@ -27,13 +27,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from closp_jax.data import crisis_landmark  # noqa: F401  (registers the builder)
-from closp_jax.data import preprocess
+from closp_jax.data import normalize, preprocess
 from closp_jax.data.labels import NUM_CLASSES
 from closp_jax.data.tokenize import bucket_length, load_tokenizer, tokenize
 
-NORMALIZATIONS = ("scale", "standardize")
-S1_NORMALIZATIONS = ("standardize", "none")
-S2_SCALE = 10000.0
+# The sample variant's inputs: S2 / 10,000, S1 standardised with the train split's statistics.
+DEFAULT_NORMALIZATION = {"s2": "scale", "s1": "standardize"}
 S2_RGB = (3, 2, 1)  # B4, B3, B2 in the 13-band order
 BATCH_KEYS = ("image", "input_ids", "attention_mask", "lonlat", "labels", "text_id")
 
@@ -163,34 +162,14 @@ def _process_share(count: int, shard_by_process: bool, drop_remainder: bool) -> 
 
 
 class _Normalize:
-  """Per-sensor image normalisation; picklable for grain workers."""
+  """Per-sensor image normalisation (closp_jax.data.normalize); picklable for grain workers."""
 
-  def __init__(self, sensor: str, normalization: str, s1_normalization: str, stats: dict | None):
-    if normalization not in NORMALIZATIONS:
-      raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-    if s1_normalization not in S1_NORMALIZATIONS:
-      raise ValueError(f"s1_normalization must be one of {S1_NORMALIZATIONS}, got {s1_normalization!r}")
-    mode = normalization if sensor == "s2" else s1_normalization
-    if sensor == "s2" and mode == "scale":
-      self.shift, self.scale = None, np.float32(1.0 / S2_SCALE)
-    elif mode == "standardize":
-      entry = (stats or {}).get(sensor)
-      if not entry:
-        raise ValueError(f"standardising {sensor} needs band statistics of the train split, "
-                         "which this dataset lacks (no train samples of that sensor?)")
-      std = np.asarray(entry["std"], np.float32)
-      self.shift = np.asarray(entry["mean"], np.float32)
-      # A constant band (the zero B10) is only centred.
-      self.scale = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 1.0).astype(np.float32)
-    else:
-      self.shift, self.scale = None, None
+  def __init__(self, sensor: str, mode: str, stats: dict | None, divisor: float | None = None):
+    self.shift, self.scale = normalize.affine(sensor, mode, preprocess.NUM_CHANNELS[sensor],
+                                              divisor=divisor, stats=(stats or {}).get(sensor))
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
-    if self.shift is not None:
-      image = image - self.shift
-    if self.scale is not None:
-      image = image * self.scale
-    return image.astype(np.float32, copy=False)
+    return ((image - self.shift) * self.scale).astype(np.float32, copy=False)
 
 
 class _Decode:
@@ -239,12 +218,29 @@ def _as_str(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+AUGMENTATIONS = ("none", "flips", "flips_rot90")
+
+
+def augmentation_mode(augment) -> str:
+  """'none', 'flips' (the authors': horizontal and vertical, each with p=0.5) or 'flips_rot90'
+  (also a random multiple of 90 degrees); True means 'flips_rot90', False 'none'."""
+  if augment is True or augment is False:
+    return "flips_rot90" if augment else "none"
+  if augment not in AUGMENTATIONS:
+    raise ValueError(f"augmentation {augment!r}: expected one of {', '.join(AUGMENTATIONS)}")
+  return str(augment)
+
+
 class _Augment:
-  """Random horizontal / vertical flips and 90-degree rotations (HWC images)."""
+  """Random horizontal / vertical flips (each p=0.5) and, with rot90, 90-degree rotations (HWC images)."""
+
+  def __init__(self, rot90: bool = True):
+    self.rot90 = rot90
 
   def __call__(self, example: dict, rng: np.random.Generator) -> dict:
     image = example["image"]
-    k, hflip, vflip = rng.integers(4), rng.random() < 0.5, rng.random() < 0.5
+    k = rng.integers(4) if self.rot90 else 0
+    hflip, vflip = rng.random() < 0.5, rng.random() < 0.5
     if k:
       image = np.rot90(image, k, axes=(0, 1))
     if hflip:
@@ -308,11 +304,29 @@ def _token_table(builder, tokenizer, max_len: int) -> tuple[np.ndarray, np.ndarr
   return tokenize(tokenizer, dataset_texts(builder), max_len=max_len, bucket=False)
 
 
-def _normalizer(builder, sensor, normalization, s1_normalization) -> _Normalize:
-  needs_stats = (normalization == "standardize" and sensor == "s2") or (
-      s1_normalization == "standardize" and sensor == "s1")
-  return _Normalize(sensor, normalization, s1_normalization,
-                    band_stats(builder) if needs_stats else None)
+def _normalizer(builder, sensor: str, normalization, scale_divisor=None) -> _Normalize:
+  modes = _modes(normalization)
+  stats = band_stats(builder) if modes[sensor] == "standardize" else None
+  return _Normalize(sensor, modes[sensor], stats, (scale_divisor or {}).get(sensor))
+
+
+def input_kwargs(cfg) -> dict:
+  """The iterators' input arguments from a run config: normalisation per sensor, the `scale`
+  divisors and the RGB-only switch (config.data.normalization / scale_divisor / rgb)."""
+  return {"normalization": normalize.modes_from_config(cfg),
+          "scale_divisor": normalize.divisors_from_config(cfg), "rgb": bool(cfg.data.rgb)}
+
+
+def _modes(normalization) -> dict[str, str]:
+  """{'s2': mode, 's1': mode}: DEFAULT_NORMALIZATION updated with `normalization` (a mapping)."""
+  modes = dict(DEFAULT_NORMALIZATION)
+  for sensor, mode in dict(normalization or {}).items():
+    if sensor not in modes:
+      raise ValueError(f"normalization names sensor {sensor!r}; expected s2 and/or s1")
+    if mode not in normalize.MODES:
+      raise ValueError(f"{sensor} normalization {mode!r}: expected one of {', '.join(normalize.MODES)}")
+    modes[sensor] = str(mode)
+  return modes
 
 
 def _data_source(builder, split: str):
@@ -369,8 +383,8 @@ class CheckedSource:
 
 
 def _sensor_train_dataset(builder, source, sensor: str, *, batch_size: int, seed: int,
-                          texts, collate: _Collate, normalization: str, s1_normalization: str,
-                          augment: bool, shard_by_process: bool, rgb: bool) -> grain.MapDataset:
+                          texts, collate: _Collate, normalization, scale_divisor,
+                          augment, shard_by_process: bool, rgb: bool) -> grain.MapDataset:
   start, stop = sensor_range(builder, "train", sensor)
   offset, size, _ = _process_share(stop - start, shard_by_process, drop_remainder=True)
   if size < batch_size:
@@ -381,16 +395,16 @@ def _sensor_train_dataset(builder, source, sensor: str, *, batch_size: int, seed
                     .generate_state(1)[0])
   ds = grain.MapDataset.source(source)[start + offset:start + offset + size]
   ds = ds.shuffle(seed=sensor_seed)
-  ds = ds.map(_Decode(texts, _normalizer(builder, sensor, normalization, s1_normalization), sensor,
+  ds = ds.map(_Decode(texts, _normalizer(builder, sensor, normalization, scale_divisor), sensor,
                       rgb))
-  if augment:
-    ds = ds.random_map(_Augment(), seed=sensor_seed + 1)
+  mode = augmentation_mode(augment)
+  if mode != "none":
+    ds = ds.random_map(_Augment(rot90=mode == "flips_rot90"), seed=sensor_seed + 1)
   return ds.batch(batch_size, drop_remainder=True, batch_fn=collate)
 
 
 def train_iterator(builder, *, batch_size: int, seed: int, tokenizer=None, max_len: int = 64,
-                   bucket: bool = False, normalization: str = "scale",
-                   s1_normalization: str = "standardize", augment: bool = True,
+                   bucket: bool = False, normalization=None, scale_divisor=None, augment="flips_rot90",
                    num_epochs: int | None = None, worker_count: int = 0,
                    shard_by_process: bool = True, rgb: bool = False, read_threads: int = 2,
                    prefetch: int = 4) -> grain.DatasetIterator:
@@ -399,8 +413,9 @@ def train_iterator(builder, *, batch_size: int, seed: int, tokenizer=None, max_l
   batch = {"image" float32 [B,120,120,C], "input_ids"/"attention_mask" int32 [B,T],
   "lonlat" float32 [B,2], "labels" float32 [B,12], "text_id" int32 [B]}. T = max_len, or
   with `bucket` the smallest of 16/32/64 that holds the batch's longest text.
-  normalization (S2): "scale" (/10,000, as the original) or "standardize" (train-split band
-  statistics); s1_normalization: "standardize" (default) or "none" (as stored, as the original).
+  normalization: {"s2": mode, "s1": mode} with modes of closp_jax.data.normalize ("none", "scale",
+  "standardize"); sensors left out keep DEFAULT_NORMALIZATION. scale_divisor: {"s2": 10000.0, ...}
+  for "scale" (the defaults of closp_jax.data.normalize when left out).
   `rgb` gives the RGB-only baseline input (S2 B4,B3,B2; S1 VV, VH, VV-VH after normalising).
   An epoch is one pass over the sensor with more batches; `num_epochs=None` repeats forever.
   """
@@ -413,7 +428,7 @@ def train_iterator(builder, *, batch_size: int, seed: int, tokenizer=None, max_l
   per_sensor = {
       sensor: _sensor_train_dataset(
           builder, source, sensor, batch_size=batch_size, seed=seed, texts=texts,
-          collate=collate, normalization=normalization, s1_normalization=s1_normalization,
+          collate=collate, normalization=normalization, scale_divisor=scale_divisor,
           augment=augment, shard_by_process=shard_by_process, rgb=rgb)
       for sensor in preprocess.SENSORS}
   steps_per_epoch = max(len(ds) for ds in per_sensor.values())
@@ -446,8 +461,8 @@ def steps_per_epoch(builder, batch_size: int, shard_by_process: bool = True) -> 
 
 
 def eval_iterator(builder, split: str, sensor: str, *, batch_size: int, tokenizer=None,
-                  max_len: int = 64, normalization: str = "scale",
-                  s1_normalization: str = "standardize", shard_by_process: bool = True,
+                  max_len: int = 64, normalization=None, scale_divisor=None,
+                  shard_by_process: bool = True,
                   rgb: bool = False, read_threads: int = 2,
                   prefetch: int = 4) -> grain.DatasetIterator:
   """Every `sensor` record of `split` exactly once, in order, in batches of `batch_size`.
@@ -465,7 +480,7 @@ def eval_iterator(builder, split: str, sensor: str, *, batch_size: int, tokenize
   indices += [-1] * (steps * batch_size - len(indices))
   texts = dataset_texts(builder)
   input_ids, attention_mask = _token_table(builder, tokenizer, max_len)
-  decode = _Decode(texts, _normalizer(builder, sensor, normalization, s1_normalization), sensor,
+  decode = _Decode(texts, _normalizer(builder, sensor, normalization, scale_divisor), sensor,
                    rgb)
   ds = grain.MapDataset.source(indices).map(
       _ReadOrPad(_data_source(builder, split), decode, image_channels(sensor, rgb)))

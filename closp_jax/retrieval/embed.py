@@ -164,10 +164,11 @@ SENSORS = ("s2", "s1")
 
 
 def embed_corpus(model, variables, builder, mesh, split: str, *, eval_batch_size: int,
-                 normalization: str = "scale", rgb: bool = False, with_location: bool = False,
+                 inputs: dict | None = None, with_location: bool = False,
                  max_items: int = 0, sensors=SENSORS, progress: bool = False) -> dict[str, dict]:
   """{sensor: embed_split(...) result} for the sensors of a split, sharded over all processes.
 
+  `inputs`: the iterator's input arguments (pipeline.input_kwargs(config): normalisation, rgb);
   eval_batch_size is global; each process reads its own contiguous share of the split
   (`pipeline.eval_iterator`) and all processes run the same number of batches.
   """
@@ -179,9 +180,7 @@ def embed_corpus(model, variables, builder, mesh, split: str, *, eval_batch_size
   per_process = eval_batch_size // nproc
   out = {}
   for sensor in sensors:
-    kwargs = {"rgb": True} if rgb else {}
-    it = pipeline.eval_iterator(builder, split, sensor, batch_size=per_process,
-                                normalization=normalization, **kwargs)
+    it = pipeline.eval_iterator(builder, split, sensor, batch_size=per_process, **dict(inputs or {}))
     n = pipeline.split_size(builder, split, sensor)
     out[sensor] = embed_split(model, variables, it, mesh, sensor, with_location=with_location,
                               num_batches=num_eval_batches(n, per_process), max_items=max_items,

@@ -5,10 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from closp_jax import losses
 from closp_jax.data import labels as labels_lib
+from closp_jax.data import pipeline
 from closp_jax.retrieval import embed as embed_lib
 from closp_jax.retrieval.ranking import TRAIN_TABLE_METRICS, retrieval_metrics
+from closp_jax.train import step as step_lib
 
 SENSORS = ("s2", "s1")
 
@@ -17,12 +18,8 @@ def embed_corpus(model, variables, builder, mesh, cfg, split: str, *, with_locat
   """{sensor: embed_split(...) result} for both sensors of a split."""
   return embed_lib.embed_corpus(
       model, variables, builder, mesh, split, eval_batch_size=int(cfg.data.eval_batch_size),
-      normalization=cfg.data.normalization, rgb=bool(cfg.data.rgb), with_location=with_location,
+      inputs=pipeline.input_kwargs(cfg), with_location=with_location,
       max_items=max_items, sensors=SENSORS)
-
-
-def _rgb_kwargs(cfg) -> dict:
-  return {"rgb": True} if cfg.data.rgb else {}
 
 
 def validation_metrics(model, variables, builder, mesh, cfg, text_emb: np.ndarray) -> dict[str, float]:
@@ -34,25 +31,21 @@ def validation_metrics(model, variables, builder, mesh, cfg, text_emb: np.ndarra
   geo = bool(cfg.model.location.enabled)
   corpus = embed_corpus(model, variables, builder, mesh, cfg, "validation", with_location=geo)
   scale, bias = model.apply(variables, method=model.logit_params)
-  kind = cfg.loss.kind
+  weights = step_lib.loss_weights(cfg)
+  if weights.pop("all_text", None) is not None:  # validation contrasts each sensor with its own texts
+    weights.update({f"{s}_text": float(cfg.loss.weights[f"{s}_text"]) for s in SENSORS
+                    if float(cfg.loss.weights[f"{s}_text"]) > 0})
   terms = {}
   for sensor in SENSORS:
     c = corpus[sensor]
     img = jnp.asarray(c["emb"])
     txt = jnp.asarray(text_emb[c["text_id"]])
-    terms[f"{sensor}_text"] = _loss(img, txt, scale, bias, kind)
-    if geo:
-      terms[f"{sensor}_location"] = _loss(img, jnp.asarray(c["loc"]), scale, bias, kind)
+    loc = jnp.asarray(c["loc"]) if geo else None
+    terms.update(step_lib.sensor_terms(cfg, sensor, img, txt, loc, scale, bias, weights))
   metrics = {f"val_loss/{k}": float(v) for k, v in terms.items()}
-  metrics["val_loss"] = float(np.mean(list(terms.values())))
+  metrics["val_loss"] = float(step_lib.objective(terms, weights))
   metrics["val_nDCG@100"] = class_query_ndcg(model, variables, corpus, cfg, k=100)
   return metrics
-
-
-def _loss(x, y, scale, bias, kind):
-  if kind == "sigmoid":
-    return losses.sigmoid_contrastive_loss(x, y, scale, bias)
-  return losses.softmax_contrastive_loss(x, y, scale)
 
 
 def class_query_ndcg(model, variables, corpus, cfg, k: int) -> float:

@@ -21,7 +21,7 @@ from closp_jax.train import evaluation, setup
 from closp_jax.train.optimizer import base_schedule, trainable_groups
 from closp_jax.train.preemption import RESUME_HINT, Preempted, StopRequest, stopped_message
 from closp_jax.train.progress import Progress
-from closp_jax.train.step import make_train_step
+from closp_jax.train.step import make_train_step, uses_text_table
 
 
 class NonFiniteError(FloatingPointError):
@@ -123,8 +123,8 @@ def _train(config, workdir, stream, say, stop: StopRequest, run: dict) -> dict:
   nproc = jax.process_count()
   train_it = pipeline.train_iterator(
       builder, batch_size=int(cfg.data.batch_size) // nproc, seed=int(cfg.seed), tokenizer=tokenizer,
-      max_len=int(cfg.data.max_len), bucket=bool(cfg.data.bucket), normalization=cfg.data.normalization,
-      augment=bool(cfg.data.augment), worker_count=int(cfg.data.worker_count), **evaluation._rgb_kwargs(cfg))
+      max_len=int(cfg.data.max_len), bucket=bool(cfg.data.bucket), augment=cfg.data.augment,
+      worker_count=int(cfg.data.worker_count), **pipeline.input_kwargs(cfg))
 
   ckpt = run["ckpt"] = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=int(cfg.checkpoint.keep),
                                              async_save=bool(cfg.checkpoint.async_save))
@@ -166,7 +166,7 @@ def _train(config, workdir, stream, say, stop: StopRequest, run: dict) -> dict:
 
   def step_fn_for(step: int):
     trainable = trainable_groups(cfg.optim, groups, step)
-    use_table = not any(g.startswith("text") for g in trainable)
+    use_table = uses_text_table(cfg, trainable)
     key = (trainable, use_table)
     if key not in compiled:
       fn = make_train_step(model, cfg, optimizer, trainable=trainable, use_text_table=use_table, mesh=mesh)

@@ -1,13 +1,21 @@
-"""The CLOSP / GeoCLOSP training objective and the jitted train and eval steps.
+"""The CLOSP / GeoCLOSP training objective and the jitted train step.
 
 Each step takes one Sentinel-2 batch and one Sentinel-1 batch (not paired). Each sensor's
 image embeddings are contrasted with their own texts; text is the only bridge between sensors
 (or, with `loss.cross_sensor_negatives`, both sensors' images form one contrastive set).
-GeoCLOSP adds location<->image terms. The total is the weighted mean of the terms.
+GeoCLOSP adds location<->image terms. The objective is the weighted mean of the terms
+(`objective`), the same function for training and validation.
+
+`train.sensor_updates`: 'joint' (one update from the mean of both sensors' losses, the authors'
+final train.py) or 'alternate' (an S2 update, then an S1 update on the updated parameters, the
+authors' earlier train.py; both share one learning-rate step).
+
+Dropout (text 0.1, SatCLIP 0.5 by default) runs in training with the key
+fold_in(state.rng, state.step): every step draws new masks, a resumed run draws the same ones.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +26,8 @@ from closp_jax.parallel.mesh import BATCH_AXES
 from closp_jax.train.state import TrainState
 
 SENSORS = ("s2", "s1")
+LOCATION_DIRECTIONS = ("both", "location_to_image")
+SENSOR_UPDATES = ("joint", "alternate")
 
 
 def loss_weights(cfg) -> dict[str, float]:
@@ -31,51 +41,98 @@ def loss_weights(cfg) -> dict[str, float]:
   return {k: v for k, v in w.items() if v > 0}
 
 
-def _encode_images(model, variables, images, sensor: str, train: bool):
-  method = model.encode_s2 if sensor == "s2" else model.encode_s1
-  if train:
-    emb, updates = model.apply(variables, images, train=True, method=method, mutable=["batch_stats"])
-    return emb, updates.get("batch_stats", {})
-  return model.apply(variables, images, train=False, method=method), {}
+def objective(terms: dict, weights: dict) -> jnp.ndarray:
+  """The weighted mean of the loss terms present (training and validation alike)."""
+  norm = sum(weights[k] for k in terms)
+  return sum(weights[k] * terms[k] for k in terms) / norm
 
 
-def compute_terms(model, variables, batch, cfg, *, train: bool, mesh=None, text_table=None):
-  """Per-term losses, the updated BatchNorm statistics and the logit scale."""
-  scale, bias = model.apply(variables, method=model.logit_params)
+def uses_text_table(cfg, trainable) -> bool:
+  """A frozen text tower without dropout gives every text one embedding: computed once, looked up."""
+  return not any(g.startswith("text") for g in trainable) and float(cfg.model.text.dropout) == 0
+
+
+def step_key(state: TrainState) -> jax.Array:
+  """The step's random key: fold_in(the run's key, the step)."""
+  return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+
+def contrast_fn(cfg, scale, bias, mesh=None) -> Callable:
+  """(x, y) -> the configured symmetric contrastive loss (softmax or sigmoid, dense or chunked)."""
   kind = cfg.loss.kind
+
   def contrast(x, y):
     return losses.contrastive_loss(
         x, y, scale, bias if kind == "sigmoid" else None, kind=kind, mesh=mesh,
         chunked=bool(cfg.loss.chunked) and mesh is not None, axis_names=BATCH_AXES)
+  return contrast
+
+
+def location_term(cfg, img, loc, scale, contrast) -> jnp.ndarray:
+  """The location<->image term. 'both': symmetric (location->image and image->location);
+  'location_to_image': only location->image, counted as half a symmetric term (the other
+  direction contributes zero), as the authors' earlier train.py averaged 3 of 4 cross-entropies."""
+  if cfg.loss.location_directions == "both":
+    return contrast(img, loc)
+  return 0.5 * losses.directional_softmax_loss(loc, img, scale)
+
+
+def sensor_terms(cfg, sensor: str, img, txt, loc, scale, bias, weights: dict, mesh=None) -> dict:
+  """Loss terms of one sensor from its (normalised) image, text and location embeddings."""
+  contrast = contrast_fn(cfg, scale, bias, mesh)
+  terms = {}
+  if f"{sensor}_text" in weights:
+    terms[f"{sensor}_text"] = contrast(img, txt)
+  if f"{sensor}_location" in weights and loc is not None:
+    terms[f"{sensor}_location"] = location_term(cfg, img, loc, scale, contrast)
+  return terms
+
+
+def _encode_images(model, variables, images, sensor: str, train: bool, rngs):
+  method = model.encode_s2 if sensor == "s2" else model.encode_s1
+  if train:
+    emb, updates = model.apply(variables, images, train=True, method=method, mutable=["batch_stats"],
+                               rngs=rngs)
+    return emb, updates.get("batch_stats", {})
+  return model.apply(variables, images, train=False, method=method), {}
+
+
+def compute_terms(model, variables, batch, cfg, *, train: bool, mesh=None, text_table=None, key=None,
+                  sensors=SENSORS):
+  """Per-term losses of `sensors`, the updated BatchNorm statistics and the logit scale.
+
+  key: the step's random key (dropout); needed when train=True and a tower has dropout.
+  """
+  scale, bias = model.apply(variables, method=model.logit_params)
+  weights = loss_weights(cfg)
+
+  def rngs(i: int):
+    return {"dropout": jax.random.fold_in(key, i)} if (train and key is not None) else None
 
   new_stats = {}
-  img, txt = {}, {}
-  for sensor in SENSORS:
-    b = batch[sensor]
-    img[sensor], upd = _encode_images(model, variables, b["image"], sensor, train)
+  img, txt, loc = {}, {}, {}
+  for s in sensors:
+    b = batch[s]
+    i = SENSORS.index(s)
+    img[s], upd = _encode_images(model, variables, b["image"], s, train, rngs(3 * i))
     new_stats.update(upd)
     if text_table is not None:
-      txt[sensor] = jnp.take(text_table, b["text_id"], axis=0)
+      txt[s] = jnp.take(text_table, b["text_id"], axis=0)
     else:
-      txt[sensor] = model.apply(variables, b["input_ids"], b["attention_mask"], method=model.encode_text)
+      txt[s] = model.apply(variables, b["input_ids"], b["attention_mask"], train=train,
+                           method=model.encode_text, rngs=rngs(3 * i + 1))
+    loc[s] = None
+    if f"{s}_location" in weights:
+      loc[s] = model.apply(variables, b["lonlat"], train=train, method=model.encode_location,
+                           rngs=rngs(3 * i + 2))
 
-  weights = loss_weights(cfg)
   terms = {}
-  if "all_text" in weights:
-    terms["all_text"] = contrast(jnp.concatenate([img["s2"], img["s1"]]),
-                                 jnp.concatenate([txt["s2"], txt["s1"]]))
-  for sensor in SENSORS:
-    if f"{sensor}_text" in weights:
-      terms[f"{sensor}_text"] = contrast(img[sensor], txt[sensor])
-    if f"{sensor}_location" in weights:
-      loc = model.apply(variables, batch[sensor]["lonlat"], method=model.encode_location)
-      terms[f"{sensor}_location"] = contrast(img[sensor], loc)
+  if "all_text" in weights and len(sensors) == len(SENSORS):
+    terms["all_text"] = contrast_fn(cfg, scale, bias, mesh)(
+        jnp.concatenate([img["s2"], img["s1"]]), jnp.concatenate([txt["s2"], txt["s1"]]))
+  for s in sensors:
+    terms.update(sensor_terms(cfg, s, img[s], txt[s], loc[s], scale, bias, weights, mesh))
   return terms, new_stats, scale
-
-
-def total_loss(terms: dict, weights: dict) -> jnp.ndarray:
-  norm = sum(weights[k] for k in terms)
-  return sum(weights[k] * terms[k] for k in terms) / norm
 
 
 def make_train_step(model, cfg, optimizer: optax.GradientTransformation, *, trainable: frozenset[str],
@@ -87,27 +144,44 @@ def make_train_step(model, cfg, optimizer: optax.GradientTransformation, *, trai
   and metrics['finite'] is False (the loop then stops or skips, by config).
   """
   weights = loss_weights(cfg)
+  if cfg.train.sensor_updates == "alternate" and "all_text" in weights:
+    raise ValueError("config.train.sensor_updates='alternate' updates one sensor at a time; it cannot "
+                     "use loss.cross_sensor_negatives (both sensors in one contrastive set)")
+  groups = (SENSORS,) if cfg.train.sensor_updates == "joint" else tuple((s,) for s in SENSORS)
 
-  def loss_fn(params, batch_stats, batch, text_table):
+  def loss_fn(params, batch_stats, batch, text_table, key, sensors):
     params = {k: (v if k in trainable else jax.lax.stop_gradient(v)) for k, v in params.items()}
     variables = {"params": params, "batch_stats": batch_stats}
     terms, new_stats, scale = compute_terms(
         model, variables, batch, cfg, train=True, mesh=mesh,
-        text_table=text_table if use_text_table else None)
-    return total_loss(terms, weights), (terms, new_stats, scale)
+        text_table=text_table if use_text_table else None, key=key, sensors=sensors)
+    return objective(terms, weights), (terms, new_stats, scale)
 
-  def step(state: TrainState, batch, text_table):
+  def update(state: TrainState, batch, text_table, key, sensors):
     (loss, (terms, new_stats, scale)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats, batch, text_table)
+        state.params, state.batch_stats, batch, text_table, key, sensors)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     batch_stats = {**state.batch_stats, **new_stats} if state.batch_stats else state.batch_stats
+    return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state), (
+        loss, grad_norm, terms, scale)
+
+  def step(state: TrainState, batch, text_table):
+    key = step_key(state)
+    new_state, losses_, norms, terms = state, [], [], {}
+    for i, sensors in enumerate(groups):
+      new_state, (loss, grad_norm, t, scale) = update(new_state, batch, text_table,
+                                                      jax.random.fold_in(key, i), sensors)
+      losses_.append(loss)
+      norms.append(grad_norm)
+      terms.update(t)
+    loss = losses_[0] if len(groups) == 1 else objective(terms, weights)
+    grad_norm = norms[0] if len(norms) == 1 else jnp.sqrt(sum(n * n for n in norms) / len(norms))
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     for v in terms.values():
       finite &= jnp.isfinite(v)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state)
+    new_state = new_state.replace(step=state.step + 1)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = keep(new_state, state.replace(step=state.step + 1))
     metrics = {"loss": loss, "grad_norm": grad_norm, "logit_scale": scale, "finite": finite,
@@ -116,22 +190,3 @@ def make_train_step(model, cfg, optimizer: optax.GradientTransformation, *, trai
 
   return step
 
-
-def make_eval_step(model, cfg, *, mesh=None) -> Callable:
-  """(params, batch_stats, batch, text_table) -> per-term validation losses (no state change)."""
-  weights = loss_weights(cfg)
-
-  def step(params, batch_stats, batch, text_table):
-    variables = {"params": params, "batch_stats": batch_stats}
-    terms, _, _ = compute_terms(model, variables, batch, cfg, train=False, mesh=mesh, text_table=text_table)
-    return {"loss": total_loss(terms, weights), **{f"loss/{k}": v for k, v in terms.items()}}
-
-  return step
-
-
-def encode_texts(model, variables, input_ids, attention_mask) -> jnp.ndarray:
-  return model.apply(variables, input_ids, attention_mask, method=model.encode_text)
-
-
-def tree_size(tree: Any) -> int:
-  return sum(x.size for x in jax.tree.leaves(tree))

@@ -1,7 +1,9 @@
-r"""Export a trained checkpoint as a self-contained model folder.
+r"""Export a trained checkpoint, or the authors' released one, as a self-contained model folder.
 
   python -m closp_jax.export --workdir DIR [--checkpoint latest|best|STEP] --out MODEL_DIR \
       [--format jax|torch] [--data_dir D] [--overwrite]
+  python -m closp_jax.export --from-official CKPT [--variant CLOSP-RN|CLOSP-VS|CLOSP-VL|GeoCLOSP-RN] \
+      --out MODEL_DIR [--format jax|torch] [--overwrite]
 
 MODEL_DIR (written into a temporary sibling folder, then renamed into place):
   model.safetensors      every variable, flat: 'params/<module>/.../<name>', 'batch_stats/...'
@@ -14,8 +16,9 @@ MODEL_DIR (written into a temporary sibling folder, then renamed into place):
   README.md
   closp_torch.safetensors   (--format torch) the state dict in the original CLOSP naming
 
-The image functions take raw archive values (see docs/export.md): NaN filling, the S2 scale or
-band standardisation and the S1 standardisation the model was trained with are inside them.
+The image functions take raw archive values (see docs/export.md): NaN filling and the per-sensor
+normalisation the model was trained with (for the authors' checkpoints: S2 / 10,000, S1 as stored,
+closp_jax/official.py) are inside them.
 `closp_jax.load_exported(MODEL_DIR)` runs them without this package's model code.
 """
 from __future__ import annotations
@@ -32,16 +35,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from closp_jax import atomic
+from closp_jax.data import normalize, pipeline, preprocess
 
 FORMAT = "closp-jax-export"
 VERSION = 1
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 IMAGE_SIZE = 120
-S2_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B8A", "B10", "B11", "B12")
-S1_BANDS = ("VV", "VH")
-NAN_FILL = {"s2": 0.0, "s1": 1e-6}
-S2_SCALE = 10000.0
-S2_RGB = (3, 2, 1)  # B4, B3, B2 in the 13-band order
+S2_BANDS = preprocess.S2_BANDS
+S1_BANDS = preprocess.S1_BANDS
+NAN_FILL = preprocess.NAN_FILL
+S2_RGB = pipeline.S2_RGB  # B4, B3, B2 in the 13-band order
 FORMATS = ("jax", "torch")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 # Parameter groups each exported function reads (the scalars are read by every tower's setup).
@@ -76,7 +79,8 @@ def load_run_config(workdir: str | os.PathLike):
   for key in ("model", "data"):
     if key not in data:
       raise ExportError(f"{path}: no {key!r} section; expected a closp_jax training config")
-  return ml_collections.ConfigDict(data)
+  from closp_jax.config import upgrade_saved_config  # pylint: disable=import-outside-toplevel
+  return ml_collections.ConfigDict(upgrade_saved_config(data))
 
 
 def model_config_of(cfg):
@@ -151,35 +155,25 @@ def dataset_band_stats(cfg, data_dir: str | os.PathLike | None = None) -> dict:
 # ---- what the encoders expect --------------------------------------------------------------------
 
 def input_spec(cfg, band_stats: Mapping[str, Any] | None) -> dict:
-  """Per sensor: bands, NaN fill, normalisation (x - shift) * scale, as the trainer's pipeline does.
+  """Per sensor: bands, NaN fill, normalisation (x - shift) * scale, as the trainer's pipeline does
+  (closp_jax.data.normalize, per config.data.normalization and config.data.scale_divisor)."""
+  return make_input_spec(normalize.modes_from_config(cfg), normalize.divisors_from_config(cfg), band_stats,
+                         rgb=bool(cfg.data.rgb))
 
-  S2: 'scale' (x / 10,000) or 'standardize' (train-split mean / std) per cfg.data.normalization;
-  S1: standardised with the train-split statistics (the pipeline's default). A constant band
-  (std 0, the zero B10) is only centred.
-  """
-  norm = str(cfg.data.normalization)
-  if norm not in ("scale", "standardize"):
-    raise ExportError(f"config.data.normalization={norm!r}: expected 'scale' or 'standardize'")
-  spec = {"image_size": IMAGE_SIZE, "rgb": bool(cfg.data.rgb)}
+
+def make_input_spec(modes: Mapping[str, str], divisors: Mapping[str, float],
+                    band_stats: Mapping[str, Any] | None = None, *, rgb: bool = False) -> dict:
+  """The input spec of `modes` ({'s2': mode, 's1': mode}, closp_jax.data.normalize.MODES) with the
+  `scale` divisors and, for `standardize`, the train-split band statistics."""
+  spec = {"image_size": IMAGE_SIZE, "rgb": bool(rgb)}
   for sensor, bands in (("s2", S2_BANDS), ("s1", S1_BANDS)):
-    mode = norm if sensor == "s2" else "standardize"
-    entry = {"bands": list(bands), "nan_fill": NAN_FILL[sensor], "normalization": mode}
-    if mode == "scale":
-      entry["shift"] = [0.0] * len(bands)
-      entry["scale"] = [float(np.float32(1.0 / S2_SCALE))] * len(bands)
-    else:
-      stats = (band_stats or {}).get(sensor)
-      if not stats:
-        raise ExportError(f"{sensor} inputs are standardised, but no band statistics for {sensor} were given "
-                          "(expected band_stats[{sensor!r}] = {{'mean': [...], 'std': [...]}})")
-      mean = np.asarray(stats["mean"], np.float32)
-      std = np.asarray(stats["std"], np.float32)
-      if mean.shape != (len(bands),) or std.shape != (len(bands),):
-        raise ExportError(f"band_stats[{sensor!r}]: mean {mean.shape} / std {std.shape}, expected ({len(bands)},)")
-      scale = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 1.0).astype(np.float32)
-      entry["shift"] = mean.tolist()
-      entry["scale"] = scale.tolist()
-    spec[sensor] = entry
+    try:
+      shift, scale = normalize.affine(sensor, modes[sensor], len(bands), divisor=divisors[sensor],
+                                      stats=(band_stats or {}).get(sensor))
+    except ValueError as e:
+      raise ExportError(f"config.data.normalization.{sensor}={modes[sensor]!r}: {e}") from e
+    spec[sensor] = {"bands": list(bands), "nan_fill": NAN_FILL[sensor], "normalization": modes[sensor],
+                    "shift": shift.tolist(), "scale": scale.tolist()}
   return spec
 
 
@@ -281,7 +275,10 @@ def export_functions(mcfg, flat: Mapping[str, np.ndarray], spec: dict, max_len: 
 def _readme(meta: dict) -> str:
   loc = meta["location"] is not None
   fns = ", ".join(f"`{f}`" for f in meta["functions"].values())
-  return f"""# {meta['name']} (closp-jax export, step {meta['checkpoint']['step']})
+  ckpt = meta["checkpoint"]
+  origin = (f"the authors' {ckpt['variant']} checkpoint" if ckpt.get("kind") == "official"
+            else f"step {ckpt['step']}")
+  return f"""# {meta['name']} (closp-jax export, {origin})
 
 A {'GeoCLOSP' if loc else 'CLOSP'} model: text, Sentinel-2, Sentinel-1{' and location' if loc else ''} encoders
 into one {meta['embed_dim']}-d space (unit vectors; score = dot product).
@@ -316,58 +313,55 @@ emb = fn.call({{k: tensors[k] for k in names}}, s2_patches)
 """
 
 
-def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *, checkpoint: str | int = "latest",
-                 formats: Sequence[str] = ("jax",), config=None, band_stats: Mapping[str, Any] | None = None,
-                 data_dir: str | os.PathLike | None = None, overwrite: bool = False,
-                 platforms: Sequence[str] = PLATFORMS) -> Path:
-  """Writes the model folder `out` from a training workdir; returns its path.
-
-  config: the training config (default: WORKDIR/config.json). band_stats: per-sensor train-split
-  mean/std (default: read from the run's prepared dataset, `data_dir` overriding its location);
-  needed when inputs are standardised (S1 always is). formats: 'jax' (always written) and 'torch'.
-  """
-  bad = [f for f in formats if f not in FORMATS]
-  if bad:
-    raise ExportError(f"unknown format(s) {bad}: expected some of {FORMATS}")
+def check_out(out: str | os.PathLike, overwrite: bool) -> Path:
+  """The absolute output folder; an error when it exists and overwrite is False."""
   out = Path(out).absolute()
   if out.exists() and not overwrite:
     raise ExportError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
-  cfg = config if config is not None else load_run_config(workdir)
-  mcfg = model_config_of(cfg)
-  step, variables = restore_variables(workdir, cfg, checkpoint)
-  if band_stats is None:
-    band_stats = dataset_band_stats(cfg, data_dir)
-  spec = input_spec(cfg, band_stats)
-  max_len = int(cfg.data.max_len)
-  flat = flatten_variables(variables)
-  functions = export_functions(mcfg, flat, spec, max_len, platforms)
+  return out
 
+
+def check_formats(formats: Sequence[str]) -> None:
+  bad = [f for f in formats if f not in FORMATS]
+  if bad:
+    raise ExportError(f"unknown format(s) {bad}: expected some of {FORMATS}")
+
+
+def write_folder(out: Path, mcfg, variables: Mapping[str, Any], spec: dict, *, max_len: int, name: str,
+                 checkpoint: dict, training_config: dict | None, formats: Sequence[str] = ("jax",),
+                 platforms: Sequence[str] = PLATFORMS, tokenizer_dir: str | os.PathLike | None = None) -> Path:
+  """Writes the model folder `out` (see the module docstring) from a model config, its variables and
+  the input spec: into a temporary sibling folder, renamed into place at the end (an existing `out`
+  is replaced then, never half-written). `checkpoint` says where the weights came from;
+  `tokenizer_dir` holds the tokenizer files (default: the installed all-MiniLM-L6-v2)."""
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   from closp_jax.weights.locate import find_minilm_folder  # pylint: disable=import-outside-toplevel
+  flat = flatten_variables(variables)
+  functions = export_functions(mcfg, flat, spec, max_len, platforms)
   scale, bias = _logit_params(mcfg, flat)
   meta = {
-      "format": FORMAT, "version": VERSION, "name": str(cfg.get("name", "closp")), "folder_name": out.name,
+      "format": FORMAT, "version": VERSION, "name": name, "folder_name": out.name,
       "embed_dim": int(mcfg.embed_dim),
-      "checkpoint": {"workdir": str(Path(workdir).absolute()), "step": int(step)},
+      "checkpoint": checkpoint,
       "weights": "model.safetensors",
       "functions": {k: f"encode_{k}.jax" for k in functions},
       "platforms": list(platforms),
       "sensors": {s: spec[s] for s in ("s2", "s1")},
       "image_size": IMAGE_SIZE, "rgb": spec["rgb"],
-      "text": {"max_len": max_len, "tokenizer": "tokenizer/tokenizer.json"},
+      "text": {"max_len": int(max_len), "tokenizer": "tokenizer/tokenizer.json"},
       "location": {"input": "(lon, lat) degrees"} if "location" in functions else None,
       "logit_scale": scale, "logit_bias": bias,
       "torch": "closp_torch.safetensors" if "torch" in formats else None,
       "model_config": mcfg.to_dict(),
-      "training_config": json.loads(cfg.to_json()),
+      "training_config": training_config,
   }
+  tok_src = Path(tokenizer_dir) if tokenizer_dir is not None else find_minilm_folder(None)
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
   try:
     save_file(flat, str(tmp / "model.safetensors"), metadata={"format": FORMAT, "version": str(VERSION)})
-    for name, blob in functions.items():
-      (tmp / f"encode_{name}.jax").write_bytes(blob)
-    tok_src = find_minilm_folder(None)
+    for fn_name, blob in functions.items():
+      (tmp / f"encode_{fn_name}.jax").write_bytes(blob)
     (tmp / "tokenizer").mkdir()
     for f in TOKENIZER_FILES:
       if (tok_src / f).is_file():
@@ -383,6 +377,29 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *, checkpoi
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return out
+
+
+def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *, checkpoint: str | int = "latest",
+                 formats: Sequence[str] = ("jax",), config=None, band_stats: Mapping[str, Any] | None = None,
+                 data_dir: str | os.PathLike | None = None, overwrite: bool = False,
+                 platforms: Sequence[str] = PLATFORMS) -> Path:
+  """Writes the model folder `out` from a training workdir; returns its path.
+
+  config: the training config (default: WORKDIR/config.json). band_stats: per-sensor train-split
+  mean/std (default: read from the run's prepared dataset, `data_dir` overriding its location);
+  needed when inputs are standardised. formats: 'jax' (always written) and 'torch'.
+  """
+  check_formats(formats)
+  out = check_out(out, overwrite)
+  cfg = config if config is not None else load_run_config(workdir)
+  mcfg = model_config_of(cfg)
+  step, variables = restore_variables(workdir, cfg, checkpoint)
+  if band_stats is None and normalize.needs_stats(normalize.modes_from_config(cfg)):
+    band_stats = dataset_band_stats(cfg, data_dir)
+  spec = input_spec(cfg, band_stats)
+  return write_folder(out, mcfg, variables, spec, max_len=int(cfg.data.max_len), name=str(cfg.get("name", "closp")),
+                      checkpoint={"kind": "workdir", "workdir": str(Path(workdir).absolute()), "step": int(step)},
+                      training_config=json.loads(cfg.to_json()), formats=formats, platforms=platforms)
 
 
 def _logit_params(mcfg, flat) -> tuple[float, float]:
@@ -415,7 +432,15 @@ def write_torch_state_dict(variables: Mapping[str, Any], mcfg, path: str | os.Pa
 def main(argv: Sequence[str] | None = None) -> int:
   import argparse  # pylint: disable=import-outside-toplevel
   p = argparse.ArgumentParser(prog="python -m closp_jax.export", description=__doc__.split("\n\n")[0])
-  p.add_argument("--workdir", required=True, help="training workdir (holds config.json and checkpoints/)")
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument("--workdir", help="training workdir (holds config.json and checkpoints/)")
+  source.add_argument("--from-official", dest="from_official", metavar="CKPT",
+                      help="the authors' released checkpoint: a .pth/.bin/.safetensors state dict, a folder "
+                           "holding one, or a name (closp/closp-rn, closp/closp-vs, closp/closp-vl, "
+                           "closp/geoclosp-rn)")
+  p.add_argument("--variant", default=None,
+                 help="with --from-official: CLOSP-RN, CLOSP-VS, CLOSP-VL or GeoCLOSP-RN (default: read "
+                      "from the tensors); a checkpoint of another variant is an error")
   p.add_argument("--checkpoint", default="latest", help="latest, best or a step number (default: latest)")
   p.add_argument("--out", required=True, help="the model folder to write")
   p.add_argument("--format", default="jax", choices=FORMATS,
@@ -425,21 +450,35 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--data_dir", default=None, help="where the run's dataset is prepared (for band statistics)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
   args = p.parse_args(argv)
-  config = None
-  if args.config:
-    from closp_jax.config import load_config_file  # pylint: disable=import-outside-toplevel
-    config = load_config_file(args.config)
   formats = ("jax", "torch") if args.format == "torch" else ("jax",)
-  try:
-    path = export_model(args.workdir, args.out, checkpoint=args.checkpoint, formats=formats, config=config,
-                        data_dir=args.data_dir, overwrite=args.overwrite)
-  except ExportError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  if args.from_official is not None:
+    from closp_jax import official  # pylint: disable=import-outside-toplevel
+    try:
+      path = official.export_official(args.from_official, args.out, variant=args.variant, formats=formats,
+                                      overwrite=args.overwrite)
+    except ExportError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+  else:
+    if args.variant is not None:
+      p.error("--variant goes with --from-official (a workdir's config says what it trained)")
+    config = None
+    if args.config:
+      from closp_jax.config import load_config_file  # pylint: disable=import-outside-toplevel
+      config = load_config_file(args.config)
+    try:
+      path = export_model(args.workdir, args.out, checkpoint=args.checkpoint, formats=formats, config=config,
+                          data_dir=args.data_dir, overwrite=args.overwrite)
+    except ExportError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
   size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
   print(f"wrote {path} ({size / 2**20:.1f} MiB): " + ", ".join(sorted(f.name for f in path.iterdir())))
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  # Run main() from the imported module, so that its error classes are the ones the library raises
+  # (under `python -m`, this file is also loaded as __main__ with classes of its own).
+  from closp_jax.export import main as _main  # pylint: disable=import-self
+  sys.exit(_main())

@@ -102,8 +102,9 @@ class ExportedModel:
     return tuple(s for s in ("s2", "s1") if s in self._functions)
 
   def __repr__(self) -> str:
-    return (f"ExportedModel({str(self.folder)!r}, {self.config.get('name')}, step "
-            f"{self.config.get('checkpoint', {}).get('step')}, dim {self.embed_dim}, "
+    ckpt = self.config.get("checkpoint") or {}
+    origin = "the authors' checkpoint" if ckpt.get("kind") == "official" else f"step {ckpt.get('step')}"
+    return (f"ExportedModel({str(self.folder)!r}, {self.config.get('name')}, {origin}, dim {self.embed_dim}, "
             f"towers {sorted(self._functions)})")
 
   # -- running ---------------------------------------------------------------------------------
@@ -157,9 +158,10 @@ class ExportedModel:
     """Image patches -> unit vectors float32 [N, embed_dim].
 
     images: [N, H, W, C] (layout "NHWC") or [N, C, H, W] ("NCHW"); one patch without N is accepted.
-    H = W = 120. Raw archive values: S2 C=13 (B1..B9, B8A, B10, B11, B12; B10 may be all zero) or
-    C=12 (the stored bands without B10, which is inserted as zeros), reflectance x 10,000; S1 C=2
-    (VV, VH) linear backscatter. NaN filling and normalisation happen inside the exported function.
+    H = W = 120. Raw archive values: S2 C=13 (the bands of config.json `sensors.s2.bands`; B10 may be
+    all zero) or C=12 (the stored bands without B10, which is inserted as zeros), reflectance x
+    10,000; S1 C=2 (VV, VH) linear backscatter. NaN filling and normalisation happen inside the
+    exported function.
     """
     if sensor not in ("s2", "s1"):
       raise ExportedModelError(f"sensor must be 's2' or 's1', got {sensor!r}")

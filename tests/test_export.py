@@ -107,7 +107,7 @@ def reference_embeddings(cfg, variables, stats):
   fill = {"s2": 0.0, "s1": 1e-6}  # the builder's NaN rule (closp_jax.data.preprocess.NAN_FILL)
   out = {}
   for sensor, images in (("s2", s2), ("s1", s1)):
-    norm = pipeline._Normalize(sensor, cfg.data.normalization, "standardize", stats)  # pylint: disable=protected-access
+    norm = pipeline._Normalize(sensor, cfg.data.normalization[sensor], stats)  # pylint: disable=protected-access
     x = np.stack([norm(np.where(np.isnan(im), fill[sensor], im)) for im in images])
     method = model.encode_s2 if sensor == "s2" else model.encode_s1
     out[sensor] = np.asarray(jax.jit(lambda v, x, m=method: model.apply(v, x, method=m))(variables, x))
@@ -253,14 +253,16 @@ def test_export_errors(exported, tmp_path):
     export_lib.export_model(workdir, tmp_path / "m", checkpoint=3, band_stats=stats)
   with pytest.raises(export_lib.ExportError, match="config.json not found"):
     export_lib.export_model(tmp_path, tmp_path / "m", band_stats=stats)
-  with pytest.raises(export_lib.ExportError, match="no band statistics for s1"):
+  with pytest.raises(export_lib.ExportError, match=r"normalization.s1='standardize': .*needs band statistics"):
     export_lib.input_spec(cfg, {"s2": stats["s2"]})
   with pytest.raises(export_lib.ExportError, match="unknown format"):
     export_lib.export_model(workdir, tmp_path / "m", formats=("onnx",))
   assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("normalization,rgb", [("scale", False), ("standardize", False), ("scale", True)])
+@pytest.mark.parametrize("normalization,rgb", [
+    ({"s2": "scale", "s1": "standardize"}, False), ({"s2": "standardize", "s1": "none"}, False),
+    ({"s2": "none", "s1": "scale"}, False), ({"s2": "scale", "s1": "standardize"}, True)])
 def test_input_normalisation_matches_the_pipeline(normalization, rgb):
   """The exported functions' preprocessing is the trainer's (_Normalize, then to_rgb)."""
   cfg = fresh_config(normalization=normalization, rgb=rgb)
@@ -269,7 +271,7 @@ def test_input_normalisation_matches_the_pipeline(normalization, rgb):
   s2, s1, _ = raw_inputs(n=2, seed=3)
   for sensor, images in (("s2", s2), ("s1", s1)):
     images = np.nan_to_num(images, nan=export_lib.NAN_FILL[sensor])
-    norm = pipeline._Normalize(sensor, normalization, "standardize", stats)  # pylint: disable=protected-access
+    norm = pipeline._Normalize(sensor, normalization[sensor], stats)  # pylint: disable=protected-access
     want = np.stack([norm(im) for im in images])
     if rgb:
       want = np.stack([pipeline.to_rgb(w, sensor) for w in want])
@@ -278,59 +280,30 @@ def test_input_normalisation_matches_the_pipeline(normalization, rgb):
     np.testing.assert_allclose(got, want, rtol=0, atol=0 if not rgb else 1e-6)
 
 
-# ---- PyTorch: the original CLOSP model class -----------------------------------------------------
+# ---- PyTorch: the authors' CLOSP model class ------------------------------------------------------
+
+SH_CALCULATION = {"closed_form": "closed-form", "analytic_2023": "analytic"}  # closp_jax -> the authors' names
+
 
 def _original_closp(cfg):
-  """The authors' CLOSP / GeoCLOSP model class re-created in PyTorch: timm image encoders (built as
-  TorchGeo builds them, classifier removed), a Hugging Face BertModel, Linear projections into the
-  shared space, and SatCLIP's location encoder (spherical harmonics -> SirenNet `nnet`)."""
-  torch = pytest.importorskip("torch")
+  """The authors' GeoCLOSP class (tests/authors_closp.py) with this config's geometry: the sample's
+  small ResNet towers in place of their ResNet-50s, a BERT of cfg.model.text, SatCLIP's location
+  encoder with the config's harmonics."""
+  pytest.importorskip("torch")
   pytest.importorskip("timm")
-  import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
-  from timm.models.resnet import BasicBlock, ResNet  # pylint: disable=import-outside-toplevel
-  from transformers import BertConfig, BertModel  # pylint: disable=import-outside-toplevel
-  from test_location import _torch_siren, scipy_sh  # pylint: disable=import-outside-toplevel
+  import authors_closp  # pylint: disable=import-outside-toplevel
+  from transformers import BertConfig  # pylint: disable=import-outside-toplevel
 
   m, t, loc = cfg.model, cfg.model.text, cfg.model.location
-  assert m.s2_encoder == m.s1_encoder == "resnet_tiny"
-
-  def resnet(in_chans):  # resnet_tiny: timm's BasicBlock ResNet with a 16-wide stem
-    net = ResNet(block=BasicBlock, layers=[1, 1, 1, 1], channels=(16, 32, 64, 128), in_chans=in_chans,
-                 num_classes=0)
-    net.conv1 = torch.nn.Conv2d(in_chans, 16, 7, stride=2, padding=3, bias=False)
-    net.bn1 = torch.nn.BatchNorm2d(16)
-    net.layer1[0] = BasicBlock(16, 16)
-    return net
-
-  class CLOSP(torch.nn.Module):
-    def __init__(self):
-      super().__init__()
-      self.s2_encoder = resnet(m.s2_in_chans)
-      self.s1_encoder = resnet(m.s1_in_chans)
-      self.text_model = BertModel(BertConfig(
-          vocab_size=t.vocab_size, hidden_size=t.hidden, num_hidden_layers=t.layers, num_attention_heads=t.heads,
-          intermediate_size=t.intermediate, max_position_embeddings=t.max_position, type_vocab_size=t.type_vocab,
-          layer_norm_eps=t.layer_norm_eps))
-      self.s2_projection = torch.nn.Linear(128, m.embed_dim)
-      self.s1_projection = torch.nn.Linear(128, m.embed_dim)
-      self.location_encoder = _torch_siren(loc.degree, loc.hidden, loc.layers, loc.out)
-      self.location_projection = torch.nn.Linear(loc.out, m.embed_dim)
-
-    def encode_s2(self, x):
-      return F.normalize(self.s2_projection(self.s2_encoder(x)), dim=-1)
-
-    def encode_s1(self, x):
-      return F.normalize(self.s1_projection(self.s1_encoder(x)), dim=-1)
-
-    def encode_text(self, input_ids, attention_mask):
-      out = self.text_model(input_ids=input_ids, attention_mask=attention_mask)
-      return F.normalize(out.last_hidden_state[:, 0], dim=-1)
-
-    def encode_location(self, lonlat):
-      sh = torch.tensor(scipy_sh(lonlat.double().numpy(), loc.degree), dtype=torch.float32)
-      return F.normalize(self.location_projection(self.location_encoder.nnet(sh)), dim=-1)
-
-  return CLOSP().eval()
+  assert m.s2_encoder == m.s1_encoder == "resnet_tiny" and loc.kind == "satclip"
+  text = BertConfig(vocab_size=t.vocab_size, hidden_size=t.hidden, num_hidden_layers=t.layers,
+                    num_attention_heads=t.heads, intermediate_size=t.intermediate, max_position_embeddings=t.max_position,
+                    type_vocab_size=t.type_vocab, layer_norm_eps=t.layer_norm_eps)
+  return authors_closp.GeoCLOSP(
+      text, None, s1_encoder=authors_closp.small_resnet(m.s1_in_chans, m.s1_head_classes),
+      s2_encoder=authors_closp.small_resnet(m.s2_in_chans, m.s2_head_classes), legendre_polys=loc.degree,
+      dim_hidden=loc.hidden, num_layers=loc.layers, dim_out=loc.out,
+      harmonics_calculation=SH_CALCULATION[loc.sh_convention]).eval()
 
 
 @pytest.mark.torch
@@ -354,12 +327,18 @@ def test_torch_state_dict_loads_into_the_original_model_class(exported):
     x = np.where(np.isnan(x), e["nan_fill"], x)
     x = (x - np.asarray(e["shift"], np.float32)) * np.asarray(e["scale"], np.float32)
     return torch.from_numpy(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))))
+  # The towers of the authors' class on inputs normalised as config.json says (their encode_image would
+  # apply their own S2 / 10,000 instead); the text's CLS token and the location as their code computes them.
+  unit = lambda x: torch.nn.functional.normalize(x, dim=-1)  # noqa: E731
   with torch.no_grad():
-    got = {"s2": ref.encode_s2(normalised(s2, "s2")), "s1": ref.encode_s1(normalised(s1, "s1")),
-           "text": ref.encode_text(torch.from_numpy(want["ids"]).long(), torch.from_numpy(want["mask"]).long()),
+    got = {"s2": unit(ref.s2_projection(ref.s2_encoder(normalised(s2, "s2")))),
+           "s1": unit(ref.s1_projection(ref.s1_encoder(normalised(s1, "s1")))),
+           "text": unit(ref.encode_text(input_ids=torch.from_numpy(want["ids"]).long(),
+                                        attention_mask=torch.from_numpy(want["mask"]).long())),
            "location": ref.encode_location(torch.from_numpy(lonlat))}
-  for k, v in got.items():
-    err = np.abs(v.numpy() - want[k]).max()
+  errors = {k: float(np.abs(v.numpy() - want[k]).max()) for k, v in got.items()}
+  print("closp_torch.safetensors in the authors' class: max abs diff " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+  for k, err in errors.items():
     assert err <= 1e-4, f"{k}: max abs difference {err}"
 
 

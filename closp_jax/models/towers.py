@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from ml_collections import config_dict
 
 from closp_jax.models.image import image_encoder
@@ -44,9 +45,9 @@ PAPER_MODELS: dict[str, dict[str, Any]] = {
     "CLOSP-RN": {"s2_encoder": "resnet50", "s1_encoder": "resnet50", "s2_head_classes": 1000,
                  "s1_head_classes": 1000},
     "CLOSP-VS": {"s2_encoder": "vit_s16", "s1_encoder": "vit_s16", "s2_head_classes": 1000,
-                 "s1_head_classes": 0, "image_size": 224},
+                 "s1_head_classes": 0, "image_size": 224, "resize_align_corners": True},
     "CLOSP-VL": {"s2_encoder": "vit_l16", "s1_encoder": "vit_l16", "s2_head_classes": 0,
-                 "s1_head_classes": 0, "image_size": 224},
+                 "s1_head_classes": 0, "image_size": 224, "resize_align_corners": True},
     "GeoCLOSP-RN": {"s2_encoder": "resnet50", "s1_encoder": "resnet50", "s2_head_classes": 1000,
                     "s1_head_classes": 1000, "location.enabled": True},
 }
@@ -70,6 +71,9 @@ def model_config(**overrides: Any) -> ml_collections.ConfigDict:
   c.s2_head_classes = 0          # >0: keep timm's classifier (fc/head) inside the encoder, as TorchGeo did
   c.s1_head_classes = 0
   c.image_size = config_dict.placeholder(int)  # None: as given; int: bilinear resize (ViTs: 224)
+  # The resize's sampling grid: False = half-pixel centres (jax.image.resize, PyTorch's
+  # align_corners=False); True = corner pixels aligned, as the authors' kornia K.Resize(224) does.
+  c.resize_align_corners = False
   c.text = ml_collections.ConfigDict(dict(
       vocab_size=30522, hidden=384, layers=6, heads=12, intermediate=1536, max_position=512, type_vocab=2,
       pooling="cls", text_projection=False, dropout=0.1, layer_norm_eps=1e-12))
@@ -115,6 +119,7 @@ class TowerSpec:
   s2_head_classes: int
   s1_head_classes: int
   image_size: int | None
+  resize_align_corners: bool
   text: tuple[tuple[str, Any], ...]
   text_projection: bool
   location: tuple[tuple[str, Any], ...] | None
@@ -163,7 +168,8 @@ def tower_spec(cfg: Any) -> TowerSpec:
       embed_dim=int(cfg.embed_dim), s2_encoder=str(cfg.s2_encoder), s1_encoder=str(cfg.s1_encoder),
       s2_in_chans=int(cfg.s2_in_chans), s1_in_chans=int(cfg.s1_in_chans),
       s2_head_classes=int(cfg.s2_head_classes), s1_head_classes=int(cfg.s1_head_classes),
-      image_size=None if cfg.image_size is None else int(cfg.image_size), text=text,
+      image_size=None if cfg.image_size is None else int(cfg.image_size),
+      resize_align_corners=bool(cfg.get("resize_align_corners", False)), text=text,  # absent in older configs
       text_projection=text_projection, location=location, location_kind=str(loc.kind),
       init_scale=float(temp.init_scale), learnable=bool(temp.learnable),
       sigmoid_bias=None if temp.sigmoid_bias is None else float(temp.sigmoid_bias),
@@ -185,10 +191,39 @@ def _linear(features: int, axes: tuple[str, str], dtype: Any, fan_in: int | None
                   bias_init=nn.with_logical_partitioning(bias_init, (axes[1],)))
 
 
+def _align_corners_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(lower index, upper index, upper weight) per output pixel of 1-D linear resampling with the
+  corners aligned, computed as PyTorch's upsample_bilinear2d(align_corners=True) does in float32:
+  source = i * (in - 1) / (out - 1), upper index clamped to the last pixel."""
+  scale = np.float32((in_size - 1) / (out_size - 1)) if out_size > 1 else np.float32(0.0)
+  src = np.arange(out_size, dtype=np.float32) * scale
+  lo = np.minimum(src.astype(np.int64), in_size - 1)
+  hi = np.minimum(lo + 1, in_size - 1)
+  return lo, hi, (src - lo.astype(np.float32)).astype(np.float32)
+
+
+def resize_bilinear_align_corners(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """NHWC bilinear resize with aligned corners and no antialiasing: what kornia 0.8.1's
+  `K.Resize(size)` (bilinear, align_corners=True, antialias=False) and
+  `torch.nn.functional.interpolate(mode="bilinear", align_corners=True)` compute. Width is
+  interpolated first, then height, in the same order as PyTorch's kernel."""
+  x = x.astype(jnp.float32)
+  h_lo, h_hi, h_w = _align_corners_taps(x.shape[1], size[0])
+  w_lo, w_hi, w_w = _align_corners_taps(x.shape[2], size[1])
+  w_w = w_w[None, None, :, None]
+  x = x[:, :, w_lo] * (np.float32(1) - w_w) + x[:, :, w_hi] * w_w
+  h_w = h_w[None, :, None, None]
+  return x[:, h_lo] * (np.float32(1) - h_w) + x[:, h_hi] * h_w
+
+
 class ImageTower(nn.Module):
   """An image encoder from closp_jax.models.image, optionally resizing its input and keeping a
   classifier layer. The encoder's parameters sit directly in this module's scope (shared scope),
-  next to the classifier (`fc` for ResNets, `head` for ViTs, as timm names them)."""
+  next to the classifier (`fc` for ResNets, `head` for ViTs, as timm names them).
+
+  Resize (when `image_size` is set and the input differs): bilinear, half-pixel centres
+  (jax.image.resize) by default, or with the corners aligned (`resize_align_corners`, the authors'
+  kornia K.Resize)."""
   encoder: str
   in_chans: int
   head_classes: int = 0
@@ -196,6 +231,7 @@ class ImageTower(nn.Module):
   image_size: int | None = None
   dtype: Any = jnp.float32
   bn_mode: str = "batch"
+  resize_align_corners: bool = False
 
   def setup(self):
     self.backbone = image_encoder(self.encoder, self.in_chans, dtype=self.dtype, bn_mode=self.bn_mode)
@@ -211,8 +247,11 @@ class ImageTower(nn.Module):
     if x.ndim != 4 or x.shape[-1] != self.in_chans:
       raise ValueError(f"{self.encoder} tower expects NHWC images with {self.in_chans} channels, got shape {x.shape}")
     if self.image_size and tuple(x.shape[1:3]) != (self.image_size, self.image_size):
-      x = jax.image.resize(x.astype(jnp.float32), (x.shape[0], self.image_size, self.image_size, x.shape[3]),
-                           method="bilinear")
+      if self.resize_align_corners:
+        x = resize_bilinear_align_corners(x, (self.image_size, self.image_size))
+      else:
+        x = jax.image.resize(x.astype(jnp.float32), (x.shape[0], self.image_size, self.image_size, x.shape[3]),
+                             method="bilinear")
     f = self.backbone(x, train=train)
     if self.head_classes:
       f = (self.head if self.encoder.startswith("vit") else self.fc)(f)
@@ -235,9 +274,9 @@ class CLOSP(nn.Module):
     self.spec = s
     feat = {k: num_features(getattr(s, f"{k}_encoder")) for k in ("s2", "s1")}
     self.s2_encoder = ImageTower(s.s2_encoder, s.s2_in_chans, s.s2_head_classes, feat["s2"], s.image_size,
-                                 s.dtype, s.bn_mode)
+                                 s.dtype, s.bn_mode, s.resize_align_corners)
     self.s1_encoder = ImageTower(s.s1_encoder, s.s1_in_chans, s.s1_head_classes, feat["s1"], s.image_size,
-                                 s.dtype, s.bn_mode)
+                                 s.dtype, s.bn_mode, s.resize_align_corners)
     self.s2_projection = _linear(s.embed_dim, ("embed", "proj"), s.dtype, s.s2_head_classes or feat["s2"])
     self.s1_projection = _linear(s.embed_dim, ("embed", "proj"), s.dtype, s.s1_head_classes or feat["s1"])
     text = dict(s.text)

@@ -10,6 +10,8 @@ Two layers:
   restores a checkpoint onto this run's devices, embeds the corpus split sharded over all
   processes, loads or builds the queries, calls `evaluate_embeddings` and writes
   metrics.json, the TREC run and qrels files, report.md and the chart.
+* `evaluate_exported(model_dir, data=...)` (evaluate --model): the same for an export folder
+  (closp_jax.export, including the authors' checkpoints), embedding with its exported functions.
 
 Protocol, query types, relevance grades and the tie rule: docs/evaluation.md.
 """
@@ -476,6 +478,37 @@ def check_eval_batch(batch: int, mesh) -> None:
         f"--config.data.eval_batch_size={step * max(1, round(batch / step))}")
 
 
+def _evaluate_and_write(corpus: Corpus, builder, encode_texts, *, name: str, checkpoint: dict, max_corpus: int,
+                        out_dir: Path, tag: str, queries_path, qrels_path, k: int, metrics: Sequence[str],
+                        t0: float, t_embed: float, write: bool, say) -> dict:
+  """Queries, rankings, metrics and files of an embedded corpus: the part every evaluation shares.
+
+  encode_texts(list of str) -> [N, D] unit vectors (the model's text tower)."""
+  queries, qrels, origin = resolve_queries(builder.data_dir, corpus, queries_path, qrels_path)
+  query_emb = encode_texts([q["text"] for q in queries])
+  class_emb = encode_texts([q["text"] for q in queries_rule.class_queries()])
+  result = evaluate_embeddings(corpus, queries, query_emb, qrels, class_emb, k=k, metrics=metrics)
+  t_rank = time.perf_counter()
+  result.metrics.update({
+      "config": name,
+      "checkpoint": checkpoint,
+      "dataset": {"name": builder.info.full_name, "split": "test", "max_corpus": int(max_corpus),
+                  "docs": {s: int(np.sum(corpus.sensor == s)) for s in ("s2", "s1")}},
+      "queries": {"origin": origin, "count": len(queries),
+                  "by_type": {t: sum(q["type"] == t for q in queries)
+                              for t in queries_rule.QUERY_TYPES},
+                  "paths": {"queries": str(queries_path), "qrels": str(qrels_path)}
+                  if origin == "user" else None},
+      "seconds": {"embed": round(t_embed - t0, 2), "rank": round(t_rank - t_embed, 2)},
+  })
+  if write:
+    write_outputs(out_dir, result, tag=tag)
+    say(f"wrote {out_dir} ({time.perf_counter() - t0:.1f} s)")
+    from closp_jax.retrieval import report as report_lib  # pylint: disable=import-outside-toplevel
+    say(report_lib.summary_table(result.metrics))
+  return result.metrics
+
+
 def evaluate_checkpoint(config, workdir, *, checkpoint: str = "latest", output=None,
                         queries_path=None, qrels_path=None, k: int = DEPTH,
                         metrics: Sequence[str] = DEFAULT_METRICS, stream=None) -> dict:
@@ -506,37 +539,83 @@ def evaluate_checkpoint(config, workdir, *, checkpoint: str = "latest", output=N
       f"{jax.process_count()} process(es)")
   embedded = embed_lib.embed_corpus(
       model, variables, builder, mesh, "test", eval_batch_size=int(config.data.eval_batch_size),
-      normalization=config.data.normalization, rgb=bool(config.data.rgb),
+      inputs=pipeline.input_kwargs(config),
       max_items=int(config.eval.max_corpus), progress=True)
   corpus = Corpus.from_embedded(embedded)
   t_embed = time.perf_counter()
-  queries, qrels, origin = resolve_queries(builder.data_dir, corpus, queries_path, qrels_path)
   tokenizer = load_tokenizer()
   max_len = int(config.data.max_len)
-  query_emb = embed_lib.embed_texts(model, variables, tokenizer, [q["text"] for q in queries],
-                                    max_len=max_len)
-  class_emb = embed_lib.embed_texts(model, variables, tokenizer,
-                                    [q["text"] for q in queries_rule.class_queries()],
-                                    max_len=max_len)
-  result = evaluate_embeddings(corpus, queries, query_emb, qrels, class_emb, k=k, metrics=metrics)
-  t_rank = time.perf_counter()
-  result.metrics.update({
-      "config": config.name,
-      "checkpoint": {"which": str(checkpoint), "step": label, "workdir": str(workdir)},
-      "dataset": {"name": builder.info.full_name, "split": "test",
-                  "max_corpus": int(config.eval.max_corpus),
-                  "docs": {s: int(np.sum(corpus.sensor == s)) for s in ("s2", "s1")}},
-      "queries": {"origin": origin, "count": len(queries),
-                  "by_type": {t: sum(q["type"] == t for q in queries)
-                              for t in queries_rule.QUERY_TYPES},
-                  "paths": {"queries": str(queries_path), "qrels": str(qrels_path)}
-                  if origin == "user" else None},
-      "seconds": {"embed": round(t_embed - t0, 2), "rank": round(t_rank - t_embed, 2)},
-  })
-  if main:
-    tag = f"{config.name.replace(':', '-')}-{label}"
-    write_outputs(out_dir, result, tag=tag)
-    say(f"wrote {out_dir} ({time.perf_counter() - t0:.1f} s)")
-    from closp_jax.retrieval import report as report_lib  # pylint: disable=import-outside-toplevel
-    say(report_lib.summary_table(result.metrics))
-  return result.metrics
+  return _evaluate_and_write(
+      corpus, builder, lambda texts: embed_lib.embed_texts(model, variables, tokenizer, texts, max_len=max_len),
+      name=config.name, checkpoint={"which": str(checkpoint), "step": label, "workdir": str(workdir)},
+      max_corpus=int(config.eval.max_corpus), out_dir=out_dir, tag=f"{config.name.replace(':', '-')}-{label}",
+      queries_path=queries_path, qrels_path=qrels_path, k=k, metrics=metrics, t0=t0, t_embed=t_embed,
+      write=main, say=say)
+
+
+# --------------------------------------------------------------------------- exported model
+
+
+def embed_corpus_exported(model, builder, split: str = "test", *, batch_size: int = 64,
+                          max_items: int = 0, progress: bool = True) -> dict[str, dict]:
+  """{sensor: {'emb', 'key', 'labels', 'lonlat'}} of a split, embedded by an exported model
+  (closp_jax.exported.ExportedModel) from the raw archive values: the exported functions apply
+  the NaN fill and normalisation the model expects. One process."""
+  from closp_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  raw = {s: "none" for s in RANKINGS["text->all"]}
+  out = {}
+  for sensor in model.sensors:
+    parts: dict[str, list] = {k: [] for k in ("emb", "key", "labels", "lonlat")}
+    count, t0 = 0, time.perf_counter()
+    for batch in pipeline.eval_iterator(builder, split, sensor, batch_size=batch_size, normalization=raw,
+                                        shard_by_process=False):
+      keep = np.asarray(batch["mask"], bool)
+      if max_items:
+        keep &= np.cumsum(keep) + count <= max_items
+      if not keep.any():
+        break
+      parts["emb"].append(model.encode_image(np.asarray(batch["image"])[keep], sensor, batch_size=batch_size))
+      parts["key"].append(np.asarray(batch["key"]).astype(str)[keep])
+      parts["labels"].append(np.asarray(batch["labels"], np.float32)[keep])
+      parts["lonlat"].append(np.asarray(batch["lonlat"], np.float32)[keep])
+      count += int(keep.sum())
+      if progress and len(parts["emb"]) % 10 == 0:
+        print(f"  embedding {sensor}: {count} samples ({count / max(time.perf_counter() - t0, 1e-9):.0f}/s)",
+              file=sys.stderr, flush=True)
+    if not parts["emb"]:
+      raise ValueError(f"the {sensor} {split} split of {builder.info.full_name} has no sample to embed")
+    out[sensor] = {k: np.concatenate(v) for k, v in parts.items()}
+  return out
+
+
+def evaluate_exported(model_dir, *, data: str = "crisis_landmark/sample", data_dir=None, manual_dir=None,
+                      output=None, queries_path=None, qrels_path=None, k: int = DEPTH,
+                      metrics: Sequence[str] = DEFAULT_METRICS, batch_size: int = 64, max_corpus: int = 0,
+                      stream=None) -> dict:
+  """Evaluates an export folder (python -m closp_jax.export, from a workdir or --from-official) on
+  the retrieval protocol, without a workdir: the test split of dataset `data` embedded by the
+  exported functions, then the same rankings, metrics and files as evaluate_checkpoint. Writes
+  into `output` (default MODEL_DIR/eval/<data>). Returns the metrics dict."""
+  from closp_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from closp_jax.exported import load_exported  # pylint: disable=import-outside-toplevel
+  stream = stream or sys.stdout
+  say = lambda s: print(s, file=stream, flush=True)  # noqa: E731
+  t0 = time.perf_counter()
+  model_dir = Path(model_dir).expanduser().absolute()
+  model = load_exported(model_dir)
+  builder = pipeline.get_builder(data, data_dir=data_dir or None, manual_dir=manual_dir or None)
+  out_dir = Path(output) if output else model_dir / "eval" / data
+  source = model.config.get("checkpoint") or {}
+  name = str(model.config.get("name", model_dir.name))
+  say(f"evaluating the export {model_dir} ({name}) on {builder.info.full_name} test")
+  corpus = Corpus.from_embedded(embed_corpus_exported(model, builder, "test", batch_size=batch_size,
+                                                      max_items=max_corpus))
+  t_embed = time.perf_counter()
+  step = source.get("step")
+  # What the run files and `compare` call it: the training step, or "official" for the authors' weights.
+  label = str(step) if step is not None else ("official" if source.get("kind") == "official" else "export")
+  return _evaluate_and_write(
+      corpus, builder, lambda texts: model.encode_text(texts) if texts else np.zeros((0, model.embed_dim), np.float32),
+      name=name, checkpoint={"which": "export", "step": label, "model": str(model_dir), "source": source},
+      max_corpus=max_corpus, out_dir=out_dir, tag=f"{name}-{label}", queries_path=queries_path,
+      qrels_path=qrels_path, k=k, metrics=metrics, t0=t0, t_embed=t_embed, write=True, say=say)

@@ -271,7 +271,8 @@ def infer_model_config(path: str | os.PathLike | Mapping[str, np.ndarray], *, te
   heads (`text_heads`; default hidden // 32, i.e. 12 for MiniLM's 384) and the spherical-harmonics
   convention of a SatCLIP location encoder (default "analytic_2023", the table SatCLIP's released
   checkpoints were trained with, from which GeoCLOSP starts; see docs/models.md). ViT towers get
-  image_size=224 as the original resizes their input. `overrides` are applied last.
+  image_size=224 with resize_align_corners=True, as the original resizes their input (kornia's
+  K.Resize(224): bilinear, corners aligned). `overrides` are applied last.
   """
   sd, source = _read(path)
   sd = _text_names(_strip_wrapper(sd, source))
@@ -283,6 +284,7 @@ def infer_model_config(path: str | os.PathLike | Mapping[str, np.ndarray], *, te
     fields[f"{tower}_head_classes"] = int(np.shape(head)[0]) if head is not None else 0
   if any(fields[f"{t}_encoder"].startswith("vit") for t in ("s2", "s1")):
     fields["image_size"] = 224
+    fields["resize_align_corners"] = True
   fields["embed_dim"] = int(np.shape(sd["s2_projection.weight"])[0])
   word = np.shape(sd["text_model.embeddings.word_embeddings.weight"])
   layers = len({k.split(".")[3] for k in sd if k.startswith("text_model.encoder.layer.")})

@@ -89,11 +89,16 @@ def sensor_terms(cfg, sensor: str, img, txt, loc, scale, bias, weights: dict, me
 
 
 def _encode_images(model, variables, images, sensor: str, train: bool, rngs):
+  """(embeddings, {'<sensor>_encoder': its updated BatchNorm statistics} or {})."""
   method = model.encode_s2 if sensor == "s2" else model.encode_s1
   if train:
     emb, updates = model.apply(variables, images, train=True, method=method, mutable=["batch_stats"],
                                rngs=rngs)
-    return emb, updates.get("batch_stats", {})
+    # flax returns the whole collection: keep only this tower's statistics, or the other sensor's pass
+    # would put back its stale copy of them
+    tower = f"{sensor}_encoder"
+    stats = updates.get("batch_stats", {})
+    return emb, ({tower: stats[tower]} if tower in stats else {})
   return model.apply(variables, images, train=False, method=method), {}
 
 

@@ -369,7 +369,9 @@ def _probe_auc(x, y):
 
 @pytest.fixture(scope="module")
 def probe_data():
-  return {"s2": _render("benv2s2", 480, 21), "s1": _render("benv2s1", 480, 22)}
+  # 960 patches: about 75 water-xor-trees pairs, so the accuracy's sampling error (about 0.045)
+  # stays well inside the margin above the floors
+  return {"s2": _render("benv2s2", 960, 21), "s1": _render("benv2s1", 960, 22)}
 
 
 def test_water_vs_trees_is_learnable(probe_data):
@@ -389,3 +391,92 @@ def test_sar_is_harder_than_optical_but_not_chance(probe_data):
   assert auc_s2 > auc_s1 + 0.05, (auc_s2, auc_s1)
   assert auc_s1 > 0.6, auc_s1
   assert auc_s2 < 0.97, auc_s2  # not trivially separable
+
+
+# --------------------------------------------------------------------------- the world's geography
+
+
+def test_snowline_falls_with_latitude_and_drops_in_the_local_winter():
+  assert 5000 < W.snowline_m(0.0) < 5700
+  assert 2800 < W.snowline_m(46.3) < 3200          # the Alps
+  assert 900 < W.snowline_m(68.0) < 1300           # Lapland
+  lats = np.arange(0, 80, 5.0)
+  assert np.all(np.diff([W.snowline_m(x) for x in lats]) < 0)
+  assert W.snowline_m(-30.0) == W.snowline_m(30.0)
+  jan, jul = dt.date(2018, 1, 15), dt.date(2018, 7, 15)
+  for day in (jan, jul):                           # no seasonal snow in the tropics
+    assert W.seasonal_snowline_m(10.0, day) == W.snowline_m(10.0)
+  assert W.seasonal_snowline_m(62.0, jan) < 0 < W.seasonal_snowline_m(62.0, jul) == W.snowline_m(62.0)
+  assert W.seasonal_snowline_m(-50.0, jul) < 0 < W.seasonal_snowline_m(-50.0, jan)
+
+
+def _draw(source_name, n, seed=0):
+  rng = np.random.default_rng(seed)
+  source = W.SOURCE_BY_NAME[source_name]
+  return source, [R.draw_scene(rng, source, i) for i in range(n)]
+
+
+def test_bigearthnet_scenes_follow_their_zone_and_the_snowline():
+  source, scenes = _draw("benv2s2", 1500)
+  places = {p.name: p for p in source.places}
+  glaciers = 0
+  for s in scenes:
+    place = places[s.place]
+    assert place.lon[0] <= s.lon <= place.lon[1] and place.lat[0] <= s.lat <= place.lat[1]
+    assert place.elevation[0] <= s.elevation <= place.elevation[1]
+    prior = W.local_prior(place, s.lat, s.elevation)
+    assert all(prior[label] > 0 for label in s.labels), (s.place, s.labels)
+    if W.GLACIER in s.labels:
+      glaciers += 1
+      assert s.elevation >= W.snowline_m(s.lat)
+    # never under seasonal snow (BigEarthNet left such patches out)
+    assert not W.seasonal_snowline_m(s.lat, s.day) <= s.elevation < W.snowline_m(s.lat)
+  assert glaciers > 5
+
+
+def test_rare_land_cover_lives_in_a_few_zones():
+  for label in W.RARE_CORINE:
+    zones = [p.name for p in W.BENV2_PLACES if p.prior.get(label, 0) > 0]
+    assert 1 <= len(zones) <= 4, (label, zones)
+  homes = {W.GLACIER: "Alps", "Rice fields": "Tagus", "Moors and heathland": ("Lapland", "Ireland"),
+           "Burnt areas": "Portugal", "Coastal lagoons": "Curonian", "Salines": "Tagus"}
+  for label, home in homes.items():
+    home = (home,) if isinstance(home, str) else home
+    assert all(any(h in p.name for h in home) for p in W.BENV2_PLACES if p.prior.get(label, 0) > 0), label
+  for label in W.CORINE_BASE_PRIOR:   # the widespread ones are in every zone's reach
+    assert sum(p.prior.get(label, 0) > 0 for p in W.BENV2_PLACES) >= len(W.BENV2_PLACES) // 2, label
+
+
+@pytest.mark.parametrize("name", ["cabuar", "sen2flood", "mmflood", "quakeset"])
+def test_crises_strike_after_the_event_within_reach_of_the_footprint(name):
+  source, scenes = _draw(name, 600, seed=5)
+  places = {p.name: p for p in source.places}
+  shown = 0
+  for s in scenes:
+    place = places[s.place]
+    classes = L.map_labels(s.labels, s.key)
+    near = W.distance_km(s.lon, s.lat, place.footprint.line) <= place.footprint.reach_km
+    after = s.day > place.date
+    assert (source.event_label in classes) == (after and near), (s.key, s.day, place.date)
+    shown += source.event_label in classes
+    if source.event_label == "Earthquake Damage" and near and after:
+      assert "Built" in classes
+    assert ("Snow and Ice" in classes) == (s.elevation >= W.seasonal_snowline_m(s.lat, s.day))
+  assert 0.55 < shown / len(scenes) < 0.9
+
+
+def test_event_settings():
+  kinds = {"cabuar": "fire", "sen2flood": "river", "mmflood": "river", "sen1flood": "river",
+           "quakeset": "fault"}
+  for name, kind in kinds.items():
+    for place in W.SOURCE_BY_NAME[name].places:
+      fp = place.footprint
+      assert fp.kind == kind and fp.reach_km > 0, place.name
+      for lon, lat in fp.line:
+        assert place.lon[0] <= lon <= place.lon[1] and place.lat[0] <= lat <= place.lat[1], place.name
+      if kind == "fire":
+        assert place.date.month in W.FIRE_SEASON_MONTHS, place.name
+      if kind == "river":
+        assert place.elevation[1] - place.elevation[0] <= 300, place.name   # plains and deltas
+  assert W.distance_km(10.0, 45.0, ((10.0, 45.0),)) == 0.0
+  assert W.distance_km(10.0, 45.1, ((9.0, 45.0), (11.0, 45.0))) == pytest.approx(11.06, abs=0.05)

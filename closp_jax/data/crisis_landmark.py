@@ -472,7 +472,7 @@ class _OrderedShardWriter:
 class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
   """CrisisLandMark: Sentinel-2 / Sentinel-1 patches with land-cover and crisis labels."""
 
-  VERSION = tfds.core.Version("2.0.0")
+  VERSION = tfds.core.Version("2.1.0")
   RELEASE_NOTES = {
       "1.0.0": "First conversion: ArrayRecord, S2 13 bands, S1 VV/VH, lon/lat.",
       "2.0.0": "S1 channel rules chosen by the config (s1_rules; `full` reads every S1 source "
@@ -490,6 +490,11 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
   @classmethod
   def code_path(cls) -> epath.Path:
     # tfds resolves a packaged builder's path through `importlib_resources`, which tfds
+      "2.1.0": "Synthetic configs (sample, tiny): a world with geography (zones with regional land "
+               "cover, snow by latitude, altitude and season, crises on faults, river plains and "
+               "fire runs within reach of their footprint) and a balanced query set (up to 30 "
+               "land-cover, crisis and location-dependent queries, typed by the grid-cell rule). "
+               "The conversion of `full` is unchanged.",
     # 4.9.10 does not declare on Python >= 3.9 (tensorflow/datasets#11212); this file is it.
     return epath.Path(__file__)
 

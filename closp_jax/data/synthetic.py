@@ -15,7 +15,6 @@ import argparse
 import collections
 import dataclasses
 import datetime as dt
-import itertools
 import json
 import os
 import shutil
@@ -35,7 +34,8 @@ from closp_jax import atomic
 from closp_jax.data import geo
 from closp_jax.data import synthetic_render as R
 from closp_jax.data import synthetic_world as W
-from closp_jax.data.labels import CLASSES, classes_to_text, map_labels
+from closp_jax.data.labels import CLASSES, map_labels
+from closp_jax.retrieval import queries_rule
 
 MASTER_FILE = "crisislandmark.h5"
 METADATA_FILE = "metadata.parquet"
@@ -43,7 +43,8 @@ QUERIES_FILE = "queries.jsonl"
 QRELS_FILE = "qrels/test.qrels"
 INFO_FILE = "synthetic.json"
 CHUNK = 32                      # samples rendered together (fixed: part of the seed -> bytes contract)
-CRISIS = ("Flooded Area", "Earthquake Damage", "Burned Area")
+QUERIES_PER_TYPE = 30           # queries of each type (land cover, crisis, location), when there are as many
+MIN_SUPPORT = 5                 # test samples that must carry all of a query's classes
 
 
 _COMPRESSION = hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.BITSHUFFLE)
@@ -76,6 +77,7 @@ class Record:
   labels: list[str]
   classes: tuple[str, ...]
   place: str
+  lonlat: tuple[float, float] = (float("nan"), float("nan"))  # the centre pixel's, as the builder reads it
   split: str = ""
 
 
@@ -122,15 +124,26 @@ def posix_seconds(timestamp: str) -> float:
   return moment.timestamp()
 
 
+def _source_chunks(source: W.Source, count: int, seed: int):
+  """(rng, scenes) per chunk of a source: the chunk's generator, after drawing its scenes."""
+  src_id = [s.name for s in W.SOURCES].index(source.name)
+  for c0 in range(0, count, CHUNK):
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(src_id, c0 // CHUNK)))
+    yield rng, [R.draw_scene(rng, source, i) for i in range(c0, min(c0 + CHUNK, count))]
+
+
+def _record(scene: R.Scene) -> Record:
+  lon, lat = geo.xy_to_lonlat(scene.x, scene.y, scene.epsg)   # what the builder reads from `coords`
+  return Record(scene.key, scene.source, scene.labels, tuple(map_labels(scene.labels, scene.key)),
+                scene.place, (float(lon), float(lat)))
+
+
 def write_source(folder: Path, source: W.Source, count: int, seed: int,
                  progress: Callable[[int], None] | None = None) -> list[Record]:
   """Render and write all samples of one source; returns their records."""
   records, files = [], {}
-  src_id = [s.name for s in W.SOURCES].index(source.name)
   try:
-    for c0 in range(0, count, CHUNK):
-      rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(src_id, c0 // CHUNK)))
-      scenes = [R.draw_scene(rng, source, i) for i in range(c0, min(c0 + CHUNK, count))]
+    for c0, (rng, scenes) in zip(range(0, count, CHUNK), _source_chunks(source, count, seed)):
       if source.sensor == "s2":
         images = R.render_s2(rng, scenes)
       else:
@@ -140,13 +153,22 @@ def write_source(folder: Path, source: W.Source, count: int, seed: int,
         if name not in files:
           files[name] = h5py.File(folder / name, "a")
         _write_sample(files[name], scene, images[j])
-        records.append(Record(scene.key, source.name, scene.labels,
-                              tuple(map_labels(scene.labels, scene.key)), scene.place))
+        records.append(_record(scene))
       if progress:
         progress(len(scenes))
   finally:
     for f in files.values():
       f.close()
+  return records
+
+
+def plan_records(num_s2: int, num_s1: int, seed: int, test_fraction: float = 0.8) -> list[Record]:
+  """The records (labels, places, locations, splits) that write_archive with these arguments
+  writes, drawn without rendering any pixel."""
+  counts = source_counts(num_s2, num_s1)
+  records = [_record(scene) for source in W.SOURCES if counts[source.name]
+             for _, scenes in _source_chunks(source, counts[source.name], seed) for scene in scenes]
+  assign_splits(records, seed, test_fraction)
   return records
 
 
@@ -167,42 +189,22 @@ def assign_splits(records: list[Record], seed: int, test_fraction: float) -> Non
       members[idx].split = "test" if i < n_test else "train"
 
 
-def _query_candidates(test: list[Record]) -> list[tuple[str, ...]]:
-  """Single classes, the most frequent class pairs and triples of the test split."""
-  singles = [(c,) for c in CLASSES if any(c in r.classes for r in test)]
-  combos = []
-  for size, top in ((2, 12), (3, 6)):
-    counts = collections.Counter(
-        itertools.chain.from_iterable(itertools.combinations(r.classes, size) for r in test))
-    combos += [c for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top] if n >= 3]
-  return singles + combos
-
-
-def _query_type(query: tuple[str, ...], test: list[Record]) -> str:
-  """crisis: names a crisis label; location: its relevant samples crowd into one place."""
-  if any(c in CRISIS for c in query):
-    return "crisis"
-  relevant = [r.place for r in test if set(query) <= set(r.classes)]
-  everywhere = collections.Counter(r.place for r in test)
-  place, n = collections.Counter(relevant).most_common(1)[0]
-  share = n / len(relevant)
-  lift = share / (everywhere[place] / len(test))
-  return "location" if share >= 0.5 and lift >= 3.0 else "land_cover"
-
-
 def build_queries(records: list[Record]) -> tuple[list[dict], list[tuple[str, str, int]]]:
-  """Queries over the test split and graded judgments: 2 = every query class present, 1 = some."""
+  """Queries over the test split and graded judgments (2 = every query class present, 1 = some):
+  the label rule of closp_jax.retrieval.queries_rule, balanced: up to QUERIES_PER_TYPE of each
+  type among the classes present and the combinations of 2 or 3 classes carried in full by
+  >= MIN_SUPPORT test samples, typed by its grid-cell rule over the samples' locations."""
   test = [r for r in records if r.split == "test"]
-  queries, qrels = [], []
   if not test:
-    return queries, qrels
-  for n, query in enumerate(_query_candidates(test)):
-    qid = f"q{n:03d}"
-    queries.append({"query_id": qid, "text": classes_to_text(query), "type": _query_type(query, test)})
-    for r in test:
-      hit = len(set(query) & set(r.classes))
-      if hit:
-        qrels.append((qid, r.key, 2 if hit == len(query) else 1))
+    return [], []
+  hot = np.zeros((len(test), len(CLASSES)), np.float32)
+  index = {c: i for i, c in enumerate(CLASSES)}
+  for row, r in enumerate(test):
+    hot[row, [index[c] for c in r.classes]] = 1.0
+  queries, judged = queries_rule.queries_from_labels(
+      hot, [r.key for r in test], np.array([r.lonlat for r in test]), per_type=QUERIES_PER_TYPE,
+      min_support=MIN_SUPPORT, prefix="q")
+  qrels = [(q["query_id"], key, grade) for q in queries for key, grade in judged[q["query_id"]].items()]
   return queries, qrels
 
 

@@ -57,6 +57,8 @@ class Scene:
   moisture: float                # 0 dry .. 1 wet
   incidence: float               # S1 incidence angle, degrees
   nan_pixels: bool
+  elevation: float = 0.0         # metres above sea level
+  day: dt.date | None = None     # acquisition date (local)
 
 
 def _phenology(lat: float, day: dt.date) -> float:
@@ -87,35 +89,69 @@ def _shares(rng, k: int, floor: float = 0.03) -> np.ndarray:
   return s / s.sum()
 
 
+def _location(rng, place: W.Place, near: bool) -> tuple[float, float]:
+  """A point of the place's box: uniform, or (near) within the reach of its footprint."""
+  if near and place.footprint is not None:
+    fp = place.footprint
+    pts = np.asarray(fp.line, np.float64)
+    seg = int(rng.integers(max(len(pts) - 1, 1)))
+    a, b = pts[seg], pts[min(seg + 1, len(pts) - 1)]
+    lon, lat = a + rng.random() * (b - a)
+    r, angle = fp.reach_km * np.sqrt(rng.random()), rng.uniform(0, 2 * np.pi)
+    lat += r * np.sin(angle) / 110.57
+    lon += r * np.cos(angle) / (111.32 * np.cos(np.radians(lat)))
+  else:
+    lon, lat = rng.uniform(*place.lon), rng.uniform(*place.lat)
+  return float(np.clip(lon, *place.lon)), float(np.clip(lat, *place.lat))
+
+
+def _benv2_day(rng, lat: float, elevation: float) -> dt.date:
+  """A BigEarthNet date without seasonal snow: redrawn while the spot lies above the seasonal but
+  below the permanent snowline (BigEarthNet left out snow-covered patches)."""
+  start, end = W.BENV2_PERIOD
+  for _ in range(50):
+    day = start + dt.timedelta(days=int(rng.integers(0, (end - start).days + 1)))
+    if not W.seasonal_snowline_m(lat, day) <= elevation < W.snowline_m(lat):
+      return day
+  return dt.date(2017, 7, 15) if lat >= 0 else dt.date(2018, 1, 15)
+
+
 def draw_scene(rng: np.random.Generator, source: W.Source, index: int) -> Scene:
-  """Draw labels, regions, place, date and acquisition conditions of one sample."""
+  """Draw labels, regions, place, date and acquisition conditions of one sample by the world's
+  rules (synthetic_world.py, docs/data.md "Geography")."""
   places = source.places
   place = places[rng.choice(len(places), p=np.array([p.weight for p in places]) / sum(p.weight for p in places))]
-  lon = float(rng.uniform(*place.lon))
-  lat = float(rng.uniform(*place.lat))
   event = False
   if source.event_label is None:
-    start, end = W.BENV2_PERIOD
-    day = start + dt.timedelta(days=int(rng.integers(0, (end - start).days + 1)))
-    labels = _choose(rng, place.prior, 1 + min(int(rng.poisson(1.8)), 6))
+    lon, lat = _location(rng, place, near=False)
+    elevation = float(rng.uniform(*place.elevation))
+    day = _benv2_day(rng, lat, elevation)
+    labels = _choose(rng, W.local_prior(place, lat, elevation), 1 + min(int(rng.poisson(1.8)), 6))
     labels.sort(key=_CORINE_ORDER.__getitem__)
     recipes = [W.RECIPES[n] for n in labels]
     areas = _shares(rng, len(labels))
   else:
-    event = bool(rng.random() < source.event_rate)
+    after = bool(rng.random() < source.after_rate)
+    lon, lat = _location(rng, place, near=bool(rng.random() < source.near_rate))
+    elevation = float(rng.uniform(*place.elevation))
+    reach = place.footprint.reach_km
+    dist = W.distance_km(lon, lat, place.footprint.line)
+    event = after and dist <= reach
+    if after:
+      day = place.date + dt.timedelta(days=int(rng.integers(2, 40)))
+    else:
+      day = place.date - dt.timedelta(days=int(rng.integers(10, 150)))
     context = _choose(rng, place.prior, 1 + int(rng.binomial(2, 0.5)))
+    if elevation >= W.seasonal_snowline_m(lat, day) and "Snow and Ice" not in context:
+      context.append("Snow and Ice")
     if event and source.event_label == "Earthquake Damage" and "Built" not in context:
       context.append("Built")
     areas = _shares(rng, len(context))
     if event:
-      lo, hi = {"Flooded Area": (.10, .60), "Burned Area": (.15, .70),
-                "Earthquake Damage": (.05, .30)}[source.event_label]
-      share = rng.uniform(lo, hi)
+      lo, hi = W.EVENT_SHARE[source.event_label]
+      share = rng.uniform(lo, hi) * (1.0 - 0.5 * dist / reach)   # less of it at the edge of the reach
       context.append(source.event_label)
       areas = np.append(areas * (1 - share), share)
-      day = place.date + dt.timedelta(days=int(rng.integers(2, 40)))
-    else:
-      day = place.date - dt.timedelta(days=int(rng.integers(10, 150)))
     recipes = [W.RECIPES[n] for n in context]
     labels = sorted(context, key=_CLASS_ORDER.__getitem__)
   if rng.random() < 0.3:  # small unlabelled feature below the mapping unit
@@ -131,7 +167,7 @@ def draw_scene(rng: np.random.Generator, source: W.Source, index: int) -> Scene:
       x=float(np.floor(x / 10) * 10 + 5), y=float(np.floor(y / 10) * 10 + 5),
       timestamp=_timestamp(day, lon, source.sensor, rng), event=event, greenness=green,
       moisture=float(rng.beta(2, 2)), incidence=float(rng.uniform(30, 45)),
-      nan_pixels=bool(rng.random() < NAN_RATE))
+      nan_pixels=bool(rng.random() < NAN_RATE), elevation=elevation, day=day)
 
 
 # ---------------------------------------------------------------- spatial fields

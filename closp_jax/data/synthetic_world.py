@@ -1,4 +1,5 @@
-"""Tables behind the synthetic CrisisLandMark replica: materials, label recipes, places, events.
+"""Tables behind the synthetic CrisisLandMark replica: materials, label recipes, places, events,
+and the world's geographic rules (snowlines, event footprints, local priors).
 
 Pure data plus small lookups; the renderer lives in synthetic_render.py and the
 archive writer in synthetic.py. Values are textbook-level approximations chosen
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 
 import numpy as np
 
@@ -162,48 +164,117 @@ RECIPES: dict[str, dict[str, float]] = {
 CLUTTER_RECIPES: tuple[dict[str, float], ...] = (
     {"built": 1.0}, {"water": 1.0}, {"soil": 1.0}, {"broadleaf": 1.0}, {"grass": 1.0})
 
-# Relative frequency of CORINE level-3 labels in BigEarthNet-like European scenes.
+# ------------------------------------------------------------------------------ geography
+# The world's rules (docs/data.md, "Geography"): every sample is drawn at a place (a lon/lat box
+# with an elevation range); what it can show follows from where and when it is.
+# * Land cover: a BigEarthNet country is a few zones, each with its own CORINE prior. Widespread
+#   classes (forest, arable land, pastures, water bodies, towns) are common everywhere; the rare
+#   ones live only in the zones whose setting makes them: glaciers, bare rock and alpine grassland
+#   in the high Alps, rice fields, salt marshes, salines and tidal flats in the Tagus and Sado
+#   estuaries, fell heath and sparse vegetation in Lapland, dunes and a lagoon on the Curonian
+#   coast, open-pit mines in Kosovo, montado and olive groves in the Alentejo, ...
+# * Snow and ice by latitude and altitude: the permanent snowline falls with latitude
+#   (`snowline_m`), and in the local winter a seasonal snowline lies below it outside the tropics
+#   (`seasonal_snowline_m`). Glaciers ("Glaciers and perpetual snow") occur only above the
+#   permanent snowline; a crisis scene above the seasonal snowline on its date carries "Snow and
+#   Ice"; a BigEarthNet scene is never under seasonal snow (BigEarthNet left such patches out: its
+#   date is drawn again).
+# * Crises where they happen: earthquakes on plate boundaries, floods on river plains and deltas,
+#   burned areas in a Mediterranean climate's fire season. Each event has a footprint (the fault
+#   rupture, the river, the fire's run) and a reach; a scene shows the crisis only when it is
+#   dated after the event AND lies within the reach of the footprint.
+
+# Relative frequency of the widespread CORINE level-3 labels in BigEarthNet-like scenes. Every
+# other label (RARE_CORINE) has no base weight: only the zones that name it have it.
 CORINE_BASE_PRIOR: dict[str, float] = {
     "Mixed forest": .90, "Coniferous forest": .80, "Non-irrigated arable land": .80,
-    "Transitional woodland/shrub": .70, "Broad-leaved forest": .60,
+    "Transitional woodland/shrub": .45, "Broad-leaved forest": .60,
     "Land principally occupied by agriculture, with significant areas of natural vegetation": .55,
-    "Complex cultivation patterns": .45, "Pastures": .45, "Water bodies": .30, "Sea and ocean": .30,
-    "Discontinuous urban fabric": .25, "Agro-forestry areas": .12, "Peatbogs": .10,
-    "Permanently irrigated land": .05, "Industrial or commercial units": .04, "Natural grassland": .05,
-    "Olive groves": .05, "Sclerophyllous vegetation": .05, "Continuous urban fabric": .02,
-    "Fruit trees and berry plantations": .03, "Vineyards": .02, "Moors and heathland": .02,
-    "Rice fields": .005, "Water courses": .02, "Annual crops associated with permanent crops": .01,
-    "Inland marshes": .02, "Mineral extraction sites": .02, "Sport and leisure facilities": .01,
-    "Sparsely vegetated areas": .01, "Estuaries": .005, "Coastal lagoons": .004,
-    "Road and rail networks and associated land": .01, "Beaches, dunes, sands": .01,
-    "Green urban areas": .005, "Construction sites": .004, "Bare rock": .01, "Airports": .002,
-    "Salt marshes": .004, "Burnt areas": .003, "Dump sites": .002, "Intertidal flats": .003,
-    "Port areas": .001, "Salines": .001, "Glaciers and perpetual snow": 0.0,
+    "Complex cultivation patterns": .45, "Pastures": .45, "Water bodies": .30,
+    "Discontinuous urban fabric": .25, "Industrial or commercial units": .04,
+    "Continuous urban fabric": .02, "Water courses": .02, "Road and rail networks and associated land": .01,
+    "Sport and leisure facilities": .01, "Green urban areas": .005,
 }
-_COASTAL = ("Sea and ocean", "Estuaries", "Coastal lagoons", "Salt marshes", "Intertidal flats",
-            "Beaches, dunes, sands", "Port areas", "Salines")
+RARE_CORINE: tuple[str, ...] = (
+    "Agro-forestry areas", "Peatbogs", "Permanently irrigated land", "Natural grassland", "Olive groves",
+    "Sclerophyllous vegetation", "Fruit trees and berry plantations", "Vineyards", "Moors and heathland",
+    "Rice fields", "Annual crops associated with permanent crops", "Inland marshes",
+    "Mineral extraction sites", "Sparsely vegetated areas", "Estuaries", "Coastal lagoons",
+    "Beaches, dunes, sands", "Construction sites", "Bare rock", "Airports", "Salt marshes",
+    "Burnt areas", "Dump sites", "Intertidal flats", "Port areas", "Salines", "Sea and ocean",
+    "Glaciers and perpetual snow")
+GLACIER = "Glaciers and perpetual snow"
+
+
+@dataclasses.dataclass(frozen=True)
+class Footprint:
+  """Where an event strikes: a lon/lat polyline (a river, a fault rupture, a fire's run) and how
+  far from it the crisis reaches (flood plain half-width, damage distance, fire half-width)."""
+  kind: str                                 # "river", "fault" or "fire"
+  line: tuple[tuple[float, float], ...]     # (lon, lat) vertices
+  reach_km: float
 
 
 @dataclasses.dataclass(frozen=True)
 class Place:
-  """A lon/lat box with a label prior: a BigEarthNet country or a crisis event."""
+  """A lon/lat box with an elevation range and a label prior: a zone of a BigEarthNet country, or
+  a crisis event (with its date and footprint)."""
   name: str
   lon: tuple[float, float]
   lat: tuple[float, float]
   weight: float
   prior: dict[str, float]            # label -> relative weight
   date: dt.date | None = None        # event date (crisis sources)
+  elevation: tuple[float, float] = (0.0, 300.0)   # metres above sea level, drawn uniformly
+  footprint: Footprint | None = None
+  region: str = ""                   # the country of a zone
 
 
-def _country(name, lon, lat, weight, landlocked=False, **mult):
-  prior = dict(CORINE_BASE_PRIOR)
-  if landlocked:
-    for k in _COASTAL:
-      prior[k] = 0.0
-  for key, factor in mult.items():
-    label = _SHORT[key]
-    prior[label] = (prior[label] or 0.01) * factor if factor else 0.0
-  return Place(name, lon, lat, weight, prior)
+def snowline_m(lat: float) -> float:
+  """Permanent snowline (m) at latitude `lat`: 5,600 cos(lat)^1.7, about 5,500 m in the tropics,
+  3,000 m in the Alps, 1,100 m in Lapland (textbook equilibrium-line altitudes, smoothed)."""
+  return 5600.0 * math.cos(math.radians(abs(lat))) ** 1.7
+
+
+def seasonal_snowline_m(lat: float, day: dt.date) -> float:
+  """Snowline (m) on `day`: the permanent one lowered in the local winter by up to
+  3,000 m x clip((|lat| - 20) / 25, 0, 1) (no seasonal snow in the tropics; the whole range
+  poleward of 45 degrees), following cos(2 pi (day of year - coldest day) / 365) where positive
+  (coldest day: 15 January north, 15 July south)."""
+  coldest = 15 if lat >= 0 else 196
+  winter = max(0.0, math.cos(2 * math.pi * (day.timetuple().tm_yday - coldest) / 365.0))
+  amplitude = 3000.0 * min(max((abs(lat) - 20.0) / 25.0, 0.0), 1.0)
+  return snowline_m(lat) - amplitude * winter
+
+
+def distance_km(lon: float, lat: float, line: tuple[tuple[float, float], ...]) -> float:
+  """Distance (km) from (lon, lat) to a polyline, on a local equirectangular plane (fine over the
+  tens of kilometres that matter here)."""
+  kx = 111.32 * math.cos(math.radians(lat))
+  p = np.array([lon * kx, lat * 110.57])
+  pts = np.array([(x * kx, y * 110.57) for x, y in line])
+  if len(pts) == 1:
+    return float(np.hypot(*(p - pts[0])))
+  best = np.inf
+  for a, b in zip(pts[:-1], pts[1:]):
+    ab = b - a
+    t = float(np.clip(np.dot(p - a, ab) / max(np.dot(ab, ab), 1e-12), 0.0, 1.0))
+    best = min(best, float(np.hypot(*(p - (a + t * ab)))))
+  return best
+
+
+def local_prior(place: Place, lat: float, elevation: float) -> dict[str, float]:
+  """The place's prior at one spot: glaciers only above the permanent snowline, and there they
+  dominate (x 4); bare rock and sparse vegetation gain (x 2) as the ground nears it (within 600 m)."""
+  line = snowline_m(lat)
+  out = dict(place.prior)
+  if out.get(GLACIER, 0) > 0:
+    out[GLACIER] = out[GLACIER] * 4.0 if elevation >= line else 0.0
+  if elevation >= line - 600.0:
+    for label in ("Bare rock", "Sparsely vegetated areas"):
+      if out.get(label, 0) > 0:
+        out[label] *= 2.0
+  return out
 
 
 _SHORT = {
@@ -213,104 +284,183 @@ _SHORT = {
     "scler": "Sclerophyllous vegetation", "agrofor": "Agro-forestry areas", "vine": "Vineyards",
     "burnt": "Burnt areas", "beach": "Beaches, dunes, sands", "rice": "Rice fields",
     "irrig": "Permanently irrigated land", "pasture": "Pastures", "rock": "Bare rock",
-    "natgrass": "Natural grassland", "glacier": "Glaciers and perpetual snow",
+    "natgrass": "Natural grassland", "glacier": GLACIER,
     "moor": "Moors and heathland", "urban": "Discontinuous urban fabric",
-    "industry": "Industrial or commercial units", "complex": "Complex cultivation patterns",
+    "dense": "Continuous urban fabric", "industry": "Industrial or commercial units",
+    "complex": "Complex cultivation patterns",
+    "agrinat": "Land principally occupied by agriculture, with significant areas of natural vegetation",
     "marsh": "Inland marshes", "rivers": "Water courses", "mineral": "Mineral extraction sites",
     "sparse": "Sparsely vegetated areas", "fruit": "Fruit trees and berry plantations",
+    "saltmarsh": "Salt marshes", "salines": "Salines", "tidal": "Intertidal flats",
+    "estuary": "Estuaries", "lagoon": "Coastal lagoons", "port": "Port areas", "dump": "Dump sites",
+    "construction": "Construction sites", "airport": "Airports", "annual": "Annual crops associated with permanent crops",
 }
 
+
+def _zone(region, name, lon, lat, weight, elevation, **weights):
+  """A zone of a BigEarthNet country: the base prior, with `weights` setting labels by short name
+  (a rare label gets the weight itself; a widespread one is multiplied by it)."""
+  prior = dict(CORINE_BASE_PRIOR)
+  prior.update({k: 0.0 for k in RARE_CORINE})
+  for key, w in weights.items():
+    label = _SHORT[key]
+    prior[label] = CORINE_BASE_PRIOR[label] * w if label in CORINE_BASE_PRIOR else w
+  return Place(f"{name}, {region}", lon, lat, weight, prior, elevation=elevation, region=region)
+
+
+# (weights of zones are shares of all BigEarthNet samples)
 BENV2_PLACES: tuple[Place, ...] = (
-    _country("Finland", (21.5, 30.0), (60.2, 68.5), .25, conif=3, mixed=2, trans=2, peat=5,
-             lakes=3, arable=.4, broad=.2, olive=0, scler=0, vine=0, rice=0, agrofor=0, burnt=0),
-    _country("Portugal", (-9.4, -6.3), (37.0, 42.1), .15, scler=8, olive=6, agrofor=5, broad=1.5,
-             vine=5, burnt=10, sea=1.5, beach=3, rice=8, irrig=3, peat=0, conif=.8),
-    _country("Austria", (9.8, 16.9), (46.6, 48.9), .12, True, conif=2, pasture=1.5, rock=4,
-             natgrass=3, glacier=2, olive=0, scler=0, rice=0, peat=.3),
-    _country("Serbia", (19.0, 22.9), (42.3, 46.1), .12, True, arable=2.5, broad=2, complex=1.5,
-             vine=1.5, rivers=2, olive=0, scler=0, peat=0, conif=.5),
-    _country("Lithuania", (21.1, 26.5), (54.0, 56.3), .10, arable=2, mixed=1.5, pasture=1.2,
-             sea=.7, marsh=2, olive=0, scler=0, vine=0, rice=0, agrofor=0),
-    _country("Ireland", (-10.2, -6.1), (51.6, 55.2), .10, pasture=5, peat=6, moor=4, sea=2,
-             arable=.3, olive=0, scler=0, vine=0, rice=0, agrofor=0),
-    _country("Switzerland", (6.0, 10.4), (45.9, 47.7), .06, True, rock=6, natgrass=4, glacier=4,
-             conif=1.5, pasture=2, lakes=2, olive=0, scler=0, rice=0, peat=.3, sparse=3),
-    _country("Belgium", (2.6, 6.3), (49.6, 51.4), .05, arable=2, urban=3, industry=3, complex=2,
-             pasture=1.5, sea=.3, conif=.5, olive=0, scler=0, peat=0, rice=0),
-    _country("Kosovo", (20.1, 21.7), (42.0, 43.2), .03, True, broad=2.5, arable=1.5, complex=2,
-             mineral=3, olive=0, scler=0, peat=0, rice=0),
-    _country("Luxembourg", (5.8, 6.5), (49.5, 50.1), .02, True, broad=1.5, arable=1.5,
-             pasture=1.5, olive=0, scler=0, peat=0, rice=0, fruit=.5),
+    _zone("Finland", "Southwest coast", (21.5, 24.8), (60.2, 61.8), .06, (0, 150), arable=3, sea=.4,
+          urban=2, industry=2, complex=2, mixed=1.2, conif=1.2, port=.01),
+    _zone("Finland", "Lakeland", (25.5, 29.8), (61.2, 63.8), .10, (80, 250), conif=3, mixed=2, lakes=4,
+          peat=.1, trans=2, arable=.4, pasture=.3),
+    _zone("Finland", "Lapland", (24.0, 29.5), (66.0, 68.8), .08, (150, 700), conif=3, mixed=.5, peat=1.2,
+          moor=.8, sparse=.5, trans=1.5, lakes=1.5, arable=0, complex=0, agrinat=.2, urban=.2, pasture=.1),
+    _zone("Portugal", "North and Centre", (-8.8, -7.0), (40.2, 42.0), .07, (100, 1200), broad=2,
+          conif=1.5, trans=3, burnt=.25, vine=.35, complex=2, pasture=.7, natgrass=.1, mixed=.5),
+    _zone("Portugal", "Alentejo", (-8.6, -7.0), (37.6, 39.5), .05, (50, 400), agrofor=.9, olive=.6,
+          scler=.5, arable=1.2, irrig=.15, annual=.05, lakes=.5, conif=.3, mixed=.2, broad=.5),
+    _zone("Portugal", "Tagus and Sado estuaries", (-9.2, -8.5), (38.4, 39.2), .025, (0, 40), rice=.6,
+          saltmarsh=.5, salines=.4, tidal=.4, estuary=.6, beach=.2, sea=.3, urban=3, irrig=.3, port=.05,
+          conif=.3, mixed=.1, broad=.3, airport=.02),
+    _zone("Austria", "Tyrolean Alps", (10.2, 13.0), (46.8, 47.4), .04, (900, 3300), conif=3, rock=.5,
+          natgrass=.5, glacier=.3, sparse=.3, pasture=1.5, mixed=.5, arable=0, complex=.3),
+    _zone("Austria", "Danube lowlands", (14.5, 16.9), (47.8, 48.8), .07, (150, 400), arable=2.5, vine=.3,
+          complex=1.5, broad=1.5, urban=2, rivers=5, conif=.5),
+    _zone("Serbia", "Vojvodina plain", (19.2, 21.5), (44.9, 45.9), .055, (70, 120), arable=4, complex=1.2,
+          rivers=6, marsh=.03, urban=1.2, conif=.1, mixed=.3, trans=.5),
+    _zone("Serbia", "Sumadija hills", (20.0, 22.5), (43.2, 44.6), .055, (200, 1000), broad=3, complex=2,
+          fruit=.4, pasture=1.2, conif=.3, mixed=.5),
+    _zone("Lithuania", "Lowlands", (22.5, 26.0), (54.3, 55.9), .08, (30, 200), arable=2.5, mixed=1.5,
+          pasture=1.2, marsh=.05, peat=.03, lakes=2),
+    _zone("Lithuania", "Curonian coast", (20.95, 21.3), (55.3, 55.9), .02, (0, 60), beach=.8, lagoon=.8,
+          sea=.4, conif=2, mixed=.5, arable=.3, agrinat=.5),
+    _zone("Ireland", "Midlands and west", (-9.9, -6.3), (52.0, 54.5), .115, (20, 700), pasture=5, peat=.7,
+          moor=.5, sea=.15, lakes=1.2, tidal=.03, beach=.02, arable=.3, conif=.7, mixed=.3, broad=.3,
+          trans=.8),
+    _zone("Switzerland", "Valais and Bernese Alps", (7.0, 8.6), (45.9, 46.7), .055, (1200, 4200), rock=.8,
+          glacier=.6, natgrass=.6, sparse=.5, conif=2, pasture=1.2, lakes=.5, arable=0, complex=0,
+          mixed=.3, urban=.3),
+    _zone("Switzerland", "Plateau", (6.8, 9.5), (46.9, 47.6), .03, (400, 800), arable=1.2, pasture=3,
+          lakes=3, urban=2, mixed=1.5, conif=1.2),
+    _zone("Belgium", "Flanders and Wallonia", (3.0, 5.8), (50.2, 51.3), .05, (0, 300), arable=2, urban=3,
+          industry=4, complex=2, pasture=1.5, mineral=.06, dump=.04, construction=.04, conif=.5,
+          dense=3, port=.02, airport=.02),
+    _zone("Kosovo", "Kosovo basin and hills", (20.3, 21.6), (42.2, 43.1), .03, (400, 2000), broad=2.5,
+          arable=1.5, complex=2, mineral=.5, natgrass=.2, pasture=.8, dump=.05),
+    _zone("Luxembourg", "Luxembourg", (5.85, 6.45), (49.5, 50.1), .02, (200, 550), broad=1.5, arable=1.5,
+          pasture=1.5, fruit=.03, urban=1.2),
 )
-# Glaciers are not among BigEarthNet's 43 labels; the small Alpine weights above
-# (Austria, Switzerland) keep "snow and ice" in the replica's vocabulary.
 
 BENV2_PERIOD = (dt.date(2017, 6, 1), dt.date(2018, 5, 31))
 
 
-def _event(name, lon, lat, date, **prior):
+def _event(name, lon, lat, date, elevation, footprint, **prior):
   names = {"trees": "Trees", "crops": "Crops", "shrub": "Shrub and Scrub", "water": "Water",
            "grass": "Grass", "built": "Built", "floodveg": "Flooded Vegetation", "bare": "Bare",
            "snow": "Snow and Ice"}
-  return Place(name, lon, lat, 1.0, {names[k]: v for k, v in prior.items()}, date)
+  return Place(name, lon, lat, 1.0, {names[k]: v for k, v in prior.items()}, date,
+               elevation=elevation, footprint=footprint)
 
 
+def _river(*line, reach_km=6.0):
+  return Footprint("river", tuple(line), reach_km)
+
+
+def _fault(*line, reach_km=15.0):
+  return Footprint("fault", tuple(line), reach_km)
+
+
+def _fire(*line, reach_km=6.0):
+  return Footprint("fire", tuple(line), reach_km)
+
+
+# Fire-prone: Mediterranean climate (dry summer); every fire below is dated in its dry season
+# (FIRE_SEASON_MONTHS).
+FIRE_SEASON_MONTHS = (6, 7, 8, 9, 10, 11, 12)
 CALIFORNIA_FIRES: tuple[Place, ...] = (
-    _event("Camp Fire, California", (-121.8, -121.4), (39.6, 39.9), dt.date(2018, 11, 8),
+    _event("Camp Fire, California", (-121.8, -121.4), (39.6, 39.9), dt.date(2018, 11, 8), (200, 1500),
+           _fire((-121.45, 39.82), (-121.62, 39.76), (-121.72, 39.70)),
            trees=3, shrub=3, grass=2, built=1.5, bare=1),
     _event("Mendocino Complex, California", (-123.1, -122.4), (39.1, 39.5), dt.date(2018, 7, 27),
+           (300, 2000), _fire((-123.0, 39.2), (-122.8, 39.35), (-122.55, 39.42), reach_km=8.0),
            trees=3, shrub=4, grass=3, bare=1, water=.5),
-    _event("Creek Fire, California", (-119.5, -119.0), (37.1, 37.6), dt.date(2020, 9, 4),
+    _event("Creek Fire, California", (-119.5, -119.0), (37.1, 37.6), dt.date(2020, 9, 4), (600, 3200),
+           _fire((-119.25, 37.2), (-119.3, 37.35), (-119.15, 37.5), reach_km=7.0),
            trees=4, shrub=2, bare=2, grass=1, water=.5),
-    _event("Dixie Fire, California", (-121.4, -120.5), (39.8, 40.5), dt.date(2021, 7, 13),
+    _event("Dixie Fire, California", (-121.4, -120.5), (39.8, 40.5), dt.date(2021, 7, 13), (500, 2300),
+           _fire((-121.3, 39.9), (-121.0, 40.1), (-120.7, 40.3), reach_km=9.0),
            trees=4, shrub=2, grass=2, bare=1, water=.5),
-    _event("Thomas Fire, California", (-119.5, -119.0), (34.3, 34.6), dt.date(2017, 12, 4),
+    _event("Thomas Fire, California", (-119.5, -119.0), (34.3, 34.6), dt.date(2017, 12, 4), (0, 1800),
+           _fire((-119.1, 34.38), (-119.3, 34.45), (-119.45, 34.5)),
            shrub=5, grass=2, trees=1, built=1, bare=1),
-    _event("Kincade Fire, California", (-122.9, -122.6), (38.6, 38.8), dt.date(2019, 10, 23),
+    _event("Kincade Fire, California", (-122.9, -122.6), (38.6, 38.8), dt.date(2019, 10, 23), (50, 1200),
+           _fire((-122.75, 38.78), (-122.82, 38.68), reach_km=5.0),
            trees=3, shrub=3, grass=3, crops=1, built=1),
 )
+# Floods on river plains and deltas: the footprint follows the river; the plain floods within reach.
 FLOODS_SEN12: tuple[Place, ...] = (
-    _event("Cyclone Idai, Mozambique", (33.8, 35.3), (-20.3, -19.2), dt.date(2019, 3, 15),
+    _event("Cyclone Idai, Mozambique", (33.8, 35.3), (-20.3, -19.2), dt.date(2019, 3, 15), (0, 60),
+           _river((33.9, -19.5), (34.5, -19.7), (35.2, -19.9), reach_km=10.0),
            crops=3, grass=2, floodveg=2, water=2, trees=1.5, shrub=1, built=1),
-    _event("Khuzestan floods, Iran", (48.0, 49.4), (31.0, 32.4), dt.date(2019, 4, 1),
+    _event("Khuzestan floods, Iran", (48.0, 49.4), (31.0, 32.4), dt.date(2019, 4, 1), (0, 150),
+           _river((48.6, 32.3), (48.7, 31.7), (48.9, 31.1), reach_km=8.0),
            crops=3, bare=3, water=2, built=1.5, grass=.5),
-    _event("Townsville floods, Australia", (145.8, 147.0), (-20.5, -19.0), dt.date(2019, 2, 4),
+    _event("Townsville floods, Australia", (145.8, 147.0), (-20.5, -19.0), dt.date(2019, 2, 4), (0, 200),
+           _river((146.2, -20.4), (146.6, -19.6), (146.8, -19.2), reach_km=7.0),
            grass=3, trees=2, shrub=2, water=1.5, built=1, crops=.5),
-    _event("Shabelle floods, Somalia", (44.8, 46.0), (2.0, 3.5), dt.date(2019, 5, 5),
+    _event("Shabelle floods, Somalia", (44.8, 46.0), (2.0, 3.5), dt.date(2019, 5, 5), (0, 150),
+           _river((45.6, 3.4), (45.3, 2.8), (44.9, 2.1), reach_km=8.0),
            shrub=3, bare=2, crops=2, grass=1.5, water=1),
-    _event("Cuvelai floods, Namibia", (15.0, 16.5), (-18.0, -17.0), dt.date(2019, 4, 20),
+    _event("Cuvelai floods, Namibia", (15.0, 16.5), (-18.0, -17.0), dt.date(2019, 4, 20), (1050, 1150),
+           _river((15.3, -17.1), (15.7, -17.5), (16.1, -17.9), reach_km=10.0),
            grass=3, shrub=2, bare=1.5, water=1, floodveg=1),
 )
 FLOODS_MMFLOOD: tuple[Place, ...] = (
-    _event("Emilia-Romagna floods, Italy", (11.0, 12.3), (44.4, 44.9), dt.date(2019, 11, 17),
+    _event("Emilia-Romagna floods, Italy", (11.0, 12.3), (44.4, 44.9), dt.date(2019, 11, 17), (0, 60),
+           _river((11.1, 44.8), (11.6, 44.7), (12.2, 44.6)),
            crops=4, built=1.5, water=1.5, trees=1),
     _event("Ahr and Meuse floods, Germany/Belgium", (6.4, 7.2), (50.3, 50.8), dt.date(2021, 7, 15),
+           (100, 350), _river((6.5, 50.45), (6.8, 50.52), (7.15, 50.55), reach_km=3.0),
            trees=3, crops=2, built=2, grass=2, water=1),
-    _event("Brahmaputra floods, Bangladesh", (89.5, 90.8), (24.0, 25.5), dt.date(2020, 7, 20),
+    _event("Brahmaputra floods, Bangladesh", (89.5, 90.8), (24.0, 25.5), dt.date(2020, 7, 20), (5, 30),
+           _river((89.7, 25.4), (89.75, 24.8), (89.8, 24.1), reach_km=12.0),
            crops=4, floodveg=3, water=3, built=1.5, trees=1),
-    _event("Ayeyarwady floods, Myanmar", (94.8, 95.8), (16.5, 18.0), dt.date(2015, 8, 5),
+    _event("Ayeyarwady floods, Myanmar", (94.8, 95.8), (16.5, 18.0), dt.date(2015, 8, 5), (0, 20),
+           _river((95.3, 17.9), (95.2, 17.2), (95.1, 16.6), reach_km=12.0),
            crops=3, floodveg=3, water=2, trees=1.5),
-    _event("Medicane Ianos floods, Greece", (21.8, 22.6), (39.3, 39.8), dt.date(2020, 9, 20),
+    _event("Medicane Ianos floods, Greece", (21.8, 22.6), (39.3, 39.8), dt.date(2020, 9, 20), (50, 300),
+           _river((21.9, 39.6), (22.2, 39.55), (22.5, 39.65)),
            crops=4, shrub=1.5, built=1, bare=1),
-    _event("Shire floods, Malawi", (34.8, 35.4), (-16.8, -15.8), dt.date(2019, 3, 10),
+    _event("Shire floods, Malawi", (34.8, 35.4), (-16.8, -15.8), dt.date(2019, 3, 10), (40, 200),
+           _river((34.9, -15.9), (35.1, -16.3), (35.25, -16.7)),
            crops=3, grass=2, shrub=2, water=1, floodveg=1),
     _event("Paraguay River floods, Paraguay", (-58.0, -57.2), (-25.6, -24.8), dt.date(2019, 5, 10),
+           (50, 120), _river((-57.5, -24.9), (-57.6, -25.2), (-57.7, -25.5), reach_km=10.0),
            grass=3, floodveg=3, water=2, trees=2),
 )
+# Earthquakes on plate boundaries: the footprint is the surface rupture (or the epicentral area).
 EARTHQUAKES: tuple[Place, ...] = (
     _event("Kahramanmaras earthquake, Turkey", (36.0, 38.4), (36.2, 38.2), dt.date(2023, 2, 6),
-           built=4, crops=3, bare=2, grass=1.5, snow=.3),
-    _event("Gorkha earthquake, Nepal", (84.6, 86.0), (27.6, 28.2), dt.date(2015, 4, 25),
-           built=3, trees=3, crops=2.5, grass=1),
-    _event("Amatrice earthquake, Italy", (13.1, 13.4), (42.55, 42.8), dt.date(2016, 8, 24),
+           (300, 2500), _fault((36.1, 36.3), (36.7, 37.2), (37.5, 37.7), (38.3, 38.1), reach_km=25.0),
+           built=4, crops=3, bare=2, grass=1.5),
+    _event("Gorkha earthquake, Nepal", (84.6, 86.0), (27.6, 28.2), dt.date(2015, 4, 25), (500, 5500),
+           _fault((84.7, 28.15), (85.3, 27.9), (85.9, 27.7), reach_km=20.0),
+           built=3, trees=3, crops=2.5, grass=1, bare=.5),
+    _event("Amatrice earthquake, Italy", (13.1, 13.4), (42.55, 42.8), dt.date(2016, 8, 24), (500, 2400),
+           _fault((13.2, 42.6), (13.3, 42.75), reach_km=10.0),
            built=3, trees=3, grass=2.5, crops=1),
-    _event("Puebla earthquake, Mexico", (-99.3, -98.3), (18.4, 19.4), dt.date(2017, 9, 19),
+    _event("Puebla earthquake, Mexico", (-99.3, -98.3), (18.4, 19.4), dt.date(2017, 9, 19), (1000, 2600),
+           _fault((-98.7, 18.5), reach_km=40.0),
            built=4, crops=2.5, trees=1.5, grass=1),
-    _event("Palu earthquake, Indonesia", (119.75, 120.0), (-1.05, -0.75), dt.date(2018, 9, 28),
+    _event("Palu earthquake, Indonesia", (119.75, 120.0), (-1.05, -0.75), dt.date(2018, 9, 28), (0, 500),
+           _fault((119.85, -0.76), (119.87, -1.04), reach_km=6.0),
            built=4, trees=3, water=1.5, crops=1),
-    _event("Al Haouz earthquake, Morocco", (-8.6, -7.8), (30.9, 31.3), dt.date(2023, 9, 8),
+    _event("Al Haouz earthquake, Morocco", (-8.6, -7.8), (30.9, 31.3), dt.date(2023, 9, 8), (800, 3500),
+           _fault((-8.4, 31.0), (-8.1, 31.1), reach_km=25.0),
            built=3, bare=4, shrub=2, crops=1),
-    _event("Noto earthquake, Japan", (136.75, 137.3), (37.15, 37.5), dt.date(2024, 1, 1),
+    _event("Noto earthquake, Japan", (136.75, 137.3), (37.15, 37.5), dt.date(2024, 1, 1), (0, 500),
+           _fault((136.8, 37.3), (137.05, 37.45), (137.25, 37.5), reach_km=12.0),
            built=3, trees=4, crops=1.5, water=1.5),
 )
 
@@ -325,7 +475,8 @@ class Source:
   places: tuple[Place, ...]
   event_label: str | None       # crisis label (None for BigEarthNet)
   channels: tuple[str, ...]     # stored channel order
-  event_rate: float = 0.75      # fraction of samples showing the event
+  after_rate: float = 0.85      # crisis sources: share of scenes dated after the event
+  near_rate: float = 0.8        # ... and of scenes drawn within the reach of its footprint
 
 
 S2_CH = S2_BANDS
@@ -343,6 +494,8 @@ SOURCES: tuple[Source, ...] = (
            S1_CH["quakeset"]),
 )
 SOURCE_BY_NAME = {s.name: s for s in SOURCES}
+# Share of a patch that a crisis covers when the scene lies on the footprint (halved at the reach).
+EVENT_SHARE = {"Flooded Area": (.10, .60), "Burned Area": (.15, .70), "Earthquake Damage": (.05, .30)}
 BENV2_PARTS = 4
 
 

@@ -7,6 +7,11 @@ Rule (docs/evaluation.md, "Queries from labels"):
   `num_triples` most frequent class triples, each carried in full by at least
   `min_support` samples. Frequency ties go to the pair/triple that comes first in class
   order. The text is the dataset's text rule ("trees. water"); ids are `L000`, `L001`, ...
+  With `per_type=n` (balanced, what the synthetic archive writes): every class carried by a
+  sample and every combination of 2 or 3 classes carried in full by at least `min_support`
+  samples is typed by the rule below, and
+  each type keeps up to n of them: its single classes first (class order), then the others by
+  frequency (ties: class order); queries are listed land cover, crisis, location.
 * Relevance (graded by label overlap): 2 when the sample carries every class of the query,
   1 when it carries some of them; samples with none are not judged (non-relevant).
   Single-class queries therefore only have grade 2.
@@ -108,20 +113,57 @@ def query_type(text: str, relevant_keys: Sequence[str], key_index: Mapping[str, 
   return "land_cover"
 
 
+def _supported_combos(hot: np.ndarray, max_size: int, min_support: int) -> list[tuple[tuple[int, ...], int]]:
+  """Every class carried by a sample and every combination of 2..max_size classes carried in
+  full by >= min_support samples, with its count, in class order."""
+  out = []
+  for size in range(1, max_size + 1):
+    for combo in itertools.combinations(range(hot.shape[1]), size):
+      n = int(np.count_nonzero(hot[:, list(combo)].all(axis=1)))
+      if n >= (min_support if size > 1 else 1):
+        out.append((combo, n))
+  return out
+
+
+def _combo_type(combo: Sequence[int], full: np.ndarray, cells: np.ndarray | None) -> str:
+  names = [labels_lib.CLASSES[c] for c in combo]
+  if any(c in CRISIS_CLASSES for c in names):
+    return "crisis"
+  if cells is not None and is_location_dependent(cells[full], cells):
+    return "location"
+  return "land_cover"
+
+
+def _balanced(hot: np.ndarray, cells: np.ndarray | None, per_type: int, min_support: int
+              ) -> list[tuple[int, ...]]:
+  """Up to per_type combinations of each type: singles first, then by frequency."""
+  chosen: dict[str, list] = {t: [] for t in QUERY_TYPES}
+  for combo, n in _supported_combos(hot, 3, min_support):
+    full = np.flatnonzero(hot[:, list(combo)].all(axis=1))
+    single = len(combo) == 1
+    chosen[_combo_type(combo, full, cells)].append((not single, 0 if single else -n, combo))
+  return [combo for t in QUERY_TYPES for _, _, combo in sorted(chosen[t])[:per_type]]
+
+
 def queries_from_labels(labels: np.ndarray, keys: Sequence[str], lonlat: np.ndarray | None = None,
                         *, num_pairs: int = 12, num_triples: int = 6, min_support: int = 3,
-                        cell_degrees: float = 5.0, prefix: str = "L"
+                        cell_degrees: float = 5.0, prefix: str = "L", per_type: int | None = None
                         ) -> tuple[list[dict], dict[str, dict[str, int]]]:
   """(queries [{query_id, text, type}], qrels {qid: {key: grade}}) by the rule above.
 
   labels: [N, 12] multi-hot of the corpus samples, keys: their ids, lonlat: [N, 2] degrees
-  (without it no query is typed `location`).
+  (without it no query is typed `location`). per_type: None for the frequency rule
+  (num_pairs, num_triples), or the number of queries of each type (balanced).
   """
   hot = _check_corpus(labels, keys, lonlat)
   keys = [str(k) for k in keys]
   cells = cell_of(lonlat, cell_degrees) if lonlat is not None else None
+  if per_type is None:
+    combos = _candidates(hot, num_pairs, num_triples, min_support)
+  else:
+    combos = _balanced(hot, cells, int(per_type), min_support)
   queries, qrels = [], {}
-  for n, combo in enumerate(_candidates(hot, num_pairs, num_triples, min_support)):
+  for n, combo in enumerate(combos):
     qid = f"{prefix}{n:03d}"
     names = [labels_lib.CLASSES[c] for c in combo]
     overlap = hot[:, list(combo)].sum(axis=1)
@@ -130,13 +172,8 @@ def queries_from_labels(labels: np.ndarray, keys: Sequence[str], lonlat: np.ndar
     judged = {keys[i]: 2 for i in full}
     judged.update({keys[i]: 1 for i in some})
     qrels[qid] = judged
-    if any(c in CRISIS_CLASSES for c in names):
-      kind = "crisis"
-    elif cells is not None and is_location_dependent(cells[full], cells):
-      kind = "location"
-    else:
-      kind = "land_cover"
-    queries.append({"query_id": qid, "text": labels_lib.classes_to_text(names), "type": kind})
+    queries.append({"query_id": qid, "text": labels_lib.classes_to_text(names),
+                    "type": _combo_type(combo, full, cells)})
   if not queries:
     raise ValueError("no query can be built from the corpus labels: no sample carries a class")
   return queries, qrels

@@ -1,6 +1,6 @@
 """Corpus embedding throughput: the evaluation binary's embedding pass vs the original's way.
 
-closp-jax: closp_jax.retrieval.embed.embed_corpus, the call closp_jax.evaluate makes: the grain
+closp-jax: closp_jax.models.embed.embed_corpus, the call closp_jax.evaluate makes: the grain
 eval iterator over the ArrayRecord test split (decode, normalise, batch, prefetch threads) feeding
 the jitted image towers, embeddings gathered to the host, S2 then S1.
 
@@ -25,7 +25,7 @@ from benchmarks.jax_step import closp_config
 from closp_jax.data import crisis_landmark, pipeline
 from closp_jax.models.towers import CLOSP
 from closp_jax.parallel import mesh as mesh_lib
-from closp_jax.retrieval import embed as embed_lib
+from closp_jax.models import embed as embed_lib
 from closp_jax.train import setup
 
 S2_SCALE = 10000.0

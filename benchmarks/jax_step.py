@@ -5,7 +5,7 @@
     step.flops                       # XLA's FLOP count of one step
 
 closp_jax.train.loop does: setup.build_model_and_optimizer -> setup.create_state ->
-make_train_step(trainable=trainable_groups(...), use_text_table=...) -> jax.jit with the state
+make_train_step(cfg, phase_at(...)) -> jax.jit with the state
 donated and the state shardings as outputs. The same calls are made here; the batch has the
 trainer's format ({"s2"|"s1": {"image", "input_ids", "attention_mask", "lonlat", "text_id"}}) and
 is placed on the devices once, so the figure is the step alone (the input pipeline has its own row).
@@ -24,8 +24,7 @@ import numpy as np
 from closp_jax import config as config_lib
 from closp_jax.parallel import mesh as mesh_lib
 from closp_jax.train import setup
-from closp_jax.train.optimizer import trainable_groups
-from closp_jax.train.step import make_train_step, uses_text_table
+from closp_jax.train.step import make_train_step, phase_at
 
 NUM_TEXTS = 512  # distinct texts of the synthetic batches (the cached-embedding table's rows)
 TOTAL_STEPS = 1000  # only shapes the learning-rate schedule
@@ -33,12 +32,12 @@ TOTAL_STEPS = 1000  # only shapes the learning-rate schedule
 
 def closp_config(variant: str, overrides: Mapping[str, Any] | None = None, *,
                  geo: bool = False) -> ml_collections.ConfigDict:
-  """get_config(variant) with dotted overrides ({'optim.frozen': (), 'data.batch_size': 8}).
+  """The packaged recipe closp:VARIANT (geoclosp with geo) with dotted overrides ({'optim.frozen': (), 'data.batch_size': 8}).
 
   The text tower starts from random weights (init.text='') unless an override says otherwise:
   speed does not depend on the values, and nothing needs the MiniLM files.
   """
-  cfg = config_lib.get_config(variant, geo=geo)
+  cfg = config_lib.load_config(f"{'geoclosp' if geo else 'closp'}:{variant}")
   cfg.unlock()
   cfg.init.text = ""
   for dotted, value in dict(overrides or {}).items():
@@ -121,9 +120,9 @@ class ClospStep:
     setup.check_batch(cfg, mesh)
     model, variables, shardings, optimizer, _ = setup.build_model_and_optimizer(cfg, mesh, TOTAL_STEPS)
     state, state_shardings = setup.create_state(variables, optimizer, shardings, mesh, int(cfg.seed))
-    trainable = trainable_groups(cfg.optim, sorted(state.params), int(state.step))
-    use_table = uses_text_table(cfg, trainable)
-    fn = make_train_step(model, cfg, optimizer, trainable=trainable, use_text_table=use_table, mesh=mesh)
+    phase = phase_at(cfg, sorted(state.params), int(state.step))
+    trainable, use_table = phase.trainable, phase.text_table
+    fn = make_train_step(cfg, phase, model=model, optimizer=optimizer, mesh=mesh)
     jitted = jax.jit(fn, donate_argnums=(0,), out_shardings=(state_shardings, mesh_lib.replicated(mesh)))
     host = synthetic_batch(cfg, batch_size, text_len=text_len)
     keys = ("image", "input_ids", "attention_mask", "lonlat", "text_id")

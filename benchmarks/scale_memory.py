@@ -48,8 +48,8 @@ def _parse(argv):
 
 def load_config(args):
   import ml_collections  # pylint: disable=import-outside-toplevel
-  from closp_jax.config import load_config_file  # pylint: disable=import-outside-toplevel
-  cfg = ml_collections.ConfigDict(load_config_file(args.config).to_dict())
+  from closp_jax.config import load_config  # pylint: disable=import-outside-toplevel
+  cfg = ml_collections.ConfigDict(load_config(args.config).to_dict())
   cfg.init.text = ""
   cfg.optim.frozen = ()
   cfg.optim.freeze_steps = 0
@@ -109,8 +109,7 @@ def step_report(cfg, per_device_batch: int, time_steps: int) -> dict:
   import numpy as np  # pylint: disable=import-outside-toplevel
   from closp_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
   from closp_jax.train import setup  # pylint: disable=import-outside-toplevel
-  from closp_jax.train.optimizer import trainable_groups  # pylint: disable=import-outside-toplevel
-  from closp_jax.train.step import make_train_step  # pylint: disable=import-outside-toplevel
+  from closp_jax.train.step import Phase, make_train_step, phase_at  # pylint: disable=import-outside-toplevel
 
   mesh = mesh_lib.make_mesh(cfg.mesh)
   dp = mesh_lib.data_parallel_size(mesh)
@@ -119,8 +118,8 @@ def step_report(cfg, per_device_batch: int, time_steps: int) -> dict:
   model, variables, shardings, optimizer, _ = setup.build_model_and_optimizer(cfg, mesh, int(cfg.train.steps))
   state, state_sh = setup.create_state(variables, optimizer, shardings, mesh, 0)
   del variables
-  trainable = trainable_groups(cfg.optim, sorted(state.params), 10**9)
-  fn = make_train_step(model, cfg, optimizer, trainable=trainable, use_text_table=False, mesh=mesh)
+  phase = Phase(phase_at(cfg, sorted(state.params), 10**9).trainable, text_table=False)
+  fn = make_train_step(cfg, phase, model=model, optimizer=optimizer, mesh=mesh)
   step = jax.jit(fn, donate_argnums=(0,), out_shardings=(state_sh, mesh_lib.replicated(mesh)))
 
   rng = np.random.default_rng(0)

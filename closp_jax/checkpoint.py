@@ -15,6 +15,7 @@ so, and restores the newest one that reads back whole.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -26,13 +27,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
+from closp_jax.errors import UserError
 from closp_jax import atomic
 from closp_jax.parallel import data_checkpoint
 
 BEST_METRIC = "val_loss"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
   """A checkpoint cannot be written or read; the message names the step, the folder and the fix."""
 
 
@@ -44,7 +46,7 @@ class Checkpointer:
   """Saves and restores the train state and the data-iterator state together."""
 
   def __init__(self, directory: str | os.PathLike, *, keep: int = 3, async_save: bool = True):
-    self.directory = Path(directory).absolute()
+    self.directory = Path(directory).expanduser().absolute()  # orbax wants absolute paths
     self.keep = max(int(keep), 1)
     self._last_saved: int | None = None  # the step of the latest save started (for error messages)
     policy = cm.AnyPreservationPolicy([
@@ -291,3 +293,84 @@ def list_steps(directory: str | os.PathLike) -> list[int]:
 def abstract_like(tree: Any) -> Any:
   """ShapeDtypeStructs (with shardings) of a tree of arrays, for restore."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+# ---- the one way binaries read a run's parameters -----------------------------------------------
+
+def load_run_config(workdir: str | os.PathLike):
+  """The config a training run saved in WORKDIR/config.json (ConfigDict, older shapes upgraded)."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from closp_jax.config import upgrade_saved_config  # pylint: disable=import-outside-toplevel
+  path = Path(workdir) / "config.json"
+  if not path.is_file():
+    raise CheckpointError(
+        f"{path} not found: {workdir} is not a training workdir (the trainer writes config.json when a run "
+        "starts); pass the workdir of a run (closp-train --workdir DIR)")
+  try:
+    data = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+  for key in ("model", "data"):
+    if key not in data:
+      raise CheckpointError(f"{path}: no {key!r} section; expected a closp-jax training config")
+  return ml_collections.ConfigDict(upgrade_saved_config(data))
+
+
+def restore_variables(workdir: str | os.PathLike, config, which: str | int = "latest", *, mesh=None):
+  """(model, {'params', 'batch_stats'}, label) of a run: what evaluate, export and search read.
+
+  which: 'latest', 'best', a step number, or 'untrained' (the config's initial variables: its seed
+  and the pretrained towers named in config.init, exactly what the trainer starts from). Only params
+  and batch_stats are read (not the optimizer state), onto `mesh` (default: one CPU device) whatever
+  topology wrote them. A checkpoint of another model is a CheckpointError naming the step and the
+  config, and stays in place.
+  """
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from closp_jax.models.towers import CLOSP  # pylint: disable=import-outside-toplevel
+  from closp_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  from closp_jax.train import setup  # pylint: disable=import-outside-toplevel
+  workdir = Path(workdir).expanduser().absolute()  # orbax wants absolute paths; users give relative ones
+  if mesh is None:
+    mesh = jax.sharding.Mesh(np.array(jax.devices("cpu")[:1]), ("data",))
+  model = CLOSP(config.model)
+  rng = jax.random.key(int(config.seed))
+  if str(which) == "untrained":
+    variables, shardings = setup.init_variables(model, config, mesh, rng)
+    variables, _ = setup.load_pretrained(variables, config, shardings)
+    return model, variables, "untrained"
+  directory = Path(workdir) / "checkpoints"
+  if not directory.is_dir():
+    raise CheckpointError(f"no checkpoints folder {directory}: train first (closp-train --workdir {workdir}), "
+                          "or ask for the untrained model (--checkpoint untrained)")
+  ckpt = Checkpointer(directory, async_save=False)
+  try:
+    step = ckpt.resolve(which)
+  finally:
+    ckpt.close()
+  boxed = jax.eval_shape(lambda r: model.init(r, *setup.dummy_inputs(config), train=False), rng)
+  rules = mesh_lib.logical_rules(config.mesh.rules) if "mesh" in config else None
+  target = {}
+  for col in ("params", "batch_stats"):
+    tree = boxed.get(col, {})
+    if col == "batch_stats" and not tree:
+      continue
+    shardings = (mesh_lib.param_shardings(tree, mesh, rules) if rules is not None
+                 else jax.tree.map(lambda _: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+                                   nn.unbox(tree)))
+    target[col] = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                               nn.unbox(tree), shardings)
+  state_dir = directory / str(step) / "state"
+  quiet = logging.getLogger("absl")
+  level = quiet.level
+  quiet.setLevel(logging.ERROR)  # orbax warns that the item folder has no step metadata; it is the step's
+  try:
+    with ocp.PyTreeCheckpointer() as ckptr:
+      restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+  except Exception as err:  # orbax raises several types for a tree that does not match
+    raise CheckpointError(
+        f"{state_dir}: the checkpoint's parameters do not fit the model of {Path(workdir) / 'config.json'} "
+        f"({_root_cause(err)}); it stays in place") from err
+  finally:
+    quiet.setLevel(level)
+  return model, {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}, str(step)

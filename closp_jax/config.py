@@ -1,30 +1,36 @@
-"""The shared shape of every training config, and its validation.
+"""The schema of every training config: its keys, their defaults and allowed values, and loading.
 
-configs/closp.py and configs/geoclosp.py build on `base_config`; every knob lives here so
-docs/configs.md can list them all. Configs are locked: a mistyped key is an error.
+The recipes live in configs/ (configs/closp.py, configs/geoclosp.py, shared parts in
+configs/common.py; installed with the package as `closp_jax.configs`): each starts from
+`defaults()` and sets what its variant trains. This module holds no recipe. docs/configs.md lists
+every key; tests/test_configs_doc.py checks it against `defaults()`. Configs are locked: a mistyped
+key is an error naming the valid keys.
+
+A config is named by a packaged recipe, `geoclosp:paper` (works from any folder), or by a file,
+`configs/geoclosp.py:paper` / `/abs/path/my_recipe.py:variant`.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
+from pathlib import Path
+
 import ml_collections
+
+from closp_jax.errors import UserError
 
 PARAM_GROUPS = ("s2_encoder", "s1_encoder", "text_model", "s2_projection", "s1_projection",
                 "location_encoder", "location_projection", "logit_scale", "logit_bias")
-VARIANTS = ("sample", "paper", "vit_s", "vit_l", "pod", "rgb")
+RECIPE_PACKAGE = "closp_jax.configs"
 
 
-def parse_arg(arg: str | None) -> str:
-  variant = (arg or "sample").strip() or "sample"
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown config variant {variant!r}; expected one of {', '.join(VARIANTS)}")
-  return variant
-
-
-def base_config(variant: str, geo: bool) -> ml_collections.ConfigDict:
-  """The config of CLOSP (geo=False) or GeoCLOSP (geo=True) for a variant."""
+def defaults() -> ml_collections.ConfigDict:
+  """Every key with its default value (unlocked; recipes set what they need, then lock)."""
   from closp_jax.models.towers import model_config  # pylint: disable=import-outside-toplevel
 
   c = ml_collections.ConfigDict()
-  c.name = ("geoclosp" if geo else "closp") + ":" + variant
+  c.name = "closp"
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
@@ -44,7 +50,6 @@ def base_config(variant: str, geo: bool) -> ml_collections.ConfigDict:
   c.data.rgb = False             # RGB-only baseline: S2 bands 4,3,2; S1 as VV, VH, VV-VH
 
   c.model = model_config()
-  c.model.location.enabled = geo
 
   c.init = ml_collections.ConfigDict()
   c.init.text = "minilm"         # 'minilm' (installed all-MiniLM-L6-v2), a local HF BERT folder, or '' (random)
@@ -111,127 +116,6 @@ def base_config(variant: str, geo: bool) -> ml_collections.ConfigDict:
   c.mesh.slices = 1              # > 1: multi-slice (DCN) data parallelism over equal groups of hosts
   c.mesh.rules = "dp"
 
-  _apply_variant(c, variant, geo)
-  return c
-
-
-def _apply_variant(c, variant: str, geo: bool) -> None:
-  if variant in ("sample", "rgb"):
-    c.model.s2_encoder = "resnet_tiny"
-    c.model.s1_encoder = "resnet_tiny"
-    # A fixed scale of 1.0 (the paper's) gives the small sample run almost no gradient signal;
-    # a learnable temperature from 10 trains the CPU-sized towers within minutes.
-    c.model.temperature.init_scale = 10.0
-    c.model.temperature.learnable = True
-    # Dropout off: the frozen text tower's embeddings are then computed once, and the CPU demo
-    # trains as it always has.
-    c.model.text.dropout = 0.0
-    c.model.location.dropout = 0.0
-  if variant == "sample":
-    # Sized so that a 2-core laptop builds the sample archive, trains and evaluates within 10 minutes.
-    c.train.steps = 150
-    c.eval.every_steps = 75
-    c.checkpoint.every_steps = 75
-    return
-  if variant == "rgb":
-    c.model.s2_in_chans = 3
-    c.model.s1_in_chans = 3
-    c.data.rgb = True
-    return
-  # The authors' training, as their final train.py and configs/{default,loc_default}.yaml run it
-  # (DarthReca/closp at 4938033); docs/fidelity.md gives the file and line of every value.
-  c.data.name = "crisis_landmark/full"
-  c.data.batch_size = 64                     # per sensor
-  c.data.normalization.s2 = "scale"          # S2 / 10,000
-  c.data.normalization.s1 = "none"           # S1 as stored
-  c.data.augment = "flips"                   # random horizontal and vertical flips
-  c.model.s2_encoder = "resnet50"
-  c.model.s1_encoder = "resnet50"
-  # TorchGeo's ResNet-50 keeps timm's 1000-way classifier; the projection maps its output to 384.
-  c.model.s2_head_classes = 1000
-  c.model.s1_head_classes = 1000
-  c.model.temperature.init_scale = 1.0       # logits = 1.0 * cosine, fixed
-  c.model.temperature.learnable = False
-  c.model.text.dropout = 0.1                 # BERT's hidden and attention dropout, on in training
-  c.model.location.dropout = 0.5             # SatCLIP's SIREN dropout, on in training
-  c.init.text = "minilm"
-  c.init.s2 = "ssl4eo-s12/resnet50-s2-moco"
-  c.init.s1 = "ssl4eo-s12/resnet50-s1-moco"
-  c.init.location = "satclip/resnet50-l10" if geo else ""
-  # SatCLIP's released checkpoints were trained with its 2023 "analytic" spherical-harmonics table.
-  c.model.location.sh_convention = "analytic_2023"
-  # The pretrained towers stay frozen (freeze_pretrained: true; the final train.py never unfreezes);
-  # the projections train. --config.optim.frozen= --config.optim.freeze_towers=... with
-  # --config.optim.freeze_steps=-1 gives the earlier train.py's unfreezing after the first epoch.
-  c.optim.frozen = ("s2_encoder", "s1_encoder", "text_model") + (("location_encoder",) if geo else ())
-  c.optim.freeze_towers = ()
-  c.optim.freeze_steps = 0
-  c.optim.name = "adamw"                     # torch.optim.AdamW(params, lr=1e-6): wd 0.01 on every parameter
-  c.optim.weight_decay = 0.01
-  c.optim.decay = "all"
-  c.optim.b2 = 0.999
-  c.optim.eps = 1e-8
-  c.optim.grad_clip = 0.0
-  c.optim.lr = 1e-6                          # OneCycleLR(max_lr=1e-6, pct_start=0.1, div_factor=1e6,
-  c.optim.schedule = "one_cycle"             #            final_div_factor=1e6), stepped every batch,
-  c.optim.pct_start = 0.1                    #            beta1 cycling 0.95 -> 0.85 -> 0.95
-  c.optim.div_factor = 1e6
-  c.optim.final_div_factor = 1e6
-  c.optim.cycle_momentum = True
-  c.optim.base_momentum = 0.85
-  c.optim.max_momentum = 0.95
-  c.train.epochs = 30.0
-  c.train.steps = -1
-  c.train.sensor_updates = "joint"           # one update from the mean of the S2 and S1 losses
-  c.loss.location_directions = "both"        # GeoCLOSP: mean of four cross-entropies per sensor
-  c.eval.every_steps = 1000
-  c.checkpoint.every_steps = 1000
-  if variant in ("vit_s", "vit_l"):
-    name = "vit_s16" if variant == "vit_s" else "vit_l16"
-    c.model.s2_encoder = name
-    c.model.s1_encoder = name
-    c.model.image_size = 224
-    c.model.resize_align_corners = True  # kornia's Resize(224), as the authors resize
-    c.model.s2_head_classes = 1000 if variant == "vit_s" else 0   # as CLOSP-VS / CLOSP-VL were released
-    c.model.s1_head_classes = 0
-    if variant == "vit_s":
-      c.init.s2 = "ssl4eo-s12/vit-s16-s2-moco"
-      c.init.s1 = "ssl4eo-s12/vit-s16-s1-mae"
-    else:
-      c.init.s2 = "ssl4eo-s12/vit-l16-s2-mae"
-      c.init.s1 = "ssl4eo-s12/vit-l16-s1-mae"
-  if variant == "pod":
-    # Pod-scale training of every tower: unfrozen after the first epoch, learnable temperature.
-    c.optim.frozen = ()
-    c.optim.freeze_towers = ("s2_encoder", "s1_encoder", "text_model")
-    c.optim.freeze_steps = -1      # -1: one epoch, resolved from the dataset size
-    c.optim.cycle_momentum = False
-    c.optim.decay = "matrices"
-    c.data.augment = "flips_rot90"
-    c.data.batch_size = 32768
-    c.data.eval_batch_size = 32768
-    c.model.temperature.init_scale = 1.0 / 0.07
-    c.model.temperature.learnable = True
-    c.loss.chunked = True
-    c.optim.lr = 5e-4
-    c.optim.schedule = "warmup_cosine"
-    c.optim.warmup_steps = 500
-    c.optim.weight_decay = 0.1
-    c.optim.grad_clip = 1.0
-    c.model.dtype = "bfloat16"
-    c.mesh.data = 1
-    c.mesh.fsdp = -1
-    c.mesh.rules = "fsdp"
-    c.eval.every_steps = 200
-    c.checkpoint.every_steps = 200
-
-
-def get_config(arg: str | None, geo: bool) -> ml_collections.ConfigDict:
-  c = base_config(parse_arg(arg), geo)
-  if not geo:
-    c.loss.weights.s2_location = 0.0
-    c.loss.weights.s1_location = 0.0
-  c.lock()
   return c
 
 
@@ -250,18 +134,43 @@ def upgrade_saved_config(data: dict) -> dict:
   return data
 
 
-class ConfigKeyError(KeyError):
+class ConfigKeyError(UserError, KeyError):
   def __str__(self):
     return str(self.args[0])
 
 
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """Loads 'path/to/config.py[:variant]' the way --config does."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  path, _, arg = spec.partition(":")
+class ConfigNotFoundError(UserError, FileNotFoundError):
+  """--config names neither a packaged recipe nor a file."""
+
+
+def packaged_recipes() -> list[str]:
+  """Names of the recipes installed with the package (configs/*.py but common)."""
+  folder = Path(importlib.import_module(RECIPE_PACKAGE).__file__).parent
+  return sorted(p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "common"))
+
+
+def resolve_config_spec(spec: str) -> str:
+  """'geoclosp:paper' -> '/installed/closp_jax/configs/geoclosp.py:paper'; a file path (with an
+  optional ':variant') is returned with its path made absolute. Raises ConfigNotFoundError."""
+  path, sep, arg = spec.partition(":")
+  if path.endswith(".py") or os.sep in path or "/" in path:
+    if not Path(path).is_file():
+      raise ConfigNotFoundError(
+          f"config file {path!r} not found (from {os.getcwd()}); name a packaged recipe instead, one of "
+          f"{', '.join(packaged_recipes())}, e.g. --config geoclosp:paper")
+    return str(Path(path).absolute()) + sep + arg
+  if path not in packaged_recipes():
+    raise ConfigNotFoundError(
+        f"--config {spec!r}: no packaged recipe {path!r}; the recipes are {', '.join(packaged_recipes())} "
+        "(e.g. --config geoclosp:paper), or pass a file such as configs/geoclosp.py:paper")
+  module = importlib.import_module(f"{RECIPE_PACKAGE}.{path}")
+  return module.__file__ + sep + arg
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """The locked config `--config spec` gives: 'geoclosp:paper' or 'path/to/recipe.py[:variant]'."""
+  path, _, arg = resolve_config_spec(spec).partition(":")
   module_spec = importlib.util.spec_from_file_location("closp_config_module", path)
-  if module_spec is None or module_spec.loader is None:
-    raise FileNotFoundError(f"config file {path!r} not found")
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg or None)
@@ -287,7 +196,7 @@ def check_override_keys(config: ml_collections.ConfigDict, argv: list[str], flag
       node = node[part]
 
 
-class ConfigValueError(ValueError):
+class ConfigValueError(UserError, ValueError):
   """A config value is out of its range or not one of its choices; the message names the key and the fix."""
 
 
@@ -384,18 +293,21 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
 
 def exit_on_bad_config_args(argv: list[str]) -> None:
-  """For binaries: exits with 'error: ...' naming the valid keys when a --config.key override is
-  mistyped (before any work starts)."""
+  """For binaries, before absl parses flags: resolves `--config NAME[:variant]` to the recipe's file
+  (absl's config flag reads files) in argv, and exits with 'error: ...' naming the valid keys when
+  a --config.key override is mistyped (before any work starts)."""
   import sys  # pylint: disable=import-outside-toplevel
-  spec = None
+  from closp_jax.errors import report  # pylint: disable=import-outside-toplevel
   for i, a in enumerate(argv):
-    if a.startswith("--config="):
-      spec = a.split("=", 1)[1]
-    elif a == "--config" and i + 1 < len(argv):
-      spec = argv[i + 1]
-  if spec is None:
-    return
-  try:
-    check_override_keys(load_config_file(spec), argv)
-  except (ConfigKeyError, ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
+    try:
+      if a.startswith("--config="):
+        argv[i] = "--config=" + resolve_config_spec(a.split("=", 1)[1])
+        spec = argv[i].split("=", 1)[1]
+      elif a == "--config" and i + 1 < len(argv):
+        argv[i + 1] = resolve_config_spec(argv[i + 1])
+        spec = argv[i + 1]
+      else:
+        continue
+      check_override_keys(load_config(spec), argv)
+    except UserError as e:
+      sys.exit(report(e))

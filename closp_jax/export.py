@@ -1,9 +1,12 @@
 r"""Export a trained checkpoint, or the authors' released one, as a self-contained model folder.
 
-  python -m closp_jax.export --workdir DIR [--checkpoint latest|best|STEP] --out MODEL_DIR \
+  closp-export --workdir DIR [--checkpoint latest|best|STEP] --out MODEL_DIR \
       [--format jax|torch] [--data_dir D] [--overwrite]
-  python -m closp_jax.export --from-official CKPT [--variant CLOSP-RN|CLOSP-VS|CLOSP-VL|GeoCLOSP-RN] \
+  closp-export --from-official CKPT [--variant CLOSP-RN|CLOSP-VS|CLOSP-VL|GeoCLOSP-RN] \
       --out MODEL_DIR [--format jax|torch] [--overwrite]
+  (python -m closp_jax.export ... works the same; DIR and MODEL_DIR may be relative paths)
+
+The run's config comes from DIR/config.json. Exit status: 0, or 1 with one line `error: ...`.
 
 MODEL_DIR (written into a temporary sibling folder, then renamed into place):
   model.safetensors      every variable, flat: 'params/<module>/.../<name>', 'batch_stats/...'
@@ -34,6 +37,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from closp_jax.errors import UserError
 from closp_jax import atomic
 from closp_jax.data import normalize, pipeline, preprocess
 
@@ -57,31 +61,11 @@ TOWER_GROUPS = {
 SCALARS = ("logit_scale", "logit_bias")
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
   """The workdir, checkpoint or output folder does not allow an export; the message says why."""
 
 
 # ---- reading the run -----------------------------------------------------------------------------
-
-def load_run_config(workdir: str | os.PathLike):
-  """The training config the trainer wrote to WORKDIR/config.json, as a ConfigDict."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  path = Path(workdir) / "config.json"
-  if not path.is_file():
-    raise ExportError(
-        f"{path} not found: the trainer writes it at the start of a run. For an older workdir pass the "
-        "config explicitly (export_model(..., config=load_config_file('configs/geoclosp.py')), or "
-        "--config on the command line)")
-  try:
-    data = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ExportError(f"{path}: not valid JSON ({e})") from e
-  for key in ("model", "data"):
-    if key not in data:
-      raise ExportError(f"{path}: no {key!r} section; expected a closp_jax training config")
-  from closp_jax.config import upgrade_saved_config  # pylint: disable=import-outside-toplevel
-  return ml_collections.ConfigDict(upgrade_saved_config(data))
-
 
 def model_config_of(cfg):
   """The locked model config (closp_jax.models.towers.model_config) of a training config."""
@@ -90,52 +74,11 @@ def model_config_of(cfg):
 
 
 def restore_variables(workdir: str | os.PathLike, cfg, checkpoint: str | int = "latest") -> tuple[int, dict]:
-  """(step, {'params', 'batch_stats'} as numpy trees) from WORKDIR/checkpoints, without the optimizer state."""
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  """(step, {'params', 'batch_stats'} as numpy trees) of a run (closp_jax.checkpoint.restore_variables)."""
   import jax  # pylint: disable=import-outside-toplevel
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   from closp_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-  from closp_jax.models.towers import CLOSP  # pylint: disable=import-outside-toplevel
-
-  directory = Path(workdir) / "checkpoints"
-  if not directory.is_dir():
-    raise ExportError(f"{directory} not found: {workdir} is not a training workdir with checkpoints")
-  ckpt = ckpt_lib.Checkpointer(directory, async_save=False)
-  try:
-    step = ckpt.resolve(checkpoint)
-  except ckpt_lib.CheckpointError as e:
-    raise ExportError(str(e)) from e
-  finally:
-    ckpt.close()
-  mcfg = model_config_of(cfg)
-  model = CLOSP(mcfg)
-  inputs = _dummy_inputs(mcfg, int(cfg.data.max_len))
-  abstract = jax.eval_shape(lambda r: nn.unbox(model.init(r, *inputs, train=False)), jax.random.key(0))
-  device = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-  target = {c: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), t)
-            for c, t in abstract.items() if c in ("params", "batch_stats")}
-  args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                partial_restore=True)
-  quiet = logging.getLogger("absl")
-  level = quiet.level
-  quiet.setLevel(logging.ERROR)  # orbax warns that the item folder has no step metadata; it is the step's
-  try:
-    restored = ocp.PyTreeCheckpointer().restore(directory / str(step) / "state", args=args)
-  except Exception as e:  # orbax raises several types for a tree that does not match
-    raise ExportError(f"cannot restore params/batch_stats of step {step} from {directory} with the model of "
-                      f"{Path(workdir) / 'config.json'}: {e}") from e
-  finally:
-    quiet.setLevel(level)
-  variables = {c: jax.tree.map(np.asarray, restored.get(c, {})) for c in ("params", "batch_stats")}
-  return step, variables
-
-
-def _dummy_inputs(mcfg, max_len: int):
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  return (jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, int(mcfg.s2_in_chans)), jnp.float32),
-          jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, int(mcfg.s1_in_chans)), jnp.float32),
-          jnp.zeros((1, max_len), jnp.int32), jnp.ones((1, max_len), jnp.int32),
-          jnp.zeros((1, 2), jnp.float32))
+  _, variables, step = ckpt_lib.restore_variables(workdir, cfg, checkpoint)
+  return int(step), {c: jax.tree.map(np.asarray, variables.get(c, {})) for c in ("params", "batch_stats")}
 
 
 def dataset_band_stats(cfg, data_dir: str | os.PathLike | None = None) -> dict:
@@ -391,7 +334,8 @@ def export_model(workdir: str | os.PathLike, out: str | os.PathLike, *, checkpoi
   """
   check_formats(formats)
   out = check_out(out, overwrite)
-  cfg = config if config is not None else load_run_config(workdir)
+  from closp_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  cfg = config if config is not None else ckpt_lib.load_run_config(workdir)
   mcfg = model_config_of(cfg)
   step, variables = restore_variables(workdir, cfg, checkpoint)
   if band_stats is None and normalize.needs_stats(normalize.modes_from_config(cfg)):
@@ -429,56 +373,60 @@ def write_torch_state_dict(variables: Mapping[str, Any], mcfg, path: str | os.Pa
 
 # ---- binary --------------------------------------------------------------------------------------
 
-def main(argv: Sequence[str] | None = None) -> int:
-  import argparse  # pylint: disable=import-outside-toplevel
-  p = argparse.ArgumentParser(prog="python -m closp_jax.export", description=__doc__.split("\n\n")[0])
-  source = p.add_mutually_exclusive_group(required=True)
-  source.add_argument("--workdir", help="training workdir (holds config.json and checkpoints/)")
-  source.add_argument("--from-official", dest="from_official", metavar="CKPT",
-                      help="the authors' released checkpoint: a .pth/.bin/.safetensors state dict, a folder "
-                           "holding one, or a name (closp/closp-rn, closp/closp-vs, closp/closp-vl, "
-                           "closp/geoclosp-rn)")
-  p.add_argument("--variant", default=None,
-                 help="with --from-official: CLOSP-RN, CLOSP-VS, CLOSP-VL or GeoCLOSP-RN (default: read "
-                      "from the tensors); a checkpoint of another variant is an error")
-  p.add_argument("--checkpoint", default="latest", help="latest, best or a step number (default: latest)")
-  p.add_argument("--out", required=True, help="the model folder to write")
-  p.add_argument("--format", default="jax", choices=FORMATS,
-                 help="jax (default), or torch: also the state dict in the original CLOSP naming")
-  p.add_argument("--config", default=None,
-                 help="configs/*.py[:variant] for a workdir without config.json (overrides are not read)")
-  p.add_argument("--data_dir", default=None, help="where the run's dataset is prepared (for band statistics)")
-  p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-  args = p.parse_args(argv)
-  formats = ("jax", "torch") if args.format == "torch" else ("jax",)
-  if args.from_official is not None:
+def _flags():
+  """The binary's flags, defined when it runs (importing the library defines none)."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  f = {
+      "workdir": flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints/)."),
+      "from_official": flags.DEFINE_string(
+          "from-official", None, "The authors' released checkpoint: a .pth/.bin/.safetensors state dict, a "
+          "folder holding one, or a name (closp/closp-rn, closp/closp-vs, closp/closp-vl, closp/geoclosp-rn)."),
+      "variant": flags.DEFINE_string(
+          "variant", None, "With --from-official: CLOSP-RN, CLOSP-VS, CLOSP-VL or GeoCLOSP-RN (default: read from "
+          "the tensors); a checkpoint of another variant is an error."),
+      "checkpoint": flags.DEFINE_string("checkpoint", "latest", "With --workdir: latest, best or a step number."),
+      "out": flags.DEFINE_string("out", None, "The model folder to write."),
+      "format": flags.DEFINE_enum("format", "jax", list(FORMATS),
+                                  "jax, or torch: also the state dict in the original CLOSP naming."),
+      "data_dir": flags.DEFINE_string("data_dir", None, "Where the run's dataset is prepared (band statistics)."),
+      "overwrite": flags.DEFINE_bool("overwrite", False, "Replace an existing --out folder."),
+  }
+  flags.DEFINE_alias("from_official", "from-official")
+  return f
+
+
+def main(argv, f) -> int:
+  from absl import app  # pylint: disable=import-outside-toplevel
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if (f["workdir"].value is None) == (f["from_official"].value is None):
+    raise app.UsageError("pass --workdir (a training run) or --from-official (the authors' checkpoint), one of them")
+  if f["out"].value is None:
+    raise app.UsageError("--out (the model folder to write) is required")
+  formats = ("jax", "torch") if f["format"].value == "torch" else ("jax",)
+  if f["from_official"].value is not None:
     from closp_jax import official  # pylint: disable=import-outside-toplevel
-    try:
-      path = official.export_official(args.from_official, args.out, variant=args.variant, formats=formats,
-                                      overwrite=args.overwrite)
-    except ExportError as e:
-      print(f"error: {e}", file=sys.stderr)
-      return 2
+    path = official.export_official(f["from_official"].value, f["out"].value, variant=f["variant"].value,
+                                    formats=formats, overwrite=f["overwrite"].value)
   else:
-    if args.variant is not None:
-      p.error("--variant goes with --from-official (a workdir's config says what it trained)")
-    config = None
-    if args.config:
-      from closp_jax.config import load_config_file  # pylint: disable=import-outside-toplevel
-      config = load_config_file(args.config)
-    try:
-      path = export_model(args.workdir, args.out, checkpoint=args.checkpoint, formats=formats, config=config,
-                          data_dir=args.data_dir, overwrite=args.overwrite)
-    except ExportError as e:
-      print(f"error: {e}", file=sys.stderr)
-      return 2
-  size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-  print(f"wrote {path} ({size / 2**20:.1f} MiB): " + ", ".join(sorted(f.name for f in path.iterdir())))
+    if f["variant"].value is not None:
+      raise app.UsageError("--variant goes with --from-official (a workdir's config says what it trained)")
+    path = export_model(f["workdir"].value, f["out"].value, checkpoint=f["checkpoint"].value, formats=formats,
+                        data_dir=f["data_dir"].value, overwrite=f["overwrite"].value)
+  size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+  print(f"wrote {path} ({size / 2**20:.1f} MiB): " + ", ".join(sorted(p.name for p in path.iterdir())))
   return 0
 
 
+def run() -> None:
+  """The `closp-export` console script."""
+  from closp_jax import errors  # pylint: disable=import-outside-toplevel
+  f = _flags()
+  errors.run_main(lambda argv: main(argv, f))
+
+
 if __name__ == "__main__":
-  # Run main() from the imported module, so that its error classes are the ones the library raises
+  # Run from the imported module, so that its error classes are the ones the library raises
   # (under `python -m`, this file is also loaded as __main__ with classes of its own).
-  from closp_jax.export import main as _main  # pylint: disable=import-self
-  sys.exit(_main())
+  from closp_jax.export import run as _run  # pylint: disable=import-self
+  _run()

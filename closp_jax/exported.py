@@ -19,13 +19,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from closp_jax.errors import UserError
+
 FORMAT = "closp-jax-export"
 SUPPORTED_VERSIONS = (1,)
 S2_STORED = 12      # bands stored in the release: 13 minus the zero B10
 S2_ZERO_BAND = 10   # where B10 goes
 
 
-class ExportedModelError(ValueError):
+class ExportedModelError(UserError, ValueError):
   """The folder is not a usable export, or the inputs do not fit it; the message says which."""
 
 

@@ -12,7 +12,7 @@ model folder: model.safetensors or pytorch_model.bin beside config.json), or a r
 closp_jax.weights.hub. Torch files are read weights-only (closp_jax.weights.safe_load).
 
 The variant is read from the tensors (closp_jax.weights.closp_checkpoint.infer_model_config) and must
-be one of the released layouts, closp_jax.models.towers.PAPER_MODELS:
+be one of the released layouts, closp_jax.weights.registry.RELEASED_LAYOUTS:
 
   CLOSP-RN     TorchGeo ResNet-50 S2 and S1 towers, each ending in timm's 1000-way `fc`; projections 1000 -> 384
   CLOSP-VS     ViT-S/16 S2 tower with a 1000-way `head` (TorchGeo), ViT-S/16 S1 without (num_classes=0);
@@ -141,8 +141,9 @@ def _describe(layout: dict[str, Any]) -> str:
 
 def paper_layouts() -> dict[str, dict[str, Any]]:
   """{variant: the layout fields of its model_config}."""
-  from closp_jax.models.towers import PAPER_MODELS, model_config  # pylint: disable=import-outside-toplevel
-  return {v: _layout(model_config(**fields)) for v, fields in PAPER_MODELS.items()}
+  from closp_jax.models.towers import model_config  # pylint: disable=import-outside-toplevel
+  from closp_jax.weights.registry import RELEASED_LAYOUTS  # pylint: disable=import-outside-toplevel
+  return {v: _layout(model_config(**fields)) for v, fields in RELEASED_LAYOUTS.items()}
 
 
 def official_config(sd: dict[str, np.ndarray], source: str, *, variant: str | None = None,

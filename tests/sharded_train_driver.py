@@ -54,17 +54,15 @@ def main(argv=None) -> int:
   from jax.experimental import multihost_utils
 
   from closp_jax import checkpoint as ckpt_lib
-  from closp_jax.config import load_config_file
+  from closp_jax.config import load_config
   from closp_jax.data import pipeline
   from closp_jax.data.tokenize import load_tokenizer
   from closp_jax.parallel import data_checkpoint
   from closp_jax.parallel import mesh as mesh_lib
-  from closp_jax.retrieval import embed as embed_lib
   from closp_jax.train import setup
-  from closp_jax.train.optimizer import trainable_groups
-  from closp_jax.train.step import make_train_step
+  from closp_jax.train.step import Phase, make_train_step, phase_at, text_table
 
-  config = load_config_file(os.path.join(REPO, "configs", "geoclosp.py") + ":sample")
+  config = load_config(os.path.join(REPO, "configs", "geoclosp.py") + ":sample")
   data, fsdp, tensor = (int(v) for v in args.mesh.split(","))
   with config.unlocked():
     config.data.name = "crisis_landmark/tiny"
@@ -103,24 +101,21 @@ def main(argv=None) -> int:
     distributed.main_print(note or "data iterator: same layout")
 
   texts = pipeline.dataset_texts(builder)
-  table = embed_lib.embed_texts(model, {"params": state.params, "batch_stats": state.batch_stats}, tokenizer,
-                                texts, max_len=int(cfg.data.max_len))
+  table = text_table(model, {"params": state.params, "batch_stats": state.batch_stats}, tokenizer, texts, cfg)
   table = jax.device_put(table, mesh_lib.replicated(mesh))
   groups = sorted(state.params)
   compiled = {}
   save_steps = {int(s) for s in args.save_steps.split(",") if s}
   losses = []
   for step in range(int(state.step), args.steps):
-    trainable = trainable_groups(cfg.optim, groups, step)
-    if trainable not in compiled:
-      fn = make_train_step(model, cfg, optimizer, trainable=trainable, use_text_table=not args.train_text,
-                           mesh=mesh)
-      compiled[trainable] = jax.jit(fn, donate_argnums=(0,),
-                                    out_shardings=(state_shardings, mesh_lib.replicated(mesh)))
+    phase = Phase(phase_at(cfg, groups, step).trainable, text_table=not args.train_text)
+    if phase not in compiled:
+      fn = make_train_step(cfg, phase, model=model, optimizer=optimizer, mesh=mesh)
+      compiled[phase] = jax.jit(fn, donate_argnums=(0,), out_shardings=(state_shardings, mesh_lib.replicated(mesh)))
     batch = next(it)
     keep = ("image", "input_ids", "attention_mask", "lonlat", "text_id")
     local = mesh_lib.local_rows({s: {k: batch[s][k] for k in keep} for s in ("s2", "s1")}, mesh)
-    state, metrics = compiled[trainable](state, mesh_lib.global_batch(local, mesh), table)
+    state, metrics = compiled[phase](state, mesh_lib.global_batch(local, mesh), table)
     m = jax.device_get(metrics)
     losses.append([float(m["loss"])] + [float(m[f"loss/{k}"]) for k in sorted(k[5:] for k in m if k.startswith("loss/"))])
     if ckpt is not None and step + 1 in save_steps:

@@ -45,3 +45,36 @@ def test_replace_dir_swaps_a_finished_folder_in(tmp_path):
     atomic.replace_dir(tmp, out)
     assert (out / "config.json").read_text() == generation
     assert sorted(os.listdir(tmp_path)) == ["export"]
+
+
+def test_the_data_is_flushed_to_disk_before_the_rename(tmp_path, monkeypatch):
+  """fsync of the temporary file happens before os.replace, then of the folder: a crash right after
+  the rename cannot leave an empty file under the final name."""
+  events = []
+  real_fsync, real_replace = os.fsync, os.replace
+  names = {}
+
+  def fsync(fd):
+    events.append(("fsync", names.get(fd) or os.readlink(f"/proc/self/fd/{fd}")))
+    return real_fsync(fd)
+
+  def replace(src, dst):
+    events.append(("replace", str(src), str(dst)))
+    return real_replace(src, dst)
+
+  monkeypatch.setattr(os, "fsync", fsync)
+  monkeypatch.setattr(os, "replace", replace)
+  path = tmp_path / "metrics.json"
+  atomic.write_json(path, {"a": 1})
+  kinds = [e[0] for e in events]
+  assert kinds == ["fsync", "replace", "fsync"]
+  assert events[0][1].endswith(".metrics.json.tmp" + str(os.getpid())) and events[1][2] == str(path)
+  assert events[2][1] == str(tmp_path)
+  events.clear()
+  tmp = tmp_path / "tmpdir"
+  (tmp / "sub").mkdir(parents=True)
+  (tmp / "sub" / "w.bin").write_bytes(b"1")
+  atomic.replace_dir(tmp, tmp_path / "out")
+  kinds = [e[0] for e in events]
+  file_synced = max(i for i, e in enumerate(events) if e[0] == "fsync" and e[1].endswith("w.bin"))
+  assert kinds.index("replace") > file_synced and kinds[-1] == "fsync"

@@ -146,7 +146,7 @@ def _small_model_cfg():
 def test_embedders_are_compiled_once_per_tower_geometry():
   from closp_jax.models.towers import CLOSP
   from closp_jax.parallel import mesh as mesh_lib
-  from closp_jax.retrieval import embed as embed_lib
+  from closp_jax.models import embed as embed_lib
   import ml_collections
   mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
   a, b = CLOSP(_small_model_cfg()), CLOSP(_small_model_cfg())

@@ -388,15 +388,27 @@ def test_resolve_queries_official_labels_and_user(case, tmp_path):
 
 
 def test_compare_subcommand(evaluation, tmp_path):
-  for name, step in (("a", "untrained"), ("b", "6")):
+  """Two evaluations whose text->all nDCG@10 differ by a known amount: the table shows both values
+  and that difference."""
+  names = sorted(evaluation.metrics["rankings"]["text->all"]["metrics"])
+  changed, same = names[0], names[1]
+  base = evaluation.metrics["rankings"]["text->all"]["metrics"][changed]
+  for name, step, shift in (("a", "untrained", 0.0), ("b", "6", 0.125)):
     m = json.loads(json.dumps(evaluation.metrics))
     m.update(config="geoclosp:sample", checkpoint={"step": step})
+    m["rankings"]["text->all"]["metrics"][changed] = base + shift
     (tmp_path / name).mkdir()
     evaluator.write_json(tmp_path / name / evaluator.METRICS_FILE, m)
   proc = subprocess.run([sys.executable, "-m", "closp_jax.evaluate", "compare", str(tmp_path / "a"),
                          str(tmp_path / "b")], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert "geoclosp:sample@untrained" in proc.stdout and "Δ geoclosp:sample@6" in proc.stdout
+  row = next(line for line in proc.stdout.splitlines() if line.startswith(f"text->all {changed} "))
+  a, b, d = map(float, row.split()[-3:])
+  assert a == pytest.approx(base, abs=1e-4) and b == pytest.approx(base + 0.125, abs=1e-4)
+  assert d == pytest.approx(0.125, abs=1e-4)
+  other = [line for line in proc.stdout.splitlines() if line.startswith(f"text->all {same} ")]
+  assert other and float(other[0].split()[-1]) == pytest.approx(0.0, abs=1e-9)
   proc = subprocess.run([sys.executable, "-m", "closp_jax.evaluate", "compare", str(tmp_path / "none")],
                         cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
@@ -435,8 +447,8 @@ def _train(config, workdir, env, steps=2):
 
 
 def _config(spec, data_dir):
-  from closp_jax.config import load_config_file
-  cfg = load_config_file(spec)
+  from closp_jax.config import load_config
+  cfg = load_config(spec)
   cfg.unlock()
   cfg.data.name, cfg.data.data_dir = "crisis_landmark/tiny", str(data_dir)
   cfg.data.batch_size, cfg.data.eval_batch_size = 16, 32
@@ -450,8 +462,8 @@ def trained_geo(tmp_path_factory):
   env = {**os.environ, "CLOSP_DATA_DIR": str(root / "data")}
   _train("configs/geoclosp.py", root / "geo", env)
   out = root / "geo_eval"
-  proc = _run(["-m", "closp_jax.evaluate", "--config", "configs/geoclosp.py", "--workdir",
-               str(root / "geo"), *TINY, "--output", str(out)], env)
+  # The evaluation reads the run's config from WORKDIR/config.json: no --config to repeat.
+  proc = _run(["-m", "closp_jax.evaluate", "--workdir", str(root / "geo"), "--output", str(out)], env)
   return root, env, out, proc.stdout
 
 
@@ -492,7 +504,7 @@ def test_partial_restore_equals_full_state_restore(trained_geo):
   root = trained_geo[0]
   cfg = _config("configs/geoclosp.py", root / "data")
   mesh = mesh_lib.make_mesh(cfg.mesh)
-  _, variables, label = evaluator.load_variables(cfg, mesh, root / "geo", "latest")
+  _, variables, label = ckpt_lib.restore_variables(root / "geo", cfg, "latest", mesh=mesh)
   _, init_vars, shardings, optimizer, _ = setup.build_model_and_optimizer(cfg, mesh, 2)
   state, _ = setup.create_state(init_vars, optimizer, shardings, mesh, int(cfg.seed))
   ckpt = ckpt_lib.Checkpointer(root / "geo" / "checkpoints", async_save=False)
@@ -504,13 +516,13 @@ def test_partial_restore_equals_full_state_restore(trained_geo):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # training moved the parameters away from the init the untrained baseline uses
-  _, untrained, label = evaluator.load_variables(cfg, mesh, root / "geo", "untrained")
+  _, untrained, label = ckpt_lib.restore_variables(root / "geo", cfg, "untrained", mesh=mesh)
   assert label == "untrained"
   moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
            zip(jax.tree.leaves(untrained["params"]), jax.tree.leaves(variables["params"]))]
   assert any(moved)
   with pytest.raises(ckpt_lib.CheckpointError, match="no checkpoint for step 7"):
-    evaluator.load_variables(cfg, mesh, root / "geo", "7")
+    ckpt_lib.restore_variables(root / "geo", cfg, "7", mesh=mesh)
 
 
 @pytest.mark.slow
@@ -541,9 +553,9 @@ def test_two_processes_give_the_same_evaluation(trained_geo, tmp_path):
       "import sys, jax\n"
       f"jax.distributed.initialize(coordinator_address='127.0.0.1:{port}', num_processes=2, "
       "process_id=int(sys.argv[1]))\n"
-      "from closp_jax.config import load_config_file\n"
+      "from closp_jax.config import load_config\n"
       "from closp_jax.retrieval import evaluator\n"
-      "cfg = load_config_file('configs/geoclosp.py')\n"
+      "cfg = load_config('configs/geoclosp.py')\n"
       "cfg.unlock()\n"
       f"cfg.data.name, cfg.data.data_dir = 'crisis_landmark/tiny', {str(root / 'data')!r}\n"
       "cfg.data.batch_size, cfg.data.eval_batch_size = 16, 32\n"

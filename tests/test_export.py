@@ -16,6 +16,7 @@ import pytest
 pytest.importorskip("flatbuffers", reason="jax.export serialization needs the flatbuffers package")
 
 from closp_jax import export as export_lib  # noqa: E402
+from closp_jax.errors import UserError  # noqa: E402
 from closp_jax.data import pipeline  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,8 +49,8 @@ TEXTS = ["flooded area", "trees. crops. water", "burned area. bare", ""]
 
 def fresh_config(**data):
   """The sample GeoCLOSP config (resnet_tiny towers, MiniLM text, SatCLIP location)."""
-  from closp_jax.config import load_config_file  # pylint: disable=import-outside-toplevel
-  cfg = load_config_file(str(REPO / "configs" / "geoclosp.py"))
+  from closp_jax.config import load_config  # pylint: disable=import-outside-toplevel
+  cfg = load_config(str(REPO / "configs" / "geoclosp.py"))
   cfg.unlock()
   for k, v in data.items():
     cfg.data[k] = v
@@ -249,9 +250,11 @@ def test_export_errors(exported, tmp_path):
   workdir = Path(json.loads((out / "config.json").read_text())["checkpoint"]["workdir"])
   with pytest.raises(export_lib.ExportError, match="exists; pass overwrite=True"):
     export_lib.export_model(workdir, out, band_stats=stats)
-  with pytest.raises(export_lib.ExportError, match=r"no checkpoint for step 3 .*available: \[7\]"):
+  # the run's checkpoints and config.json are read by closp_jax.checkpoint: its CheckpointError (a
+  # UserError, as ExportError is) names the step and the folder
+  with pytest.raises(UserError, match=r"no checkpoint for step 3 .*available: \[7\]"):
     export_lib.export_model(workdir, tmp_path / "m", checkpoint=3, band_stats=stats)
-  with pytest.raises(export_lib.ExportError, match="config.json not found"):
+  with pytest.raises(UserError, match="config.json not found"):
     export_lib.export_model(tmp_path, tmp_path / "m", band_stats=stats)
   with pytest.raises(export_lib.ExportError, match=r"normalization.s1='standardize': .*needs band statistics"):
     export_lib.input_spec(cfg, {"s2": stats["s2"]})
@@ -342,11 +345,45 @@ def test_torch_state_dict_loads_into_the_original_model_class(exported):
     assert err <= 1e-4, f"{k}: max abs difference {err}"
 
 
-def test_binary_writes_a_folder(exported, tmp_path):
-  _, _, stats, out = exported
+def _export_binary(cwd, *args):
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+  return subprocess.run([sys.executable, "-m", "closp_jax.export", *args], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=600)
+
+
+def test_binary_writes_a_folder_from_relative_paths(tmp_path):
+  """`python -m closp_jax.export --workdir RUN --out MODEL` with relative paths, as the README writes it,
+  writes a folder that loads; the run's config comes from RUN/config.json. Inputs that need no band
+  statistics (S2 scaled, S1 as stored) so that no dataset is needed."""
+  cfg = fresh_config(normalization={"s2": "scale", "s1": "none"})
+  variables = make_workdir(tmp_path / "runs" / "geo", cfg)
+  proc = _export_binary(tmp_path, "--workdir", "runs/geo", "--out", "models/geo")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = tmp_path / "models" / "geo"
+  assert f"wrote {out}" in proc.stdout
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  from closp_jax.exported import load_exported  # pylint: disable=import-outside-toplevel
+  model = load_exported(out)
+  assert model.encode_text(["flooded area"]).shape == (1, int(cfg.model.embed_dim))
+  meta = json.loads((out / "config.json").read_text())
+  assert int(meta["checkpoint"]["step"]) == STEP and meta["sensors"]["s1"]["normalization"] == "none"
+  flat, stored = export_lib.flatten_variables(variables), load_file(str(out / "model.safetensors"))
+  assert set(flat) <= set(stored)
+  for k in flat:
+    np.testing.assert_array_equal(stored[k], flat[k], err_msg=k)
+  # the folder exists now: a second export is a one-line error, and the folder is untouched
+  before = sorted(p.name for p in out.iterdir())
+  again = _export_binary(tmp_path, "--workdir", "runs/geo", "--out", "models/geo")
+  assert again.returncode == 1 and again.stderr.strip().startswith("error:") and "--overwrite" in again.stderr
+  assert len(again.stderr.strip().splitlines()) == 1 and "Traceback" not in again.stderr
+  assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_binary_without_band_statistics_says_where_it_looked(exported, tmp_path):
+  """The sample recipe standardises S1: with no prepared dataset the binary says where it looked,
+  in one line, and writes nothing."""
+  _, _, _, out = exported
   workdir = json.loads((out / "config.json").read_text())["checkpoint"]["workdir"]
-  assert export_lib.main(["--workdir", workdir, "--out", str(out), "--checkpoint", "best"]) == 2  # exists
-  # No dataset for the band statistics here: the binary says where it looked.
-  env_dir = tmp_path / "nodata"
-  rc = export_lib.main(["--workdir", workdir, "--out", str(tmp_path / "m"), "--data_dir", str(env_dir)])
-  assert rc == 2 and not (tmp_path / "m").exists()
+  proc = _export_binary(tmp_path, "--workdir", workdir, "--out", "m", "--data_dir", str(tmp_path / "nodata"))
+  assert proc.returncode == 1 and "nodata" in proc.stderr and "Traceback" not in proc.stderr
+  assert not (tmp_path / "m").exists()

@@ -159,7 +159,7 @@ def assert_user_error(proc, *needles):
   assert "error: " in proc.stderr, proc.stderr[-4000:]
   for needle in needles:
     assert needle in proc.stderr, (needle, proc.stderr[-4000:])
-  assert "step 1/" not in proc.stdout
+  assert "step 1/" not in proc.stdout + proc.stderr
 
 
 # --------------------------------------------------------------------------- preemption and kills
@@ -173,11 +173,12 @@ def test_sigterm_and_sigkill_at_any_point_resume_bit_for_bit(tmp_path, tiny_data
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
   run_trainer(straight, tiny_data_dir, *TINY, *steps)
 
-  # 1. SIGTERM mid-training: the current step finishes, is saved, the run exits 0 saying how to resume.
+  # 1. SIGTERM mid-training: the current step finishes, is saved, the run exits 75 (EX_TEMPFAIL, so a
+  # scheduler requeues it) saying how to resume.
   with trainer(resumed, tiny_data_dir, *steps) as t:
     t.wait_for(r"^step 2/12")
     t.signal(signal.SIGTERM)
-    assert t.finish() == 0, t.output
+    assert t.finish() == 75, t.output
   assert re.search(r"stopped \(SIGTERM\) after step (\d+); checkpoint saved in .*Run the same command again "
                    r"to resume", t.output), t.output
   stopped_at = int(re.search(r"after step (\d+)", t.output).group(1))
@@ -210,7 +211,7 @@ def test_sigterm_and_sigkill_at_any_point_resume_bit_for_bit(tmp_path, tiny_data
 
   # 4. Run to the end.
   final = run_trainer(resumed, tiny_data_dir, *TINY, *steps)
-  assert f"resumed from {resumed}/checkpoints/{newest} (step {newest})" in final.stdout
+  assert f"resumed from {resumed}/checkpoints/{newest} (step {newest})" in final.stderr
 
   a, b = saved_state(straight, 12), saved_state(resumed, 12)
   assert a.keys() == b.keys() and any("params" in k for k in a)
@@ -221,11 +222,12 @@ def test_sigterm_and_sigkill_at_any_point_resume_bit_for_bit(tmp_path, tiny_data
 
 
 def test_stop_signal_before_training_exits_cleanly(tmp_path, tiny_data_dir):
-  """Before the first step there is nothing to save: exit 0 at once, with how to resume."""
+  """Before the first step there is nothing to save: exit 75 (stopped, not finished) at once, with how
+  to resume."""
   with trainer(tmp_path / "w", tiny_data_dir, "--config.train.steps=5") as t:
     t.wait_for(r"^closp-jax geoclosp")  # printed before the dataset is opened and the model built
     t.signal(signal.SIGTERM)
-    assert t.finish(timeout=120) == 0, t.output
+    assert t.finish(timeout=120) == 75, t.output
   assert "stopped (SIGTERM) during setup: no checkpoint yet" in t.output, t.output
   assert "Run the same command again to resume" in t.output
   assert "Traceback" not in t.output and steps_in(tmp_path / "w") == []
@@ -370,44 +372,48 @@ def test_checkpoint_of_another_model_is_an_error_not_damage(tmp_path):
   assert not (tmp_path / "checkpoints_unreadable").exists()
 
 
-@contextlib.contextmanager
-def _tmpfs(path: Path, size: str, read_only: bool = False):
-  """A small tmpfs at `path` (needs root and a sandbox that allows mounts), else the test skips."""
-  path.mkdir(parents=True, exist_ok=True)
-  options = f"size={size}" + (",ro" if read_only else "")
-  proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
-  if proc.returncode != 0:
-    pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()})")
-  try:
-    yield path
-  finally:
-    subprocess.run(["umount", "-l", str(path)], check=False)
+def _disk_usage_with(free_bytes: int):
+  """A stand-in for shutil.disk_usage reporting `free_bytes` free."""
+  return lambda path: shutil._ntuple_diskusage(total=1 << 30, used=(1 << 30) - free_bytes, free=free_bytes)  # pylint: disable=protected-access
 
 
-def test_disk_full_during_a_save_names_the_step_and_keeps_the_last_one(tmp_path):
-  """A 2 MiB disk holds one 1.2 MB checkpoint, not two: the second write fails with a clear error."""
+def test_disk_full_during_a_save_names_the_step_and_keeps_the_last_one(tmp_path, monkeypatch):
+  """The write of checkpoint 2 fails with ENOSPC (injected where orbax starts it, as a full disk
+  makes it fail): a CheckpointError names the step, the free space and the latest complete
+  checkpoint, which still restores; no half-written folder is left as a step."""
+  import errno  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from closp_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   from closp_jax.checkpoint import Checkpointer, CheckpointError, abstract_like  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
-  noisy = lambda: {"w": jnp.asarray(rng.standard_normal((300, 1024), np.float32))}  # noqa: E731  (incompressible)
-  with _tmpfs(tmp_path / "small", "2m") as disk:
-    ckpt = Checkpointer(disk / "checkpoints", keep=5, async_save=True)
-    first = noisy()
-    ckpt.save(1, first)
+  noisy = lambda: {"w": jnp.asarray(rng.standard_normal((300, 1024), np.float32))}  # noqa: E731
+  real_save = ocp.CheckpointManager.save
+
+  def save(self, step, *args, **kwargs):
+    if step == 2:
+      raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "checkpoints" / "2"))
+    return real_save(self, step, *args, **kwargs)
+  ckpt = Checkpointer(tmp_path / "checkpoints", keep=5, async_save=True)
+  first = noisy()
+  ckpt.save(1, first)
+  ckpt.wait()
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+  monkeypatch.setattr(ckpt_lib.shutil, "disk_usage", _disk_usage_with(int(1.5 * 2**20)))
+  with pytest.raises(CheckpointError) as err:
+    ckpt.save(2, noisy())
     ckpt.wait()
-    with pytest.raises(CheckpointError) as err:
-      ckpt.save(2, noisy())
-      ckpt.wait()
-    message = str(err.value)
-    assert "No space left on device" in message and "MiB free" in message, message
-    assert "the latest complete checkpoint is still step 1" in message, message
-    assert "Free space" in message and "run the same command again to resume" in message
-    with pytest.raises(CheckpointError, match=r"less than one checkpoint of this model"):
-      ckpt.check_space(10 << 20)
-    reopened = Checkpointer(disk / "checkpoints", keep=5, async_save=False)
-    state, step = reopened.restore_latest(abstract_like(first), say=lambda s: None)
-    assert step == 1 and np.array_equal(np.asarray(state["w"]), np.asarray(first["w"]))
-    assert [p.name for p in (disk / "checkpoints").iterdir() if "tmp" in p.name] == []
+  message = str(err.value)
+  assert "checkpoint 2" in message and "No space left on device" in message and "1.5 MiB free" in message, message
+  assert "the latest complete checkpoint is still step 1" in message, message
+  assert "Free space" in message and "run the same command again to resume" in message
+  with pytest.raises(CheckpointError, match=r"less than one checkpoint of this model"):
+    ckpt.check_space(10 << 20)
+  monkeypatch.undo()
+  reopened = Checkpointer(tmp_path / "checkpoints", keep=5, async_save=False)
+  state, step = reopened.restore_latest(abstract_like(first), say=lambda s: None)
+  assert step == 1 and np.array_equal(np.asarray(state["w"]), np.asarray(first["w"]))
+  assert [p.name for p in (tmp_path / "checkpoints").iterdir() if "tmp" in p.name] == []
 
 
 # --------------------------------------------------------------------------- non-finite values
@@ -435,8 +441,8 @@ def test_non_finite_loss_stops_or_skips_naming_step_and_terms(tmp_path, tiny_dat
     assert all(np.isfinite(v).all() for k, v in state.items() if v.dtype.kind == "f")
   else:
     assert proc.returncode == 0, proc.stderr[-3000:]
-    skipped = re.findall(r"non-finite values at step (\d+): .*; step skipped \(parameters unchanged\)", proc.stdout)
-    assert skipped, proc.stdout[-3000:]
+    skipped = re.findall(r"non-finite values at step (\d+): .*; step skipped \(parameters unchanged\)", proc.stderr)
+    assert skipped, proc.stderr[-3000:]
     first_bad = int(skipped[0])
     before, after = saved_state(workdir, first_bad - 1), saved_state(workdir, 4)
     for k in before:
@@ -458,8 +464,8 @@ def test_config_values_wrong_types_and_unknown_keys_are_named():
   proc = run_binary("--config=configs/geoclosp.py", "--config.optim.lrate=0.1")
   assert proc.returncode != 0 and "optim.lrate" in proc.stderr and "lr" in proc.stderr
 
-  from closp_jax.config import ConfigValueError, get_config, validate  # pylint: disable=import-outside-toplevel
-  c = get_config("sample", True)
+  from closp_jax.config import ConfigValueError, load_config, validate  # pylint: disable=import-outside-toplevel
+  c = load_config("geoclosp:sample")
   with c.unlocked():
     c.loss.weights.s2_text = c.loss.weights.s1_text = 0.0
     c.loss.weights.s2_location = c.loss.weights.s1_location = 0.0
@@ -510,23 +516,23 @@ def test_unwritable_workdir(tmp_path):
   a_file.write_text("x")
   proc = run_binary("--config=configs/geoclosp.py", f"--workdir={a_file / 'run'}")
   assert_user_error(proc, f"workdir {a_file / 'run'} is not writable", "pass --workdir")
-  with _tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
-    proc = run_binary("--config=configs/geoclosp.py", f"--workdir={ro / 'run'}")
-    assert_user_error(proc, "is not writable (Read-only file system)")
 
 
-def test_full_workdir(tmp_path):
+@pytest.mark.parametrize("code,reason", [("EROFS", "Read-only file system"), ("ENOSPC", "No space left on device")])
+def test_a_read_only_or_full_workdir_is_named_before_any_work(tmp_path, monkeypatch, code, reason):
+  """The workdir probe's write fails as a read-only or full disk makes it fail (the OSError injected
+  into the probe's write): a RunConfigError naming the folder, the OS reason and the fix."""
+  import errno  # pylint: disable=import-outside-toplevel
   from closp_jax.train.setup import RunConfigError, check_workdir  # pylint: disable=import-outside-toplevel
-  with _tmpfs(tmp_path / "full", "1m") as disk:
-    with open(disk / "filler", "wb") as f:
-      with contextlib.suppress(OSError):
-        while True:
-          f.write(b"\0" * 65536)
-          f.flush()
-    proc = run_binary("--config=configs/geoclosp.py", f"--workdir={disk / 'run'}")
-    assert_user_error(proc, "is not writable (No space left on device)", "free space for checkpoints")
-    with pytest.raises(RunConfigError, match="No space left on device"):
-      check_workdir(disk)
+
+  def refuse(self, data):
+    raise OSError(getattr(errno, code), reason, str(self))
+  monkeypatch.setattr(Path, "write_bytes", refuse)
+  with pytest.raises(RunConfigError) as err:
+    check_workdir(tmp_path / "run")
+  message = str(err.value)
+  assert f"workdir {tmp_path / 'run'} is not writable ({reason})" in message and "pass --workdir" in message
+  assert "free space for checkpoints" in message
 
 
 # --------------------------------------------------------------------------- data faults
@@ -659,7 +665,7 @@ class _Payload:
 
 
 def test_exported_model_loader_never_runs_pickled_code(tmp_path):
-  exported = pytest.importorskip("closp_jax.exported")
+  from closp_jax import exported  # pylint: disable=import-outside-toplevel
   import json  # pylint: disable=import-outside-toplevel
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   folder = tmp_path / "model"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from closp_jax.config import load_config_file
+from closp_jax.config import load_config
 from conftest import REPO
 
 DOC = Path(REPO) / "docs" / "fidelity.md"
@@ -38,7 +38,7 @@ def test_the_doc_states_many_settings():
 
 @pytest.mark.parametrize("key,value", _claims())
 def test_each_stated_setting_is_the_paper_configs(key, value):
-  cfg = load_config_file(f"{REPO}/configs/geoclosp.py:paper")
+  cfg = load_config(f"{REPO}/configs/geoclosp.py:paper")
   node = cfg
   for part in key.split("."):
     assert part in node, f"docs/fidelity.md names {key!r}, which the config does not have"

@@ -157,6 +157,30 @@ def test_slurm_dry_run_inside_an_allocation_uses_the_first_node(tmp_path):
   assert "3 node(s) x 4 process(es) = 12 processes" in out.stderr
 
 
+@pytest.mark.parametrize("trainer_exit,requeued", [(75, True), (0, False), (1, False)])
+def test_slurm_requeues_a_run_that_stopped_with_exit_75(tmp_path, trainer_exit, requeued):
+  """Inside an allocation (stand-in srun and scontrol on PATH): the trainer's exit status 75 (stopped by
+  SIGTERM after its checkpoint) makes the script `scontrol requeue` the job; 0 and 1 do not. The
+  script exits with the trainer's status either way."""
+  log = tmp_path / "calls.txt"
+  (tmp_path / "scontrol").write_text(
+      "#!/usr/bin/env bash\n"
+      f"echo \"scontrol $*\" >> {log}\n"
+      "if [[ $1 == show ]]; then printf 'gpu001\\n'; fi\n")
+  (tmp_path / "srun").write_text(f"#!/usr/bin/env bash\necho \"srun $*\" >> {log}\nexit {trainer_exit}\n")
+  for name in ("scontrol", "srun"):
+    (tmp_path / name).chmod(0o755)
+  env = {"PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu001", "SLURM_JOB_ID": "4242",
+         "SLURM_SUBMIT_DIR": REPO}
+  proc = _run("launch/gpu/slurm.sbatch", "--config", CONFIG, "--workdir", "/shared/r", env=env, check=False)
+  assert proc.returncode == trainer_exit
+  calls = log.read_text().splitlines()
+  assert any(c.startswith("srun ") and "-m closp_jax.main" in c for c in calls)
+  assert ("scontrol requeue 4242" in calls) == requeued
+  if requeued:
+    assert "requeueing job 4242" in proc.stderr
+
+
 def test_slurm_requires_config_and_workdir():
   proc = _run("launch/gpu/slurm.sbatch", "--dry-run", "--workdir", "/w", check=False)
   assert proc.returncode == 2 and "--config is required" in proc.stderr

@@ -200,3 +200,150 @@ def test_trec_readers_and_writers_reject_bad_input(tmp_path):
   assert not (tmp_path / "r").exists()
   trec.write_run(tmp_path / "r64", ["q"], [["a", "b"]], np.array([[0.1, 0.1 + 1e-16]]), "t")
   assert trec.read_run(tmp_path / "r64") == {"q": {"a": 0.1, "b": 0.1 + 1e-16}}
+
+
+# --------------------------------------------------------------------------- fusion of sensors
+
+from closp_jax.errors import UserError  # noqa: E402
+from closp_jax.retrieval import evaluator, ranking  # noqa: E402
+from closp_jax.data import labels as labels_lib  # noqa: E402
+
+
+def _unit(x):
+  return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _two_sensor_case(seed=0, n2=70, n1=50, dim=8, num_queries=9, s1_offset=0.6):
+  """Every query shares a component (the last axis) with the S1 images, not with S2 images: S1's
+  raw scores sit higher by about `s1_offset` times that component."""
+  rng = np.random.default_rng(seed)
+  queries = _unit(np.concatenate([rng.normal(size=(num_queries, dim - 1)), np.full((num_queries, 1), 3.0)], 1))
+  e2 = _unit(np.concatenate([rng.normal(size=(n2, dim - 1)), np.zeros((n2, 1))], 1))
+  e1 = np.concatenate([rng.normal(size=(n1, dim - 1)), np.zeros((n1, 1))], 1)
+  e1 = _unit(np.concatenate([_unit(e1)[:, :-1], np.full((n1, 1), s1_offset)], 1))
+  return queries, {"s2": e2, "s1": e1}
+
+
+def test_fuse_scores_against_brute_force_statistics():
+  queries, emb = _two_sensor_case()
+  reference = _unit(np.random.default_rng(1).normal(size=(13, 8)))
+  stats = {s: ranking.SensorScoreStats.from_embeddings(e, reference, block=16) for s, e in emb.items()}
+  full = {s: queries.astype(np.float64) @ e.T.astype(np.float64) for s, e in emb.items()}
+  top = {s: -np.sort(-f, axis=1)[:, :20] for s, f in full.items()}
+  raw = ranking.fuse_scores(top, "raw")
+  z = ranking.fuse_scores(top, "zscore", query_emb=queries, stats=stats)
+  ref = ranking.fuse_scores(top, "reference", stats=stats)
+  rrf = ranking.fuse_scores(top, "rrf")
+  for s, f in full.items():
+    np.testing.assert_array_equal(raw[s], top[s])
+    # per query: mean and (population) standard deviation of its scores over the whole corpus
+    want = (top[s] - f.mean(axis=1, keepdims=True)) / f.std(axis=1, keepdims=True)
+    np.testing.assert_allclose(z[s], want, atol=1e-9)
+    pairs = reference.astype(np.float64) @ emb[s].T.astype(np.float64)
+    np.testing.assert_allclose(ref[s], (top[s] - pairs.mean()) / pairs.std(), atol=1e-9)
+    np.testing.assert_allclose(rrf[s][0], 1.0 / (60 + np.arange(1, 21)))
+    for fused in (z, ref, rrf):   # every method keeps each sensor's own order
+      assert np.all(np.diff(fused[s], axis=1) <= 0)
+
+
+def test_merge_ranked_raw_is_the_ranking_over_the_union_with_its_tie_rule():
+  rng = np.random.default_rng(3)
+  s2 = np.round(rng.uniform(size=(4, 6)), 1)       # coarse values: ties within and across sensors
+  s1 = np.round(rng.uniform(size=(4, 5)), 1)
+  full = np.concatenate([s2, s1], axis=1)
+  order2, order1 = np.argsort(-s2, 1, kind="stable"), np.argsort(-s1, 1, kind="stable")
+  fused = {"s2": np.take_along_axis(s2, order2, 1), "s1": np.take_along_axis(s1, order1, 1)}
+  index = {"s2": order2, "s1": order1 + 6}
+  scores, rows, which = ranking.merge_ranked(fused, index, k=7)
+  want = np.argsort(-full, axis=1, kind="stable")[:, :7]   # S2 rows first among equal scores
+  np.testing.assert_array_equal(rows, want)
+  np.testing.assert_array_equal(scores, np.take_along_axis(full, want, 1))
+  np.testing.assert_array_equal(which, (want >= 6).astype(int))
+  padded = {"s2": np.array([[0.5, -np.inf]]), "s1": np.array([[0.7, 0.1]])}
+  s, r, _ = ranking.merge_ranked(padded, {"s2": np.array([[3, -1]]), "s1": np.array([[8, 9]])}, k=4)
+  np.testing.assert_array_equal(r, [[8, 3, 9, -1]])
+  assert s[0, -1] == -np.inf
+
+
+def test_fusion_errors_are_user_errors():
+  with pytest.raises(UserError, match="expected one of raw, zscore, reference, rrf"):
+    ranking.fuse_scores({"s2": np.zeros((1, 2))}, "borda")
+  with pytest.raises(UserError, match="statistics of the s2 corpus"):
+    ranking.fuse_scores({"s2": np.zeros((1, 2))}, "zscore", query_emb=np.zeros((1, 4)))
+  stats = {"s2": ranking.SensorScoreStats.from_embeddings(np.eye(4, dtype=np.float32))}
+  with pytest.raises(UserError, match="reference texts"):
+    ranking.fuse_scores({"s2": np.zeros((1, 2))}, "reference", stats=stats)
+  back = ranking.SensorScoreStats.from_dict(stats["s2"].to_dict())
+  np.testing.assert_array_equal(back.second, stats["s2"].second)
+
+
+def _fusion_corpus(seed=0, **case):
+  queries, emb = _two_sensor_case(seed, **case)
+  rng = np.random.default_rng(seed + 10)
+  embedded = {}
+  for s, src in (("s2", "benv2s2"), ("s1", "benv2s1")):
+    n = len(emb[s])
+    embedded[s] = {"emb": emb[s], "key": np.array([f"{src}_{i:07d}" for i in range(n)]),
+                   "labels": np.eye(labels_lib.NUM_CLASSES, dtype=np.float32)[rng.integers(0, 3, n)],
+                   "lonlat": np.zeros((n, 2), np.float32)}
+  corpus = evaluator.Corpus.from_embedded(embedded)
+  qs = [{"query_id": f"q{i}", "text": f"q{i}", "type": "land_cover"} for i in range(len(queries))]
+  # relevant: the 8 best S2 documents of each query by score, and 8 random S1 ones
+  qrels = {}
+  for i, q in enumerate(queries):
+    best2 = np.argsort(-(emb["s2"] @ q))[:8]
+    some1 = rng.choice(len(emb["s1"]), 8, replace=False)
+    qrels[f"q{i}"] = {**{f"benv2s2_{j:07d}": 1 for j in best2}, **{f"benv2s1_{j:07d}": 1 for j in some1}}
+  return corpus, qs, queries, qrels
+
+
+def test_evaluate_embeddings_fusion_raw_is_the_papers_ranking_and_fused_matches_brute_force():
+  corpus, qs, queries, qrels = _fusion_corpus()
+  k = 30
+  raw = evaluator.evaluate_embeddings(corpus, qs, queries, qrels, k=k, fusion="raw")
+  judged = evaluator.Judgments(qrels, corpus).restrict(corpus)
+  direct = evaluator.rank_corpus("text->all", corpus, [q["query_id"] for q in qs], queries, judged, k=k)
+  assert raw.rankings["text->all"].mean == direct.mean
+  via_merge = evaluator.rank_fused("text->all", corpus, [q["query_id"] for q in qs], queries, judged,
+                                   fusion="raw", k=k)
+  np.testing.assert_array_equal(via_merge.doc_keys, direct.doc_keys)
+  assert raw.metrics["rankings"]["text->all"]["fusion"] == "raw"
+  for method in ("zscore", "reference", "rrf"):
+    ev = evaluator.evaluate_embeddings(corpus, qs, queries, qrels, k=k, fusion=method)
+    # brute force: every score, each sensor mapped with its whole-corpus statistics, one sort
+    run = {}
+    for i, q in enumerate(queries):
+      fused, keys = [], []
+      for s in ("s2", "s1"):
+        part = corpus.select(corpus.sensor == s)
+        sc = part.emb.astype(np.float64) @ q.astype(np.float64)
+        if method == "zscore":
+          sc = (sc - sc.mean()) / sc.std()
+        elif method == "reference":
+          pairs = queries.astype(np.float64) @ part.emb.T.astype(np.float64)   # reference: the queries
+          sc = (sc - pairs.mean()) / pairs.std()
+        else:
+          sc = 1.0 / (60 + np.argsort(np.argsort(-sc, kind="stable"), kind="stable") + 1)
+        fused.append(sc)
+        keys.append(part.keys)
+      fused, keys = np.concatenate(fused), np.concatenate(keys)
+      top = np.argsort(-fused, kind="stable")[:k]
+      run[qs[i]["query_id"]] = {str(keys[j]): float(fused[j]) for j in top}
+    want = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10,100", "recall.10"}).evaluate(run)
+    got = ev.rankings["text->all"].per_query
+    for qid, values in want.items():
+      assert got[qid]["nDCG@10"] == pytest.approx(values["ndcg_cut_10"], abs=1e-6), (method, qid)
+      assert got[qid]["R@10"] == pytest.approx(values["recall_10"], abs=1e-6), (method, qid)
+    assert ev.metrics["rankings"]["text->all"]["fusion"] == method
+    # the per-sensor rankings do not depend on the fusion
+    assert ev.metrics["rankings"]["text->s2"]["metrics"] == raw.metrics["rankings"]["text->s2"]["metrics"]
+
+
+def test_fusion_recovers_the_sensor_that_raw_scores_bury():
+  corpus, qs, queries, qrels = _fusion_corpus(seed=4, s1_offset=1.0)
+  raw = evaluator.evaluate_embeddings(corpus, qs, queries, qrels, k=30, fusion="raw")
+  z = evaluator.evaluate_embeddings(corpus, qs, queries, qrels, k=30, fusion="zscore")
+  top_raw = raw.rankings["text->all"].doc_keys[:, :8]
+  assert np.mean([str(d).startswith("benv2s1") for d in top_raw.ravel()]) > 0.9   # S1 crowds the top
+  assert z.metrics["rankings"]["text->all"]["metrics"]["nDCG@10"] > \
+      raw.metrics["rankings"]["text->all"]["metrics"]["nDCG@10"] + 0.2

@@ -197,7 +197,8 @@ def test_small_towers_from_120px_match_the_authors_class(small_checkpoint):
 def closp_rn_zeros(tmp_path_factory):
   """A CLOSP-RN-shaped checkpoint (zeros, the real tensor names and shapes) as safetensors."""
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-  from closp_jax.models.towers import PAPER_MODELS, model_config  # pylint: disable=import-outside-toplevel
+  from closp_jax.models.towers import model_config
+  from closp_jax.weights.registry import RELEASED_LAYOUTS as PAPER_MODELS  # pylint: disable=import-outside-toplevel
   from closp_jax.weights import convert  # pylint: disable=import-outside-toplevel
   from closp_jax.weights.closp_checkpoint import abstract_variables, export_closp_state_dict  # pylint: disable=import-outside-toplevel
   cfg = model_config(**PAPER_MODELS["CLOSP-RN"])
@@ -268,12 +269,12 @@ def test_bad_checkpoints_are_one_line_errors_naming_the_file(tmp_path):
 def test_binary_errors(closp_rn_zeros, tmp_path):
   proc = run_binary("-m", "closp_jax.export", "--from-official", str(closp_rn_zeros), "--variant", "GeoCLOSP-RN",
                     "--out", str(tmp_path / "m"))
-  assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+  assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
   assert proc.stderr.startswith("error: ") and "holds a CLOSP-RN checkpoint" in proc.stderr \
       and "not --variant GeoCLOSP-RN" in proc.stderr
   proc = run_binary("-m", "closp_jax.export", "--from-official", str(closp_rn_zeros), "--workdir", str(tmp_path),
                     "--out", str(tmp_path / "m"))
-  assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
+  assert proc.returncode == 1 and "pass --workdir (a training run) or --from-official" in proc.stderr
   assert not (tmp_path / "m").exists()
 
 

@@ -335,7 +335,6 @@ def test_get_builder_reuses_prepared_and_refuses_missing(built, tmp_path):
 
 
 def test_sample_config_runs_the_same_conversion(tmp_path, tok, capsys):
-  pytest.importorskip("closp_jax.data.synthetic")
   config = crisis_landmark.CrisisLandmarkConfig(
       name="sample_tiny", synthetic=True, num_s2=24, num_s1=24, seed=0,
       validation_min_per_sensor=4)

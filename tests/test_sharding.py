@@ -63,14 +63,14 @@ def test_mesh_shape_takes_the_rest_and_names_the_fix():
 _EIGHT_DEVICE_CHECKS = r"""
 import json, math
 import jax, numpy as np
-from closp_jax.config import get_config
+from closp_jax.config import load_config
 from closp_jax.models.towers import CLOSP
 from closp_jax.parallel import mesh as mesh_lib
 from closp_jax.train import setup
 
 out = {}
 def shardings(variant, mesh_cfg, rules):
-  cfg = get_config(variant, True)
+  cfg = load_config(f"geoclosp:{variant}")
   mesh = mesh_lib.make_mesh(mesh_cfg)
   model = CLOSP(cfg.model)
   abstract = jax.eval_shape(lambda r: model.init(r, *setup.dummy_inputs(cfg), train=False), jax.random.key(0))
@@ -118,6 +118,24 @@ try:
   out["slices_data_error"] = ""
 except mesh_lib.MeshConfigError as e:
   out["slices_data_error"] = str(e)
+# A hand count on 8 devices: 'a' [8, 4] float32 split over 'data' puts one row on each device; 'b'
+# [3] int8 is replicated.
+from jax.sharding import NamedSharding, PartitionSpec as P
+mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+tree = {"a": jax.ShapeDtypeStruct((8, 4), np.float32), "b": jax.ShapeDtypeStruct((3,), np.int8)}
+out["bytes"] = list(mesh_lib.bytes_per_device(tree, {"a": NamedSharding(mesh, P("data", None)),
+                                                     "b": NamedSharding(mesh, P())}))
+# A global batch that the 8 data shards cannot split is refused, naming the key and a fix.
+cfg = load_config("closp:sample")
+cfg.unlock()
+cfg.data.batch_size, cfg.data.eval_batch_size = 12, 64
+try:
+  setup.check_batch(cfg, mesh)
+  out["batch_error"] = ""
+except setup.RunConfigError as e:
+  out["batch_error"] = str(e)
+cfg.data.batch_size = 16
+setup.check_batch(cfg, mesh)  # divisible: accepted
 print("RESULT" + json.dumps(out))
 """
 
@@ -159,14 +177,15 @@ def test_slices_need_slices_or_processes_to_split(eight_device_checks):
   assert "must be a multiple of config.mesh.slices=2" in eight_device_checks["slices_data_error"]
 
 
-def test_bytes_per_device_against_a_hand_count():
-  import jax
-  from jax.sharding import NamedSharding, PartitionSpec as P
-  mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-  tree = {"a": jax.ShapeDtypeStruct((6, 4), np.float32), "b": jax.ShapeDtypeStruct((3,), np.int8)}
-  sh = {"a": NamedSharding(mesh, P("data", None)), "b": NamedSharding(mesh, P())}
-  n = jax.device_count()
-  assert mesh_lib.bytes_per_device(tree, sh) == (6 * 4 * 4 + 3, (6 // n if 6 % n == 0 else 6) * 4 * 4 + 3)
+def test_bytes_per_device_against_a_hand_count(eight_device_checks):
+  # total: 8*4 float32 + 3 int8 = 131 bytes; per device: one row of 4 float32 + the replicated 3 bytes
+  assert eight_device_checks["bytes"] == [8 * 4 * 4 + 3, 1 * 4 * 4 + 3]
+
+
+def test_batch_not_divisible_by_the_data_axes_is_refused(eight_device_checks):
+  message = eight_device_checks["batch_error"]
+  assert "config.data.batch_size=12 must be a positive multiple of the data-parallel size 8" in message
+  assert "--config.data.batch_size=" in message
 
 
 # --------------------------------------------------------------------------- training, 1 vs 8 devices

@@ -8,7 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from closp_jax.models.towers import CLOSP, GEOCLIP_LOCATION, PAPER_MODELS, model_config, tower_spec
+from closp_jax.models.towers import CLOSP, GEOCLIP_LOCATION, model_config, tower_spec
+from closp_jax.weights.registry import RELEASED_LAYOUTS as PAPER_MODELS
 from closp_jax.weights import convert
 from closp_jax.weights.closp_checkpoint import (export_closp_state_dict, infer_model_config, load_closp_checkpoint,
                                                 merge_submodule)
@@ -120,15 +121,26 @@ def test_text_projection_when_hidden_differs_and_location_disabled():
     model.apply(jax.tree.map(jnp.zeros_like, v), inputs()[4], method=model.encode_location)
 
 
-def test_image_size_resizes_bilinearly():
-  cfg = tiny_config(image_size=40, location=dict(enabled=False), s1_encoder="resnet_tiny")
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_image_size_resizes_bilinearly(align_corners):
+  """The tower's 24 -> 40 px resize equals torch's F.interpolate(bilinear) with the same corner rule
+  (half-pixel centres, or aligned corners as kornia's Resize): the embedding of the small input equals
+  the embedding of torch's resized input, which the tower takes as it is."""
+  torch = pytest.importorskip("torch")
+  cfg = tiny_config(image_size=40, location=dict(enabled=False), s1_encoder="resnet_tiny",
+                    resize_align_corners=align_corners)
   model = CLOSP(cfg)
   s2, s1, ids, mask, _ = inputs(size=24)
   v = jax.jit(model.init)(jax.random.key(0), s2, s1, ids, mask)
   encode = jax.jit(lambda v, x: model.apply(v, x, method=model.encode_s2))
   got = encode(v, s2)
-  want = encode(v, jax.image.resize(s2, (2, 40, 40, 13), "bilinear"))
-  np.testing.assert_allclose(got, want, atol=1e-6)
+  resized = torch.nn.functional.interpolate(torch.from_numpy(np.asarray(s2)).permute(0, 3, 1, 2), size=(40, 40),
+                                            mode="bilinear", align_corners=align_corners)
+  want = encode(v, jnp.asarray(resized.permute(0, 2, 3, 1).numpy()))
+  np.testing.assert_allclose(got, want, atol=2e-6)
+  other = torch.nn.functional.interpolate(torch.from_numpy(np.asarray(s2)).permute(0, 3, 1, 2), size=(40, 40),
+                                          mode="bilinear", align_corners=not align_corners)
+  assert np.abs(np.asarray(got) - np.asarray(encode(v, jnp.asarray(other.permute(0, 2, 3, 1).numpy())))).max() > 1e-4
   with pytest.raises(ValueError, match="13 channels"):
     model.apply(v, s1, method=model.encode_s2)
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save as save_bytes
 
-from closp_jax.config import get_config
+from closp_jax.config import load_config
 from closp_jax.models.image import image_encoder
 from closp_jax.models.location import SatCLIPLocationEncoder
 from closp_jax.models.towers import GEOCLIP_LOCATION
@@ -85,17 +85,16 @@ def test_registry_entries_are_consistent_and_complete():
 
 
 def test_every_weights_name_the_configs_use_exists():
+  from closp_jax.config import load_config, packaged_recipes  # pylint: disable=import-outside-toplevel
+  from closp_jax.configs.common import VARIANTS  # pylint: disable=import-outside-toplevel
   used = {}
-  for path in sorted((REPO / "configs").glob("*.py")):
-    spec = importlib.util.spec_from_file_location(f"cfg_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    for variant in ("sample", "paper", "vit_s", "vit_l", "pod", "rgb"):
-      init = module.get_config(variant).init
+  for recipe in packaged_recipes():
+    for variant in VARIANTS:
+      init = load_config(f"{recipe}:{variant}").init
       for slot in ("s2", "s1", "location"):
         value = init.get(slot, "")
         if value and not Path(value).suffix:
-          used[f"{path.name}:{variant} init.{slot}"] = value
+          used[f"{recipe}:{variant} init.{slot}"] = value
   unknown = {k: v for k, v in used.items() if v not in registry.REGISTRY}
   assert not unknown
 
@@ -232,7 +231,7 @@ def test_fetch_to_a_folder_in_a_subprocess_then_offline(served, hf_env, tmp_path
 # ---- load_pretrained ----------------------------------------------------------------------------
 
 def _geo_cfg(**init):
-  cfg = get_config("sample", geo=True)
+  cfg = load_config("geoclosp:sample")
   cfg.unlock()
   cfg.init.text = ""
   cfg.model.s2_encoder = "vit_tiny"

@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 import tensorflow_datasets as tfds
 from etils import epath
 
+from closp_jax.errors import UserError
 from closp_jax.data import labels as labels_lib
 from closp_jax.data import preprocess
 
@@ -138,7 +139,7 @@ def check_release_folder(folder: Path) -> None:
   if qrels.is_dir() and not any(p.is_file() for p in qrels.iterdir()):
     missing.append(QRELS_DIR + "/ (empty)")
   if missing:
-    raise FileNotFoundError(
+    raise ReleaseFolderError(
         f"CrisisLandMark release folder {folder} lacks {', '.join(missing)}.\n"
         + _MANUAL_INSTRUCTIONS)
 
@@ -148,21 +149,21 @@ def read_metadata(path: Path) -> list[tuple[str, str, list[str]]]:
   schema = pq.read_schema(path)
   missing = [c for c in ("key", "split", "labels") if c not in schema.names]
   if missing:
-    raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected key, split, "
+    raise ReleaseMetadataError(f"{path}: missing column(s) {', '.join(missing)}; expected key, split, "
                      f"labels (found {', '.join(schema.names)})")
   table = pq.read_table(path, columns=["key", "split", "labels"]).to_pydict()
   rows, seen = [], set()
   for key, split, labels in zip(table["key"], table["split"], table["labels"]):
     if split not in ("train", "test"):
-      raise ValueError(f"{path}: key {key!r} has split {split!r}, expected 'train' or 'test'")
+      raise ReleaseMetadataError(f"{path}: key {key!r} has split {split!r}, expected 'train' or 'test'")
     if key in seen:
-      raise ValueError(f"{path}: key {key!r} appears twice")
+      raise ReleaseMetadataError(f"{path}: key {key!r} appears twice")
     if labels is None or isinstance(labels, str):
-      raise ValueError(f"{path}: key {key!r} has labels {labels!r}, expected a list of names")
+      raise ReleaseMetadataError(f"{path}: key {key!r} has labels {labels!r}, expected a list of names")
     seen.add(key)
     rows.append((key, split, list(labels)))
   if not rows:
-    raise ValueError(f"{path}: no rows")
+    raise ReleaseMetadataError(f"{path}: no rows")
   return rows
 
 
@@ -271,8 +272,16 @@ class StoredSample(NamedTuple):
   labels: list[str] | None
 
 
-class ReleaseFileError(OSError):
+class ReleaseFileError(UserError, OSError):
   """A release HDF5 file is missing, not HDF5, truncated or unreadable; names the file and sample."""
+
+
+class ReleaseFolderError(UserError, FileNotFoundError):
+  """The release folder lacks files the build needs; names them."""
+
+
+class ReleaseMetadataError(UserError, ValueError):
+  """metadata.parquet does not have the columns or values the release promises; names the key."""
 
 
 def _open_h5(path: Path, key: str | None) -> h5py.File:
@@ -481,6 +490,11 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
                "than VH); S2 stored order named B1-B8, B8A, B9, B11, B12 (encoders get ESA "
                "order with a zero B10); numeric timestamps as ISO 8601 UTC, '' when missing or "
                "NaN; crs read as the card's float32 as well as int / string / WKT.",
+      "2.1.0": "Synthetic configs (sample, tiny): a world with geography (zones with regional land "
+               "cover, snow by latitude, altitude and season, crises on faults, river plains and "
+               "fire runs within reach of their footprint) and a balanced query set (up to 30 "
+               "land-cover, crisis and location-dependent queries, typed by the grid-cell rule). "
+               "The conversion of `full` is unchanged.",
   }
   BUILDER_CONFIGS = [FULL, FULL_PRE_RELEASE, SAMPLE, TINY]
   DEFAULT_BUILDER_CONFIG_NAME = "sample"
@@ -490,11 +504,6 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
   @classmethod
   def code_path(cls) -> epath.Path:
     # tfds resolves a packaged builder's path through `importlib_resources`, which tfds
-      "2.1.0": "Synthetic configs (sample, tiny): a world with geography (zones with regional land "
-               "cover, snow by latitude, altitude and season, crises on faults, river plains and "
-               "fire runs within reach of their footprint) and a balanced query set (up to 30 "
-               "land-cover, crisis and location-dependent queries, typed by the grid-cell rule). "
-               "The conversion of `full` is unchanged.",
     # 4.9.10 does not declare on Python >= 3.9 (tensorflow/datasets#11212); this file is it.
     return epath.Path(__file__)
 

@@ -14,6 +14,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from closp_jax.errors import UserError
+
 CLASSES: tuple[str, ...] = (
     "Trees", "Crops", "Shrub and Scrub", "Water", "Grass", "Built",
     "Flooded Vegetation", "Bare", "Snow and Ice", "Flooded Area",
@@ -109,7 +111,7 @@ _LOOKUP: dict[str, str] = {_norm(k): v for k, v in CORINE_TO_CLASS.items()}
 _LOOKUP.update({_norm(c): c for c in CLASSES})
 
 
-class UnknownLabelError(ValueError):
+class UnknownLabelError(UserError, ValueError):
   """A label is neither a known CORINE name nor one of the 12 class names."""
 
 

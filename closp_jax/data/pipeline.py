@@ -26,6 +26,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from closp_jax.errors import UserError
 from closp_jax.data import crisis_landmark  # noqa: F401  (registers the builder)
 from closp_jax.data import normalize, preprocess
 from closp_jax.data.labels import NUM_CLASSES
@@ -69,12 +70,12 @@ def get_builder(name: str = "crisis_landmark/sample", data_dir: str | None = Non
   if builder.is_prepared():
     return builder
   if not prepare:
-    raise FileNotFoundError(
+    raise DatasetNotPreparedError(
         f"{builder.info.full_name} is not prepared in {data_dir}; call get_builder(..., "
         f"prepare=True) or run `python -m closp_jax.data.pipeline {name} --data_dir {data_dir}`")
   config = builder.builder_config
   if not getattr(config, "synthetic", False) and manual_dir is None:
-    raise FileNotFoundError(
+    raise DatasetNotPreparedError(
         f"{name} converts the official release: pass manual_dir=<release folder> "
         f"(the trainer's --config.data.manual_dir), or use the synthetic crisis_landmark/sample.\n"
         + crisis_landmark.CrisisLandmark.MANUAL_DOWNLOAD_INSTRUCTIONS)
@@ -88,8 +89,12 @@ def get_builder(name: str = "crisis_landmark/sample", data_dir: str | None = Non
   return builder
 
 
-class DatasetNameError(ValueError):
+class DatasetNameError(UserError, ValueError):
   """config.data.name names no crisis_landmark config."""
+
+
+class DatasetNotPreparedError(UserError, FileNotFoundError):
+  """The dataset is not prepared and cannot be prepared from what was given (no release folder)."""
 
 
 def _metadata(builder, field: str):
@@ -344,7 +349,7 @@ def _data_source(builder, split: str):
   return checked
 
 
-class DataFileError(OSError):
+class DataFileError(UserError, OSError):
   """A prepared dataset file cannot be read (missing, truncated, corrupt); names the file."""
 
 

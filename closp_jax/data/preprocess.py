@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from closp_jax.errors import UserError
+
 IMAGE_SIZE = 120
 S2_SOURCES = ("benv2s2", "cabuar", "sen2flood")
 S1_SOURCES = ("benv2s1", "mmflood", "sen1flood", "quakeset")
@@ -87,7 +89,7 @@ _TIMESTAMP_RANGE = (dt.datetime(2014, 1, 1, tzinfo=dt.timezone.utc).timestamp(),
 TIMESTAMP_UNAVAILABLE = ""
 
 
-class SampleFormatError(ValueError):
+class SampleFormatError(UserError, ValueError):
   """A stored sample does not have the layout the release promises."""
 
 

@@ -40,19 +40,6 @@ MAX_LOGIT_SCALE = 100.0
 # Location-encoder geometry of GeoCLIP's released weights (closp_jax.weights.load_geoclip_location).
 GEOCLIP_LOCATION = {"kind": "geoclip", "hidden": 1024, "layers": 3, "out": 512}
 
-# model_config overrides that reproduce the released models' layouts (see docs/models.md, "Towers").
-PAPER_MODELS: dict[str, dict[str, Any]] = {
-    "CLOSP-RN": {"s2_encoder": "resnet50", "s1_encoder": "resnet50", "s2_head_classes": 1000,
-                 "s1_head_classes": 1000},
-    "CLOSP-VS": {"s2_encoder": "vit_s16", "s1_encoder": "vit_s16", "s2_head_classes": 1000,
-                 "s1_head_classes": 0, "image_size": 224, "resize_align_corners": True},
-    "CLOSP-VL": {"s2_encoder": "vit_l16", "s1_encoder": "vit_l16", "s2_head_classes": 0,
-                 "s1_head_classes": 0, "image_size": 224, "resize_align_corners": True},
-    "GeoCLOSP-RN": {"s2_encoder": "resnet50", "s1_encoder": "resnet50", "s2_head_classes": 1000,
-                    "s1_head_classes": 1000, "location.enabled": True},
-}
-
-
 # ---- config -------------------------------------------------------------------------------------
 
 def model_config(**overrides: Any) -> ml_collections.ConfigDict:

@@ -22,10 +22,12 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from closp_jax.errors import UserError
+
 _FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")
 
 
-class DataStateError(ValueError):
+class DataStateError(UserError, ValueError):
   """The data-iterator state in a checkpoint cannot be restored on this layout."""
 
 

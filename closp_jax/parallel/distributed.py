@@ -24,13 +24,15 @@ from typing import Any, Mapping
 
 import jax
 
+from closp_jax.errors import UserError
+
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
 _TPU_HINTS = ("MEGASCALE_COORDINATOR_ADDRESS",)
 
 
-class DistributedConfigError(ValueError):
+class DistributedConfigError(UserError, ValueError):
   """The flags or environment describe an impossible process layout."""
 
 

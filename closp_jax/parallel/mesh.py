@@ -22,6 +22,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from closp_jax.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 # Axes over which the batch is split (data parallel and fully-sharded data parallel).
 BATCH_AXES = ("data", "fsdp")
@@ -39,7 +41,7 @@ FSDP_RULES: tuple[tuple[str, Any], ...] = (
 RULES = {"dp": DP_RULES, "fsdp": FSDP_RULES}
 
 
-class MeshConfigError(ValueError):
+class MeshConfigError(UserError, ValueError):
   """The mesh in the config does not fit the devices of this run."""
 
 

@@ -31,15 +31,26 @@ from closp_jax import atomic
 from closp_jax.data import labels as labels_lib
 from closp_jax.data import preprocess
 from closp_jax.retrieval import queries_rule, trec
+from closp_jax.retrieval import ranking as fusion_lib
 from closp_jax.retrieval.metrics import DEFAULT_METRICS, evaluate_run
 from closp_jax.retrieval.ranking import classification_map, similarity
 from closp_jax.retrieval.topk import topk_search
+from closp_jax.errors import UserError
+
+
+class EvaluationInputError(UserError, ValueError):
+  """Queries, judgments, evaluation folders or the evaluation batch are not what the evaluation needs."""
+
+
+class EvaluationFileNotFound(UserError, FileNotFoundError):
+  """A file or folder the evaluation was pointed at does not exist."""
 
 RANKINGS: dict[str, tuple[str, ...]] = {
     "text->s2": ("s2",), "text->s1": ("s1",), "text->all": ("s2", "s1")}
 RUN_FILES = {"text->s2": "run.s2.trec", "text->s1": "run.s1.trec", "text->all": "run.all.trec"}
 QRELS_FILES = {"text->s2": "qrels.s2.trec", "text->s1": "qrels.s1.trec", "text->all": "qrels.trec"}
 METRICS_FILE = "metrics.json"
+QUERIES_FILE = "queries.jsonl"
 DEPTH = 1000
 
 
@@ -175,6 +186,40 @@ def rank_corpus(name: str, corpus: Corpus, qids: Sequence[str], query_emb: np.nd
   return Ranking(name, kept, scores, doc_keys, sub, mean, per_query, len(corpus))
 
 
+def rank_fused(name: str, corpus: Corpus, qids: Sequence[str], query_emb: np.ndarray,
+               judged: Mapping[str, Mapping[str, int]], *, fusion: str,
+               reference: np.ndarray | None = None, k: int = DEPTH,
+               metrics: Sequence[str] = DEFAULT_METRICS, block: int = 65536) -> Ranking | None:
+  """As `rank_corpus` over a corpus of several sensors, with each sensor's scores mapped by
+  `fusion` (ranking.fuse_scores) before the merge: every sensor's own top k (exact, blocked),
+  fused, merged (equal fused scores: the sensor stored first, then its list order). With
+  fusion 'raw' this is the same ranking as `rank_corpus`. Scores in the Ranking (and the run
+  files) are the fused ones."""
+  keep = [i for i, q in enumerate(qids) if str(q) in judged]
+  if not keep or len(corpus) == 0:
+    return None
+  q = np.asarray(query_emb)[keep]
+  scores, index, stats, offset = {}, {}, {}, 0
+  keys = []
+  for sensor in dict.fromkeys(corpus.sensor.tolist()):   # storage order: S2 first
+    part = corpus.select(corpus.sensor == sensor)
+    s, i = topk_search(q, part.emb, min(int(k), len(part)), block=block)
+    scores[sensor], index[sensor] = np.asarray(s), np.asarray(i) + offset
+    keys.append(part.keys)
+    offset += len(part)
+    if fusion in ("zscore", "reference"):
+      stats[sensor] = fusion_lib.SensorScoreStats.from_embeddings(
+          part.emb, reference if fusion == "reference" else None)
+  fused = fusion_lib.fuse_scores(scores, fusion, query_emb=q, stats=stats)
+  merged, rows, _ = fusion_lib.merge_ranked(fused, index, k)
+  doc_keys = np.concatenate(keys)[rows]
+  kept = [str(qids[i]) for i in keep]
+  run = trec.make_run(kept, doc_keys, merged)
+  sub = {qid: judged[qid] for qid in kept}
+  mean, per_query = evaluate_run(run, sub, metrics)
+  return Ranking(name, kept, merged, doc_keys, sub, mean, per_query, len(corpus))
+
+
 def _group_means(per_query: Mapping[str, Mapping[str, float]], groups: Mapping[str, str],
                  metrics: Sequence[str]) -> dict[str, dict]:
   out = {}
@@ -198,13 +243,18 @@ class Evaluation:
 def evaluate_embeddings(corpus: Corpus, queries: Sequence[Mapping], query_emb: np.ndarray,
                         qrels: Mapping[str, Mapping[str, int]], class_emb: np.ndarray | None = None,
                         *, k: int = DEPTH, metrics: Sequence[str] = DEFAULT_METRICS,
-                        block: int = 65536) -> Evaluation:
+                        block: int = 65536, fusion: str = fusion_lib.DEFAULT_FUSION,
+                        fusion_reference: np.ndarray | None = None) -> Evaluation:
   """All figures of the protocol from embeddings (see the module docstring).
 
   queries: [{query_id, text, type}] with `type` one of queries_rule.QUERY_TYPES; query_emb:
   [Q, D] in the same order; class_emb: [12, D] embeddings of the class names (None: no
-  zero-shot figures).
+  zero-shot figures). fusion: how text->all merges the two sensors' scores
+  (ranking.FUSION_METHODS; 'raw' is the paper's single ranking by inner product);
+  fusion_reference: [R, D] reference text embeddings for fusion 'reference' (default: the
+  queries themselves).
   """
+  fusion_lib.check_fusion(fusion)
   if len(queries) != len(query_emb):
     raise ValueError(f"{len(queries)} queries but {len(query_emb)} query embeddings")
   qids = [str(q["query_id"]) for q in queries]
@@ -225,14 +275,22 @@ def evaluate_embeddings(corpus: Corpus, queries: Sequence[Mapping], query_emb: n
                          "metrics": r.mean if r else None}
   for name, sensors in RANKINGS.items():
     sub_corpus = corpus.select(np.isin(corpus.sensor, sensors))
-    r = rank_corpus(name, sub_corpus, qids, query_emb, judgments.restrict(sub_corpus), k=k,
-                    metrics=metrics, block=block)
+    present = [s for s in sensors if np.any(sub_corpus.sensor == s)]
+    if len(present) > 1 and fusion != "raw":
+      r = rank_fused(name, sub_corpus, qids, query_emb, judgments.restrict(sub_corpus), fusion=fusion,
+                     reference=query_emb if fusion_reference is None else fusion_reference, k=k,
+                     metrics=metrics, block=block)
+    else:
+      r = rank_corpus(name, sub_corpus, qids, query_emb, judgments.restrict(sub_corpus), k=k,
+                      metrics=metrics, block=block)
     entry = {"num_docs": len(sub_corpus), "num_queries": len(r.qids) if r else 0,
              "metrics": r.mean if r else None,
              "by_source": {s: v for s, v in by_source.items()
                            if preprocess.sensor_of_source(s) in sensors},
              "by_type": _group_means(r.per_query, types, metrics) if r else {},
              "files": {"run": RUN_FILES[name], "qrels": QRELS_FILES[name]} if r else None}
+    if len(sensors) > 1:
+      entry["fusion"] = fusion
     out["rankings"][name] = entry
     if r is not None:
       rankings[name] = r
@@ -284,7 +342,7 @@ def resolve_queries(builder_dir, corpus: Corpus, queries_path=None, qrels_path=N
   """
   from closp_jax.data import queries as queries_lib  # pylint: disable=import-outside-toplevel
   if (queries_path is None) != (qrels_path is None):
-    raise ValueError("--queries and --qrels go together: pass both files, or neither to use "
+    raise EvaluationInputError("--queries and --qrels go together: pass both files, or neither to use "
                      "the dataset's own (or label-built) queries")
   if queries_path is not None:
     queries, qrels, origin = read_queries(queries_path), read_qrels(qrels_path), "user"
@@ -313,7 +371,7 @@ def read_queries(path) -> list[dict]:
   if path.is_dir():
     return queries_lib.load_queries(path)
   if not path.is_file():
-    raise FileNotFoundError(f"queries file {path} not found")
+    raise EvaluationFileNotFound(f"queries file {path} not found")
   with open(path, encoding="utf-8") as f:
     first = next((line for line in f if line.strip()), "")
   if first.lstrip().startswith("{"):
@@ -328,16 +386,16 @@ def read_queries(path) -> list[dict]:
         continue
       fields = line.rstrip("\n").split("\t")
       if len(fields) not in (2, 3) or not fields[0].strip() or not fields[1].strip():
-        raise ValueError(f"{path}:{line_no}: expected 'query_id<TAB>text[<TAB>type]' or a JSON "
+        raise EvaluationInputError(f"{path}:{line_no}: expected 'query_id<TAB>text[<TAB>type]' or a JSON "
                          f"object per line, got {line.strip()!r}")
       qid = fields[0].strip()
       if qid in seen:
-        raise ValueError(f"{path}:{line_no}: query_id {qid!r} appears twice")
+        raise EvaluationInputError(f"{path}:{line_no}: query_id {qid!r} appears twice")
       seen.add(qid)
       queries.append({"query_id": qid, "text": fields[1].strip(),
                       "type": fields[2].strip() if len(fields) == 3 else ""})
   if not queries:
-    raise ValueError(f"{path} holds no query")
+    raise EvaluationInputError(f"{path} holds no query")
   return queries
 
 
@@ -347,14 +405,14 @@ def read_qrels(path) -> dict[str, dict[str, int]]:
   files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) \
       if path.is_dir() else [path]
   if not files or not files[0].is_file():
-    raise FileNotFoundError(f"qrels {path} not found (a TREC/BEIR file or a folder of them)")
+    raise EvaluationFileNotFound(f"qrels {path} not found (a TREC/BEIR file or a folder of them)")
   merged: dict[str, dict[str, int]] = {}
   for p in files:
     for qid, judged in trec.read_qrels(p).items():
       target = merged.setdefault(qid, {})
       for doc, grade in judged.items():
         if doc in target and target[doc] != grade:
-          raise ValueError(f"{p}: ({qid}, {doc}) judged {grade} here and {target[doc]} in an "
+          raise EvaluationInputError(f"{p}: ({qid}, {doc}) judged {grade} here and {target[doc]} in an "
                            "earlier file")
         target[doc] = grade
   return merged
@@ -390,80 +448,12 @@ def load_metrics(out_dir) -> dict:
   path = Path(out_dir)
   path = path / METRICS_FILE if path.is_dir() else path
   if not path.is_file():
-    raise FileNotFoundError(f"{path} not found: expected an evaluation output folder holding "
+    raise EvaluationFileNotFound(f"{path} not found: expected an evaluation output folder holding "
                             f"{METRICS_FILE} (python -m closp_jax.evaluate --output ...)")
   return json.loads(path.read_text())
 
 
 # --------------------------------------------------------------------------- model
-
-
-def load_variables(config, mesh, workdir, checkpoint: str = "latest"):
-  """(model, variables, step label) on `mesh`: a checkpoint's params, or the untrained init.
-
-  'untrained' gives the config's initial variables (seed, and any pretrained towers named
-  in config.init), exactly what the trainer starts from. Otherwise 'latest', 'best' or a
-  step of WORKDIR/checkpoints; only params and batch_stats are read (not the optimizer
-  state), onto this run's devices whatever topology wrote them.
-  """
-  import jax  # pylint: disable=import-outside-toplevel
-  from closp_jax.train import setup  # pylint: disable=import-outside-toplevel
-  from closp_jax.models.towers import CLOSP  # pylint: disable=import-outside-toplevel
-  model = CLOSP(config.model)
-  rng = jax.random.key(int(config.seed))
-  if checkpoint == "untrained":
-    variables, shardings = setup.init_variables(model, config, mesh, rng)
-    variables, _ = setup.load_pretrained(variables, config, shardings)
-    return model, variables, "untrained"
-  from closp_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-  directory = Path(workdir) / "checkpoints"
-  if not directory.is_dir():
-    raise ckpt_lib.CheckpointError(
-        f"no checkpoints folder {directory}: train first (python -m closp_jax.main --workdir "
-        f"{workdir}), or pass --checkpoint untrained")
-  ckpt = ckpt_lib.Checkpointer(directory, async_save=False)
-  try:
-    step = ckpt.resolve(checkpoint)
-  finally:
-    ckpt.close()
-  abstract = _abstract_variables(model, config, mesh, rng)
-  variables = restore_variables(directory / str(step) / "state", abstract)
-  return model, variables, str(step)
-
-
-def _abstract_variables(model, config, mesh, rng) -> dict:
-  """ShapeDtypeStructs with this mesh's shardings of {params, batch_stats} (nothing allocated)."""
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  from closp_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
-  from closp_jax.train import setup  # pylint: disable=import-outside-toplevel
-  inputs = setup.dummy_inputs(config)
-  boxed = jax.eval_shape(lambda r: model.init(r, *inputs, train=False), rng)
-  rules = mesh_lib.logical_rules(config.mesh.rules)
-  out = {}
-  for col in ("params", "batch_stats"):
-    tree = boxed.get(col, {})
-    shardings = mesh_lib.param_shardings(tree, mesh, rules)
-    out[col] = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            nn.unbox(tree), shardings)
-  return out
-
-
-def restore_variables(state_dir: Path, abstract: dict) -> dict:
-  """{params, batch_stats} of a saved TrainState, read by orbax's partial restore."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  target = {k: v for k, v in abstract.items() if k == "params" or v}
-  restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-  try:
-    with ocp.PyTreeCheckpointer() as ckptr:
-      restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
-          item=target, restore_args=restore_args, partial_restore=True))
-  except (ValueError, KeyError) as err:
-    raise ValueError(
-        f"{state_dir}: the checkpoint's parameters do not match the model built from this "
-        f"config ({err}). Pass the same --config (variant) and --config.model.* overrides the "
-        "run was trained with.") from err
-  return {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
 
 
 def check_eval_batch(batch: int, mesh) -> None:
@@ -472,22 +462,25 @@ def check_eval_batch(batch: int, mesh) -> None:
   shards = int(mesh.shape["data"]) * int(mesh.shape["fsdp"])
   step = int(np.lcm(shards, jax.process_count()))
   if batch <= 0 or batch % step:
-    raise ValueError(
+    raise EvaluationInputError(
         f"config.data.eval_batch_size={batch} must be a positive multiple of {step} (the mesh's "
         f"data x fsdp size {shards} and the process count {jax.process_count()}); e.g. "
         f"--config.data.eval_batch_size={step * max(1, round(batch / step))}")
 
 
-def _evaluate_and_write(corpus: Corpus, builder, encode_texts, *, name: str, checkpoint: dict, max_corpus: int,
+def evaluate_and_write(corpus: Corpus, builder, encode_texts, *, name: str, checkpoint: dict, max_corpus: int,
                         out_dir: Path, tag: str, queries_path, qrels_path, k: int, metrics: Sequence[str],
-                        t0: float, t_embed: float, write: bool, say) -> dict:
+                        t0: float, t_embed: float, write: bool, say,
+                        fusion: str = fusion_lib.DEFAULT_FUSION) -> dict:
   """Queries, rankings, metrics and files of an embedded corpus: the part every evaluation shares.
 
-  encode_texts(list of str) -> [N, D] unit vectors (the model's text tower)."""
+  encode_texts(list of str) -> [N, D] unit vectors (the model's text tower). Writes (from `write`)
+  out_dir/metrics.json, the run and qrels TREC files, report.md, the chart and queries.jsonl (each
+  query's id, text and type, so trec_eval and the per-type figures can be recomputed)."""
   queries, qrels, origin = resolve_queries(builder.data_dir, corpus, queries_path, qrels_path)
   query_emb = encode_texts([q["text"] for q in queries])
   class_emb = encode_texts([q["text"] for q in queries_rule.class_queries()])
-  result = evaluate_embeddings(corpus, queries, query_emb, qrels, class_emb, k=k, metrics=metrics)
+  result = evaluate_embeddings(corpus, queries, query_emb, qrels, class_emb, k=k, metrics=metrics, fusion=fusion)
   t_rank = time.perf_counter()
   result.metrics.update({
       "config": name,
@@ -503,6 +496,8 @@ def _evaluate_and_write(corpus: Corpus, builder, encode_texts, *, name: str, che
   })
   if write:
     write_outputs(out_dir, result, tag=tag)
+    atomic.write_text(Path(out_dir) / QUERIES_FILE, "".join(
+        json.dumps({"query_id": q["query_id"], "text": q["text"], "type": q["type"]}) + "\n" for q in queries))
     say(f"wrote {out_dir} ({time.perf_counter() - t0:.1f} s)")
     from closp_jax.retrieval import report as report_lib  # pylint: disable=import-outside-toplevel
     say(report_lib.summary_table(result.metrics))
@@ -511,17 +506,19 @@ def _evaluate_and_write(corpus: Corpus, builder, encode_texts, *, name: str, che
 
 def evaluate_checkpoint(config, workdir, *, checkpoint: str = "latest", output=None,
                         queries_path=None, qrels_path=None, k: int = DEPTH,
-                        metrics: Sequence[str] = DEFAULT_METRICS, stream=None) -> dict:
+                        metrics: Sequence[str] = DEFAULT_METRICS, stream=None,
+                        fusion: str = fusion_lib.DEFAULT_FUSION) -> dict:
   """Restore, embed (sharded over all processes), rank, write. Returns the metrics dict.
 
   Writes into `output` (default WORKDIR/eval/<step>, or .../untrained) from process 0.
   All processes must call this together.
   """
   import jax  # pylint: disable=import-outside-toplevel
+  from closp_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   from closp_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   from closp_jax.data.tokenize import load_tokenizer  # pylint: disable=import-outside-toplevel
   from closp_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
-  from closp_jax.retrieval import embed as embed_lib  # pylint: disable=import-outside-toplevel
+  from closp_jax.models import embed as embed_lib  # pylint: disable=import-outside-toplevel
 
   stream = stream or sys.stdout
   main = jax.process_index() == 0
@@ -532,7 +529,7 @@ def evaluate_checkpoint(config, workdir, *, checkpoint: str = "latest", output=N
   check_eval_batch(int(config.data.eval_batch_size), mesh)
   builder = pipeline.get_builder(config.data.name, data_dir=config.data.data_dir or None,
                                  manual_dir=config.data.manual_dir or None)
-  model, variables, label = load_variables(config, mesh, workdir, checkpoint)
+  model, variables, label = ckpt_lib.restore_variables(workdir, config, checkpoint, mesh=mesh)
   out_dir = Path(output) if output else workdir / "eval" / label
   say(f"evaluating {config.name} ({'untrained' if label == 'untrained' else 'step ' + label}) on "
       f"{builder.info.full_name} test, {jax.device_count()} device(s), "
@@ -545,12 +542,12 @@ def evaluate_checkpoint(config, workdir, *, checkpoint: str = "latest", output=N
   t_embed = time.perf_counter()
   tokenizer = load_tokenizer()
   max_len = int(config.data.max_len)
-  return _evaluate_and_write(
+  return evaluate_and_write(
       corpus, builder, lambda texts: embed_lib.embed_texts(model, variables, tokenizer, texts, max_len=max_len),
       name=config.name, checkpoint={"which": str(checkpoint), "step": label, "workdir": str(workdir)},
       max_corpus=int(config.eval.max_corpus), out_dir=out_dir, tag=f"{config.name.replace(':', '-')}-{label}",
       queries_path=queries_path, qrels_path=qrels_path, k=k, metrics=metrics, t0=t0, t_embed=t_embed,
-      write=main, say=say)
+      write=main, say=say, fusion=fusion)
 
 
 # --------------------------------------------------------------------------- exported model
@@ -591,7 +588,7 @@ def embed_corpus_exported(model, builder, split: str = "test", *, batch_size: in
 def evaluate_exported(model_dir, *, data: str = "crisis_landmark/sample", data_dir=None, manual_dir=None,
                       output=None, queries_path=None, qrels_path=None, k: int = DEPTH,
                       metrics: Sequence[str] = DEFAULT_METRICS, batch_size: int = 64, max_corpus: int = 0,
-                      stream=None) -> dict:
+                      stream=None, fusion: str = fusion_lib.DEFAULT_FUSION) -> dict:
   """Evaluates an export folder (python -m closp_jax.export, from a workdir or --from-official) on
   the retrieval protocol, without a workdir: the test split of dataset `data` embedded by the
   exported functions, then the same rankings, metrics and files as evaluate_checkpoint. Writes
@@ -614,8 +611,8 @@ def evaluate_exported(model_dir, *, data: str = "crisis_landmark/sample", data_d
   step = source.get("step")
   # What the run files and `compare` call it: the training step, or "official" for the authors' weights.
   label = str(step) if step is not None else ("official" if source.get("kind") == "official" else "export")
-  return _evaluate_and_write(
+  return evaluate_and_write(
       corpus, builder, lambda texts: model.encode_text(texts) if texts else np.zeros((0, model.embed_dim), np.float32),
       name=name, checkpoint={"which": "export", "step": label, "model": str(model_dir), "source": source},
       max_corpus=max_corpus, out_dir=out_dir, tag=f"{name}-{label}", queries_path=queries_path,
-      qrels_path=qrels_path, k=k, metrics=metrics, t0=t0, t_embed=t_embed, write=True, say=say)
+      qrels_path=qrels_path, k=k, metrics=metrics, t0=t0, t_embed=t_embed, write=True, say=say, fusion=fusion)

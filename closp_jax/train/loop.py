@@ -1,4 +1,17 @@
-"""The training loop: data, steps, progress, validation, checkpoints, resume, final table."""
+"""The training loop: data, steps, progress, validation, checkpoints, resume, final table.
+
+    from closp_jax.retrieval.training_eval import TrainingEvaluator
+    train_and_evaluate(config, workdir, evaluator_factory=TrainingEvaluator)
+
+The loop does not import the retrieval code: what it evaluates (validation loss and nDCG, the
+retrieval table of the untrained and the final model) comes from `evaluator_factory(cfg, builder,
+mesh, tokenizer)`, which the binary passes (closp_jax/main.py). Without one, `eval.every_steps`
+must be 0 and `eval.final` False.
+
+Output: messages and progress on stderr and in WORKDIR/train.log (closp_jax/progress.py), the final
+table on stdout, TensorBoard summaries in WORKDIR/tensorboard/{train,validation} (the same tags in
+both runs, so TensorBoard overlays them; the config as text and hparams).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -15,16 +28,16 @@ from closp_jax import checkpoint as ckpt_lib
 from closp_jax import config as config_lib
 from closp_jax.data import pipeline
 from closp_jax.data.tokenize import load_tokenizer
+from closp_jax.errors import UserError
 from closp_jax.parallel import mesh as mesh_lib
-from closp_jax.retrieval import embed as embed_lib
-from closp_jax.train import evaluation, setup
-from closp_jax.train.optimizer import base_schedule, trainable_groups
+from closp_jax.progress import Reporter
+from closp_jax.train import setup
+from closp_jax.train.optimizer import base_schedule
 from closp_jax.train.preemption import RESUME_HINT, Preempted, StopRequest, stopped_message
-from closp_jax.train.progress import Progress
-from closp_jax.train.step import make_train_step, uses_text_table
+from closp_jax.train.step import make_train_step, phase_at, text_table
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(UserError, FloatingPointError):
   """A NaN/Inf loss term or gradient norm with train.nonfinite='stop'; names the step and the terms."""
 
 
@@ -38,69 +51,94 @@ def batch_digest(batch) -> str:
 
 
 def _write_json(path: Path, obj) -> None:
-  _write_text(path, json.dumps(obj, indent=2, sort_keys=True))
+  atomic.write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
-def _write_text(path: Path, text: str) -> None:
-  atomic.write_text(path, text)
+def _flat_config(config) -> dict:
+  """The config's leaves as 'a.b.c' -> int/float/str/bool (TensorBoard hparams take no tuples)."""
+  out = {}
+
+  def walk(node, prefix):
+    for k, v in node.items():
+      key = f"{prefix}{k}"
+      if hasattr(v, "items"):
+        walk(v, key + ".")
+      elif isinstance(v, (bool, int, float, str)):
+        out[key] = v
+      elif v is not None:
+        out[key] = str(v)
+  walk(config, "")
+  return out
 
 
-class _Summaries:
-  """TensorBoard scalars from process 0 (no-op elsewhere)."""
+class Summaries:
+  """TensorBoard from process 0: runs `train` and `validation` with the same tags, so the two loss
+  curves overlay; the config as text and as hparams (no-op on other processes)."""
 
-  def __init__(self, workdir: Path):
-    self.writer = None
-    if jax.process_index() == 0:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self.writer = SummaryWriter(str(workdir / "tensorboard"))
+  def __init__(self, workdir: Path, config):
+    self.writers = {}
+    if jax.process_index() != 0:
+      return
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    for run in ("train", "validation"):
+      self.writers[run] = SummaryWriter(str(workdir / "tensorboard" / run))
+    train = self.writers["train"]
+    train.add_text("config", "```\n" + config.to_json(indent=2, sort_keys=True) + "\n```", 0)
+    train.add_hparams(_flat_config(config), {}, name="hparams")
 
-  def scalars(self, step: int, values: dict) -> None:
-    if self.writer is None:
+  def scalars(self, run: str, step: int, values: dict) -> None:
+    writer = self.writers.get(run)
+    if writer is None:
       return
     for k, v in values.items():
-      self.writer.add_scalar(k, float(v), step)
+      writer.add_scalar(k, float(v), step)
+    writer.flush()
 
   def close(self):
-    if self.writer is not None:
-      self.writer.close()
+    for writer in self.writers.values():
+      writer.close()
 
 
 def train_sizes(builder) -> dict[str, int]:
   return {s: pipeline.split_size(builder, "train", s) for s in ("s2", "s1")}
 
 
-def train_and_evaluate(config, workdir, *, stream=None) -> dict:
+def train_and_evaluate(config, workdir, *, evaluator_factory=None, stream=None) -> dict:
   """Trains per `config` in `workdir` (resuming from its checkpoints); returns the final metrics.
 
   SIGTERM / SIGINT: during the step loop the current step finishes, is checkpointed (with the
-  data-iterator state) and the run returns {"stopped": ...}; before or after the loop (nothing
-  new to save) it returns at once with the same message. See closp_jax/train/preemption.py.
+  data-iterator state) and the run returns {"stopped": ..., "signal": NAME}; before or after the
+  loop (nothing new to save) it returns at once with the same message. See
+  closp_jax/train/preemption.py. `stream`: where messages and progress go (default stderr).
   """
-  stream = stream or sys.stdout
-  main = jax.process_index() == 0
-  say = (lambda s: print(s, file=stream, flush=True)) if main else (lambda s: None)
+  workdir = setup.check_workdir(workdir)
   run: dict = {}
-  with StopRequest() as stop:
+  with Reporter(stream=stream, log_path=workdir / "train.log") as report, StopRequest() as stop:
     try:
-      return _train(config, workdir, stream, say, stop, run)
+      return _train(config, workdir, report, stop, run, evaluator_factory)
     except Preempted as err:
       ckpt = run.get("ckpt")
       if ckpt is not None:
         ckpt.close()
         directory, latest = ckpt.directory, ckpt.latest_complete_step()
       else:
-        directory = Path(workdir).expanduser().absolute() / "checkpoints"
+        directory = workdir / "checkpoints"
         latest = max(ckpt_lib.list_steps(directory), default=None)
-      say(stopped_message(err, latest, directory))
-      return {"steps": latest or 0, "stopped": err.signal_name, "phase": err.phase}
+      report.say(stopped_message(err, latest, directory))
+      return {"steps": latest or 0, "stopped": err.signal_name, "signal": err.signal_name, "phase": err.phase}
 
 
-def _train(config, workdir, stream, say, stop: StopRequest, run: dict) -> dict:
+def _train(config, workdir: Path, report: Reporter, stop: StopRequest, run: dict, evaluator_factory) -> dict:
   main = jax.process_index() == 0
+  say = report.say
   config_lib.validate(config)
-  workdir = setup.check_workdir(workdir)
-  if main:  # the run's config, for tools that read the workdir later (closp_jax.export)
-    _write_text(workdir / "config.json", config.to_json(indent=2, sort_keys=True))
+  if evaluator_factory is None and (int(config.eval.every_steps) > 0 or config.eval.final):
+    raise setup.RunConfigError(
+        "this run evaluates (config.eval.every_steps > 0 or config.eval.final) but no evaluator was given: "
+        "pass evaluator_factory=closp_jax.retrieval.training_eval.TrainingEvaluator, or set "
+        "--config.eval.every_steps=0 --config.eval.final=False")
+  if main:  # the run's config, for tools that read the workdir later (closp-evaluate, closp-export)
+    atomic.write_text(workdir / "config.json", config.to_json(indent=2, sort_keys=True))
   mesh = mesh_lib.make_mesh(config.mesh)
   setup.check_batch(config, mesh)
   say(f"closp-jax {config.name}: {jax.device_count()} {jax.devices()[0].platform} device(s), "
@@ -119,6 +157,7 @@ def _train(config, workdir, stream, say, stop: StopRequest, run: dict) -> dict:
   groups = sorted(state.params)
   tokenizer = load_tokenizer()
   texts = pipeline.dataset_texts(builder)
+  evaluator = evaluator_factory(cfg, builder, mesh, tokenizer) if evaluator_factory is not None else None
 
   nproc = jax.process_count()
   train_it = pipeline.train_iterator(
@@ -144,48 +183,45 @@ def _train(config, workdir, stream, say, stop: StopRequest, run: dict) -> dict:
       untrained = json.loads(untrained_path.read_text())
     elif start == 0:
       say("evaluating the untrained model on the test corpus ...")
-      untrained = evaluation.retrieval_table(model, _vars(state), builder, mesh, cfg, tokenizer)
+      untrained = evaluator.table(model, _vars(state))
       if main:
         _write_json(untrained_path, untrained)
 
-  summaries = _Summaries(workdir)
+  summaries = Summaries(workdir, cfg)
   samples_per_step = 2 * int(cfg.data.batch_size)
-  progress = Progress(total, start, samples_per_step, enabled=main, stream=stream,
-                      every=int(cfg.train.log_every_steps))
   sched = base_schedule(cfg.optim, total)
-  text_emb_cache: dict = {}
-
-  def text_table(params_for_text):
-    """Normalised embeddings of every distinct dataset text (cached while the text path is frozen)."""
-    if "table" not in text_emb_cache:
-      emb = embed_lib.embed_texts(model, params_for_text, tokenizer, texts, max_len=int(cfg.data.max_len))
-      text_emb_cache["table"] = jax.device_put(emb, mesh_lib.replicated(mesh))
-    return text_emb_cache["table"]
-
+  table_cache: dict = {}
   compiled: dict = {}
 
   def step_fn_for(step: int):
-    trainable = trainable_groups(cfg.optim, groups, step)
-    use_table = uses_text_table(cfg, trainable)
-    key = (trainable, use_table)
-    if key not in compiled:
-      fn = make_train_step(model, cfg, optimizer, trainable=trainable, use_text_table=use_table, mesh=mesh)
-      compiled[key] = jax.jit(fn, donate_argnums=(0,), out_shardings=(state_shardings, mesh_lib.replicated(mesh)))
-    return compiled[key], use_table
+    phase = phase_at(cfg, groups, step)
+    if phase not in compiled:
+      fn = make_train_step(cfg, phase, model=model, optimizer=optimizer, mesh=mesh)
+      compiled[phase] = jax.jit(fn, donate_argnums=(0,), out_shardings=(state_shardings, mesh_lib.replicated(mesh)))
+    if not phase.text_table:
+      return compiled[phase], np.zeros((1, 1), np.float32)
+    if "table" not in table_cache:  # the text tower is frozen: one embedding per dataset text, computed once
+      table_cache["table"] = jax.device_put(text_table(model, _vars(state), tokenizer, texts, cfg),
+                                            mesh_lib.replicated(mesh))
+    return compiled[phase], table_cache["table"]
 
   say(f"training {total} steps ({cfg.train.steps_per_epoch} per epoch), {cfg.data.batch_size} S2 + "
-      f"{cfg.data.batch_size} S1 samples per step; checkpoints in {ckpt.directory}")
+      f"{cfg.data.batch_size} S1 samples per step; checkpoints in {ckpt.directory}; log in {workdir / 'train.log'}")
+  progress = report.task(total, "step", unit="step", start=start, every=int(cfg.train.log_every_steps))
   pending = None  # (step, metrics) of the last dispatched step, checked one step late
   last_val = {}
   t_start = time.perf_counter()
   stop_after = int(cfg.train.stop_after)
   order_file = workdir / "data_order.txt" if cfg.train.record_data_order and main else None
-  stopped = None
+  stopped = signal_name = None
   stop.phase = "train"
+
+  def check(pending_step):
+    _check_and_report(pending_step, cfg, report, progress, summaries, sched, samples_per_step)
+
   try:
     for step in range(start, total):
-      fn, use_table = step_fn_for(step)
-      table = text_table(_vars(state)) if use_table else np.zeros((1, 1), np.float32)
+      fn, table = step_fn_for(step)
       batch = next(train_it)
       if order_file is not None:
         with open(order_file, "a", encoding="utf-8") as f:
@@ -195,33 +231,32 @@ def _train(config, workdir, stream, say, stop: StopRequest, run: dict) -> dict:
            for s in ("s2", "s1")}, mesh)
       state, metrics = fn(state, gbatch, table)
       if pending is not None:
-        _check_and_report(pending, cfg, progress, summaries, sched)
+        check(pending)
       pending = (step + 1, metrics)
       if step == start:
         jax.block_until_ready(metrics)
-        progress.start_timer(step + 1)
-      do_eval = int(cfg.eval.every_steps) > 0 and (step + 1) % int(cfg.eval.every_steps) == 0
+        progress.restart_clock()  # rates from here on: the first step compiles
+      do_eval = evaluator is not None and int(cfg.eval.every_steps) > 0 and (step + 1) % int(cfg.eval.every_steps) == 0
       do_ckpt = (step + 1) % int(cfg.checkpoint.every_steps) == 0 or step + 1 == total
       signalled = stop.agree()
+      signal_name = signal_name or signalled
       if signalled or (stop_after and step + 1 == stop_after):
         stopped = signalled or f"train.stop_after={stop_after}"
         do_ckpt = True
       if do_eval or do_ckpt:
-        _check_and_report(pending, cfg, progress, summaries, sched)
+        check(pending)
         pending = None
         val = None
         if do_eval:
-          val = evaluation.validation_metrics(model, _vars(state), builder, mesh, cfg,
-                                              np.asarray(_all_text_emb(model, state, tokenizer, texts, cfg)))
+          val = evaluator.validation(model, _vars(state))
           last_val = val
-          summaries.scalars(step + 1, val)
-          progress.message(f"validation at step {step + 1}: loss {val['val_loss']:.4f}, "
-                           f"nDCG@100 {val['val_nDCG@100']:.4f}")
+          summaries.scalars("validation", step + 1, {k.replace("val_", "", 1): v for k, v in val.items()})
+          say(f"validation at step {step + 1}: loss {val['val_loss']:.4f}, nDCG@100 {val['val_nDCG@100']:.4f}")
         ckpt.save(step + 1, state, train_it, metrics=val, force=step + 1 == total or stopped is not None)
       if stopped:
         break
     if pending is not None:
-      _check_and_report(pending, cfg, progress, summaries, sched)
+      check(pending)
   except NonFiniteError as err:
     ckpt.wait()
     latest = ckpt.latest_complete_step()
@@ -232,24 +267,28 @@ def _train(config, workdir, stream, say, stop: StopRequest, run: dict) -> dict:
     try:
       ckpt.wait()
     finally:
+      progress.close()
       summaries.close()
-  stopped = stopped or stop.agree()  # a signal after the last step's check: its checkpoint is saved
+  late = stop.agree()  # a signal after the last step's check: its checkpoint is saved
+  signal_name = signal_name or late
+  stopped = stopped or late
   stop.phase = "final"  # a signal from here on has nothing new to save
   if stopped:
     ckpt.close()
     say(f"stopped ({stopped}) after step {int(state.step)}; checkpoint saved in {ckpt.directory}. {RESUME_HINT}")
-    return {"steps": int(state.step), "stopped": stopped}
+    return {"steps": int(state.step), "stopped": stopped, "signal": signal_name}
   train_seconds = time.perf_counter() - t_start
   result = {"steps": total, "train_seconds": train_seconds, "validation": last_val}
   if cfg.eval.final:
     say("evaluating the trained model on the test corpus ...")
-    final = evaluation.retrieval_table(model, _vars(state), builder, mesh, cfg, tokenizer)
+    final = evaluator.table(model, _vars(state))
     result["final"] = final
     result["untrained"] = untrained
     if main:
       _write_json(workdir / "eval" / f"final_{total}.json", final)
-    say("\nRetrieval on the test corpus (queries.jsonl + qrels):")
-    say(evaluation.format_table(final, untrained))
+      text = "\nRetrieval on the test corpus (queries.jsonl + qrels):\n" + evaluator.format_table(final, untrained)
+      print(text, flush=True)  # the result: stdout
+      report._log(text)  # pylint: disable=protected-access
   ckpt.close()
   return result
 
@@ -258,11 +297,8 @@ def _vars(state) -> dict:
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def _all_text_emb(model, state, tokenizer, texts, cfg):
-  return embed_lib.embed_texts(model, _vars(state), tokenizer, texts, max_len=int(cfg.data.max_len))
-
-
-def _check_and_report(pending, cfg, progress: Progress, summaries: _Summaries, sched) -> None:
+def _check_and_report(pending, cfg, report: Reporter, progress, summaries: Summaries, sched,
+                      samples_per_step: int) -> None:
   step, metrics = pending
   m = {k: float(v) for k, v in jax.device_get(metrics).items()}
   if not m.pop("finite"):
@@ -270,10 +306,12 @@ def _check_and_report(pending, cfg, progress: Progress, summaries: _Summaries, s
     msg = (f"non-finite values at step {step}: {', '.join(bad) or 'loss'} "
            f"({', '.join(f'{k}={m[k]}' for k in bad)})")
     if cfg.train.nonfinite == "skip":
-      progress.message(msg + "; step skipped (parameters unchanged)")
+      report.say(msg + "; step skipped (parameters unchanged)")
     else:
       raise NonFiniteError(msg + ". Lower the learning rate (config.optim.lr), check the data, or "
                            "set --config.train.nonfinite=skip to skip such steps.")
   lr = float(sched(step - 1))
-  summaries.scalars(step, {**m, "lr": lr})
-  progress.update(step, m, lr)
+  summaries.scalars("train", step, {**m, "lr": lr})
+  terms = {k.split("/", 1)[1]: v for k, v in sorted(m.items()) if k.startswith("loss/")}
+  progress.update(step, loss=m["loss"], **terms, lr=lr, scale=m["logit_scale"],
+                  **{"samples/s": round(progress.rate() * samples_per_step, 1)})

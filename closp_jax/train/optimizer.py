@@ -246,10 +246,7 @@ def make_optimizer(optim_cfg, params, total_steps: int, updates_per_step: int = 
   if optim_cfg.grad_clip and float(optim_cfg.grad_clip) > 0:
     chain.append(optax.clip_by_global_norm(float(optim_cfg.grad_clip)))
   chain.append(optax.multi_transform(transforms, group_labels(params)))
-  tx = optax.chain(*chain)
-  if int(optim_cfg.grad_accum_steps) > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=int(optim_cfg.grad_accum_steps))
-  return tx
+  return optax.chain(*chain)  # gradient accumulation happens inside the step (closp_jax/train/step.py)
 
 
 def trainable_groups(optim_cfg, groups, step: int) -> frozenset[str]:

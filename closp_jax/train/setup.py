@@ -11,13 +11,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from closp_jax.errors import UserError
 from closp_jax.models.towers import CLOSP
 from closp_jax.parallel import mesh as mesh_lib
 from closp_jax.train.optimizer import make_optimizer
 from closp_jax.train.state import TrainState
 
 
-class RunConfigError(ValueError):
+class RunConfigError(UserError, ValueError):
   """The config does not fit this run (devices, dataset, workdir); the message says the fix."""
 
 
@@ -38,6 +39,13 @@ def check_workdir(workdir: str | os.PathLike) -> Path:
 def check_batch(cfg, mesh) -> None:
   data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   nproc = jax.process_count()
+  accum = int(cfg.optim.grad_accum_steps)
+  if accum > 1 and int(cfg.data.batch_size) % (accum * data_shards):
+    b = int(cfg.data.batch_size)
+    raise RunConfigError(
+        f"config.optim.grad_accum_steps={accum} splits each batch into {accum} micro-batches over the "
+        f"{data_shards} data-parallel shards: config.data.batch_size={b} must be a multiple of {accum * data_shards}; "
+        f"e.g. --config.data.batch_size={accum * data_shards * max(1, round(b / (accum * data_shards)))}")
   for name in ("batch_size", "eval_batch_size"):
     b = int(cfg.data[name])
     if b <= 0 or b % data_shards or b % nproc:

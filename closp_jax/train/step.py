@@ -15,6 +15,7 @@ fold_in(state.rng, state.step): every step draws new masks, a resumed run draws 
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -22,7 +23,9 @@ import jax.numpy as jnp
 import optax
 
 from closp_jax import losses
+from closp_jax.models import embed as embed_lib
 from closp_jax.parallel.mesh import BATCH_AXES
+from closp_jax.train.optimizer import trainable_groups
 from closp_jax.train.state import TrainState
 
 SENSORS = ("s2", "s1")
@@ -140,19 +143,38 @@ def compute_terms(model, variables, batch, cfg, *, train: bool, mesh=None, text_
   return terms, new_stats, scale
 
 
-def make_train_step(model, cfg, optimizer: optax.GradientTransformation, *, trainable: frozenset[str],
-                    use_text_table: bool, mesh=None) -> Callable:
-  """(state, batch, text_table) -> (state, metrics); jit it with shardings in the loop.
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """What a compiled step does at a point of the run: which parameter groups train (the rest sit
+  behind stop_gradient, so no backward pass runs through them) and whether text embeddings come from
+  the precomputed table of every dataset text (a frozen text tower without dropout)."""
+  trainable: frozenset
+  text_table: bool
 
-  Parameter groups not in `trainable` are behind stop_gradient, so no backward pass runs
-  through frozen towers. On a non-finite loss or gradient norm the state is left unchanged
-  and metrics['finite'] is False (the loop then stops or skips, by config).
+
+def phase_at(cfg, groups, step: int) -> Phase:
+  """The Phase of update `step` (0-based) for a model with parameter groups `groups`."""
+  trainable = frozenset(trainable_groups(cfg.optim, groups, step))
+  return Phase(trainable, uses_text_table(cfg, trainable))
+
+
+def make_train_step(cfg, phase: Phase, *, model, optimizer: optax.GradientTransformation, mesh=None) -> Callable:
+  """(state, batch, text_table) -> (state, metrics): one optimizer update; jit it with shardings.
+
+  The one step builder of the project (the loop, the tests and the benchmarks use it). With
+  `optim.grad_accum_steps` = k the batch (per sensor B) is split into k micro-batches of B / k
+  (rows i, i+k, ..., so each stays spread over the data axes), their gradients are averaged and
+  one update follows: steps, the learning-rate schedule and freezing all count updates. Each
+  micro-batch is its own contrastive set, as with any accumulation. On a non-finite loss or
+  gradient norm the state is left unchanged (only the step advances) and metrics['finite'] is False.
   """
   weights = loss_weights(cfg)
+  trainable, use_text_table = phase.trainable, phase.text_table
   if cfg.train.sensor_updates == "alternate" and "all_text" in weights:
     raise ValueError("config.train.sensor_updates='alternate' updates one sensor at a time; it cannot "
                      "use loss.cross_sensor_negatives (both sensors in one contrastive set)")
   groups = (SENSORS,) if cfg.train.sensor_updates == "joint" else tuple((s,) for s in SENSORS)
+  accum = int(cfg.optim.grad_accum_steps)
 
   def loss_fn(params, batch_stats, batch, text_table, key, sensors):
     params = {k: (v if k in trainable else jax.lax.stop_gradient(v)) for k, v in params.items()}
@@ -162,13 +184,39 @@ def make_train_step(model, cfg, optimizer: optax.GradientTransformation, *, trai
         text_table=text_table if use_text_table else None, key=key, sensors=sensors)
     return objective(terms, weights), (terms, new_stats, scale)
 
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def gradients(params, batch_stats, batch, text_table, key, sensors):
+    """(loss, terms, new batch_stats, scale, grads), averaged over the micro-batches."""
+    if accum == 1:
+      (loss, (terms, new_stats, scale)), grads = grad_fn(params, batch_stats, batch, text_table, key, sensors)
+      return loss, terms, {**batch_stats, **new_stats} if batch_stats else batch_stats, scale, grads
+
+    def micro(i):
+      return jax.tree.map(lambda x: jnp.take(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), i, axis=1),
+                          batch)
+
+    def body(carry, i):
+      stats, acc = carry
+      (loss, (terms, new_stats, scale)), grads = grad_fn(params, stats, micro(i), text_table,
+                                                         jax.random.fold_in(key, i), sensors)
+      stats = {**stats, **new_stats} if stats else stats
+      acc = jax.tree.map(lambda a, x: a + x / accum, acc, (loss, terms, scale, grads))
+      return (stats, acc), None
+
+    shapes = jax.eval_shape(lambda: grad_fn(params, batch_stats, micro(0), text_table, key, sensors))
+    (_, (terms0, _, scale0)), grads0 = shapes
+    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                         (shapes[0][0], terms0, scale0, grads0))
+    (stats, (loss, terms, scale, grads)), _ = jax.lax.scan(body, (batch_stats, zeros), jnp.arange(accum))
+    return loss, terms, stats, scale, grads
+
   def update(state: TrainState, batch, text_table, key, sensors):
-    (loss, (terms, new_stats, scale)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats, batch, text_table, key, sensors)
+    loss, terms, batch_stats, scale, grads = gradients(state.params, state.batch_stats, batch, text_table,
+                                                       key, sensors)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    batch_stats = {**state.batch_stats, **new_stats} if state.batch_stats else state.batch_stats
     return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state), (
         loss, grad_norm, terms, scale)
 
@@ -195,3 +243,8 @@ def make_train_step(model, cfg, optimizer: optax.GradientTransformation, *, trai
 
   return step
 
+
+def text_table(model, variables, tokenizer, texts, cfg) -> jnp.ndarray:
+  """Normalised embeddings of every distinct dataset text [len(texts), D] (the table a Phase with
+  text_table=True looks texts up in)."""
+  return jnp.asarray(embed_lib.embed_texts(model, variables, tokenizer, texts, max_len=int(cfg.data.max_len)))

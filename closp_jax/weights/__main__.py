@@ -11,21 +11,12 @@ Exit status 1 with a one-line `error: ...` for a fault the user fixes. See docs/
 """
 from __future__ import annotations
 
-import argparse
-import sys
-from typing import Sequence
+from absl import app, flags
 
+from closp_jax import errors
 from closp_jax.weights import hub, registry
 
-
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m closp_jax.weights", description=__doc__.split("\n\n")[0])
-  sub = p.add_subparsers(dest="command", required=True)
-  sub.add_parser("list", help="the known names, their sources and digests, and what is cached")
-  f = sub.add_parser("fetch", help="download (or find) a named file and check its sha256")
-  f.add_argument("name", help="a name from `list`")
-  f.add_argument("--to", default=None, help="also copy the file into this folder")
-  return p
+_TO = flags.DEFINE_string("to", None, "fetch: also copy the file into this folder.")
 
 
 def run_list() -> int:
@@ -58,14 +49,13 @@ def run_fetch(name: str, to: str | None) -> int:
   return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
-  try:
-    return run_list() if args.command == "list" else run_fetch(args.name, args.to)
-  except (registry.WeightsError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+def main(argv) -> int:
+  if len(argv) == 2 and argv[1] == "list":
+    return run_list()
+  if len(argv) == 3 and argv[1] == "fetch":
+    return run_fetch(argv[2], _TO.value)
+  raise app.UsageError("expected `list` or `fetch NAME [--to DIR]`")
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  errors.run_main(main)

@@ -1,6 +1,6 @@
 """The authors' CLOSP / GeoCLOSP checkpoints <-> closp_jax CLOSP variables.
 
-    cfg = infer_model_config("best_model.pth")            # or model_config(**PAPER_MODELS["CLOSP-RN"])
+    cfg = infer_model_config("best_model.pth")            # or model_config(**RELEASED_LAYOUTS["CLOSP-RN"])
     variables = load_closp_checkpoint("best_model.pth", cfg)
     z = CLOSP(cfg).apply(variables, s2, method=CLOSP.encode_s2)
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from closp_jax.errors import UserError
+
 _log = logging.getLogger(__name__)
 
 Array = np.ndarray
@@ -27,7 +29,7 @@ Layout = Callable[[Array], Array]
 Path = tuple[str, ...]
 
 
-class WeightMismatchError(ValueError):
+class WeightMismatchError(UserError, ValueError):
   """A state dict does not fit a model: shape mismatches, missing or unexpected tensors."""
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from closp_jax.errors import UserError
+
 MINILM_REPO = "sentence-transformers/all-MiniLM-L6-v2"
 _MINILM_FILES = ("config.json", "tokenizer.json")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(UserError, FileNotFoundError):
   """Raised when no local copy of a pretrained model can be found."""
 
 

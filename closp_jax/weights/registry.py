@@ -16,6 +16,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from closp_jax.errors import UserError
+
 KINDS = ("timm_resnet", "timm_vit", "satclip", "geoclip", "closp_checkpoint")
 SLOTS = ("s2", "s1", "location")
 # The Hugging Face endpoint the sources are published on (HF_ENDPOINT may point elsewhere at run time).
@@ -26,7 +28,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEXPREFIX = re.compile(r"^[0-9a-f]{8,63}$")
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
   """A pretrained-weights name or file the user gave cannot be used; the message says why and the fix."""
 
 
@@ -193,6 +195,23 @@ ENTRIES: tuple[WeightsEntry, ...] = (
 )
 
 REGISTRY: Mapping[str, WeightsEntry] = {e.name: e for e in ENTRIES}
+
+# The tower layouts of the authors' released models, as model-config overrides (dotted keys): TorchGeo
+# builds ResNet-50 and the S2 ViT-S with timm's 1000-way classifier in place, projected to 384; the
+# ViTs resize 120 -> 224 as kornia's Resize does. The recipes (configs/common.py) and the official
+# checkpoint reader (closp_jax/official.py) both read this table.
+RELEASED_LAYOUTS: Mapping[str, Mapping[str, Any]] = {
+    "CLOSP-RN": {"s2_encoder": "resnet50", "s1_encoder": "resnet50", "s2_head_classes": 1000,
+                 "s1_head_classes": 1000, "image_size": None, "resize_align_corners": False},
+    "CLOSP-VS": {"s2_encoder": "vit_s16", "s1_encoder": "vit_s16", "s2_head_classes": 1000,
+                 "s1_head_classes": 0, "image_size": 224, "resize_align_corners": True},
+    "CLOSP-VL": {"s2_encoder": "vit_l16", "s1_encoder": "vit_l16", "s2_head_classes": 0,
+                 "s1_head_classes": 0, "image_size": 224, "resize_align_corners": True},
+    "GeoCLOSP-RN": {"s2_encoder": "resnet50", "s1_encoder": "resnet50", "s2_head_classes": 1000,
+                    "s1_head_classes": 1000, "image_size": None, "resize_align_corners": False,
+                    "location.enabled": True, "location.kind": "satclip",
+                    "location.sh_convention": "analytic_2023"},
+}
 
 
 def lookup(name: str, table: Mapping[str, WeightsEntry] | None = None) -> WeightsEntry | None:

@@ -12,11 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from closp_jax.errors import UserError
+
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
 
 
-class UnsafeWeightsError(ValueError):
+class UnsafeWeightsError(UserError, ValueError):
   """Raised when a weight file would need arbitrary code to be unpickled."""
 
 

@@ -1,4 +1,10 @@
-"""Evaluation used by the trainer: validation loss and nDCG@100, and the final retrieval table."""
+"""What the trainer evaluates while it runs: validation loss and nDCG@100, and the retrieval table.
+
+The training loop (closp_jax/train/loop.py) does not import this module: the binary hands it
+`TrainingEvaluator`, which the loop builds once it has the dataset and the mesh
+(`TrainingEvaluator(cfg, builder, mesh, tokenizer)`). The validation loss is the training
+objective (closp_jax.train.step.objective) over the whole validation split.
+"""
 from __future__ import annotations
 
 import jax
@@ -7,7 +13,8 @@ import numpy as np
 
 from closp_jax.data import labels as labels_lib
 from closp_jax.data import pipeline
-from closp_jax.retrieval import embed as embed_lib
+from closp_jax.models import embed as embed_lib
+from closp_jax.retrieval import evaluator
 from closp_jax.retrieval.ranking import TRAIN_TABLE_METRICS, retrieval_metrics
 from closp_jax.train import step as step_lib
 
@@ -64,10 +71,29 @@ def class_query_ndcg(model, variables, corpus, cfg, k: int) -> float:
   return float(m[f"nDCG@{k}"])
 
 
+class TrainingEvaluator:
+  """The trainer's evaluations for one run: `validation(model, variables)` and `table(model, variables)`."""
+
+  def __init__(self, cfg, builder, mesh, tokenizer):
+    self.cfg, self.builder, self.mesh, self.tokenizer = cfg, builder, mesh, tokenizer
+    self.texts = pipeline.dataset_texts(builder)
+
+  def validation(self, model, variables) -> dict[str, float]:
+    text_emb = embed_lib.embed_texts(model, variables, self.tokenizer, self.texts,
+                                     max_len=int(self.cfg.data.max_len))
+    return validation_metrics(model, variables, self.builder, self.mesh, self.cfg, np.asarray(text_emb))
+
+  def table(self, model, variables) -> dict[str, dict[str, float]]:
+    return retrieval_table(model, variables, self.builder, self.mesh, self.cfg, self.tokenizer)
+
+  @staticmethod
+  def format_table(final: dict, untrained: dict | None) -> str:
+    return format_table(final, untrained)
+
+
 def retrieval_table(model, variables, builder, mesh, cfg, tokenizer) -> dict[str, dict[str, float]]:
   """{'text->s2'|'text->s1'|'text->all': metrics} on the test corpus, by the evaluation binary's
   protocol (closp_jax.retrieval.evaluator): the dataset's queries, or label-built ones."""
-  from closp_jax.retrieval import evaluator  # pylint: disable=import-outside-toplevel
   corpus = evaluator.Corpus.from_embedded(embed_corpus(
       model, variables, builder, mesh, cfg, "test", with_location=False, max_items=int(cfg.eval.max_corpus)))
   queries, qrels, _ = evaluator.resolve_queries(builder.data_dir, corpus)

@@ -361,7 +361,7 @@ def trained(tmp_path_factory):
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   assert json.loads((workdir / "config.json").read_text())["data"]["name"] == "crisis_landmark/tiny"
   model_dir = tmp / "model"
-  assert export_lib.main(["--workdir", str(workdir), "--out", str(model_dir)]) == 0
+  export_lib.export_model(workdir, model_dir)
   index_dir = tmp / "index"
   assert search_bin.main(["closp-search", "index", "--model", str(model_dir), "--data", "crisis_landmark/tiny", "--split", "test",
                           "--data_dir", str(data_dir), "--out", str(index_dir)]) == 0
@@ -376,7 +376,8 @@ def test_trained_export_equals_the_trainer_on_the_archive(trained):
   from closp_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   from closp_jax.exported import load_exported  # pylint: disable=import-outside-toplevel
   from closp_jax.models.towers import CLOSP  # pylint: disable=import-outside-toplevel
-  cfg = export_lib.load_run_config(trained["workdir"])
+  from closp_jax.checkpoint import load_run_config  # pylint: disable=import-outside-toplevel
+  cfg = load_run_config(trained["workdir"])
   _, variables = export_lib.restore_variables(trained["workdir"], cfg)
   model = CLOSP(export_lib.model_config_of(cfg))
   m = load_exported(trained["model"])

@@ -1,8 +1,8 @@
 """Contact sheets: one captioned tile per search result, drawn with Pillow.
 
 Tiles (raw archive values in, 8-bit RGB out):
-  S2  true colour: B4, B3, B2 (13-band indices 3, 2, 1), reflectance 0 - 0.3 (0 - 3,000 as stored)
-      stretched linearly to 0 - 255.
+  S2  true colour: B4, B3, B2 (found by name in S2_BANDS, or S2_STORED_BANDS for 12-band images),
+      reflectance 0 - 0.3 (0 - 3,000 as stored) stretched linearly to 0 - 255.
   S1  false colour: red = VV dB over [-25, 0], green = VH dB over [-30, -5], blue = VV - VH dB
       over [0, 15]; dB = 10 log10(max(x, 1e-6)) of the linear backscatter.
 Each tile is captioned with its rank, score and sensor/source on one line and its labels on the next.
@@ -15,8 +15,10 @@ from typing import Sequence
 import numpy as np
 
 from closp_jax import atomic
+from closp_jax.data.preprocess import S1_BANDS, S2_BANDS, S2_STORED_BANDS
 
-S2_RGB = (3, 2, 1)
+S2_RGB = ("B4", "B3", "B2")
+S1_VV, S1_VH = S1_BANDS.index("VV"), S1_BANDS.index("VH")
 S2_MAX = 3000.0
 S1_RANGES_DB = ((-25.0, 0.0), (-30.0, -5.0), (0.0, 15.0))
 BACKGROUND = (255, 255, 255)
@@ -28,10 +30,12 @@ def _stretch(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def s2_true_colour(image: np.ndarray) -> np.ndarray:
-  """[H, W, 13 or 12] raw S2 -> uint8 [H, W, 3] (B4, B3, B2). 12 bands: B10 absent, same indices for B4-B2."""
-  if image.ndim != 3 or image.shape[-1] not in (12, 13):
-    raise ValueError(f"S2 tile: expected [H, W, 13] (or 12) bands, got shape {image.shape}")
-  rgb = image[..., list(S2_RGB)].astype(np.float32)
+  """[H, W, 13 or 12] raw S2 (S2_BANDS or S2_STORED_BANDS order) -> uint8 [H, W, 3] (B4, B3, B2)."""
+  if image.ndim != 3 or image.shape[-1] not in (len(S2_BANDS), len(S2_STORED_BANDS)):
+    raise ValueError(f"S2 tile: expected [H, W, {len(S2_BANDS)}] (or {len(S2_STORED_BANDS)}) bands, got shape "
+                     f"{image.shape}")
+  names = S2_BANDS if image.shape[-1] == len(S2_BANDS) else S2_STORED_BANDS
+  rgb = image[..., [names.index(b) for b in S2_RGB]].astype(np.float32)
   return (_stretch(rgb, 0.0, S2_MAX) * 255.0 + 0.5).astype(np.uint8)
 
 
@@ -40,7 +44,7 @@ def s1_false_colour(image: np.ndarray) -> np.ndarray:
   if image.ndim != 3 or image.shape[-1] != 2:
     raise ValueError(f"S1 tile: expected [H, W, 2] (VV, VH), got shape {image.shape}")
   db = 10.0 * np.log10(np.maximum(np.nan_to_num(image.astype(np.float32), nan=1e-6), 1e-6))
-  chans = (db[..., 0], db[..., 1], db[..., 0] - db[..., 1])
+  chans = (db[..., S1_VV], db[..., S1_VH], db[..., S1_VV] - db[..., S1_VH])
   rgb = np.stack([_stretch(c, lo, hi) for c, (lo, hi) in zip(chans, S1_RANGES_DB)], axis=-1)
   return (rgb * 255.0 + 0.5).astype(np.uint8)
 

@@ -1,115 +1,138 @@
-"""GeoTIFF patches: their pixels and the lon/lat of their centre pixel.
+"""GeoTIFF / Cloud-Optimised GeoTIFF through rasterio: band names, locations, patches.
 
-Pixels are read with `tifffile` (an optional dependency, imported only here). The location comes
-from the GeoTIFF tags: ModelTiepointTag + ModelPixelScaleTag, or ModelTransformationTag, map the
-centre pixel (row H // 2, column W // 2, at its middle for PixelIsArea rasters) into the raster's
-CRS, which the GeoKeyDirectoryTag names (ProjectedCSTypeGeoKey or GeographicTypeGeoKey, EPSG
-codes); pyproj converts that to (lon, lat) degrees. Patches without geo tags get no location.
+rasterio (an optional dependency, `pip install 'closp-jax[scenes]'`) is imported only here, on
+first use. Bands are matched by name, never by count: a file's band descriptions (GDAL's
+`DESCRIPTION`, what `rasterio`'s `descriptions` returns and QGIS shows), or names the caller gives
+(`--bands B2,B3,B4,...`). Names are read as Sentinel-2 band ids in any spelling (`B8A`, `B08`,
+`b8`) or as the STAC common names Earth Search uses (`red`, `nir08`, `swir16`, ...), and `VV` /
+`VH` for Sentinel-1. A patch or scene is returned in the model's band order
+(`closp_jax.data.preprocess.S2_STORED_BANDS` or `S1_BANDS`); a missing band is an error naming it.
+
+Locations: the pixel (row H // 2, column W // 2) of a patch, at its middle, through the dataset's
+affine transform (GDAL folds PixelIsPoint rasters' half-pixel shift into it) and CRS, converted to
+lon/lat degrees with rasterio's own transformation (PROJ).
 """
 from __future__ import annotations
 
-import functools
 import os
-from typing import Any
+import re
+from typing import Sequence
 
 import numpy as np
 
-TAG_PIXEL_SCALE = 33550
-TAG_TIEPOINT = 33922
-TAG_TRANSFORMATION = 34264
-TAG_GEOKEYS = 34735
-KEY_MODEL_TYPE = 1024      # 1 projected, 2 geographic
-KEY_RASTER_TYPE = 1025     # 1 PixelIsArea, 2 PixelIsPoint
-KEY_GEOGRAPHIC = 2048
-KEY_PROJECTED = 3072
+from closp_jax.data.preprocess import S1_BANDS, S2_BANDS, S2_STORED_BANDS
+from closp_jax.errors import UserError
+
+# STAC `eo:bands` common names and Earth Search asset keys of Sentinel-2 L2A -> band ids.
+S2_COMMON_NAMES = {"coastal": "B1", "blue": "B2", "green": "B3", "red": "B4", "rededge1": "B5",
+                   "rededge2": "B6", "rededge3": "B7", "nir": "B8", "nir08": "B8A", "nir09": "B9",
+                   "cirrus": "B10", "swir16": "B11", "swir22": "B12"}
+SENSOR_BANDS = {"s2": S2_STORED_BANDS, "s1": S1_BANDS}
 
 
-class GeoTiffError(ValueError):
-  """A GeoTIFF that cannot be read as a patch; the message names the file and the problem."""
+class GeoTiffError(UserError, ValueError):
+  """A GeoTIFF that cannot be read as asked; the message names the file and the problem."""
 
 
-def _tifffile():
+def rasterio_module():
   try:
-    import tifffile  # pylint: disable=import-outside-toplevel
+    import rasterio  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise GeoTiffError("reading GeoTIFF patches needs the `tifffile` package (pip install tifffile); "
-                       "or save the patches as .npy with a sidecar .json holding lon and lat") from e
-  return tifffile
+    raise GeoTiffError("reading GeoTIFF files needs rasterio: pip install 'closp-jax[scenes]'; or save patches "
+                       "as .npy with a sidecar .json") from e
+  return rasterio
 
 
-def geokeys(values: Any) -> dict[int, int]:
-  """GeoKeyDirectoryTag values -> {key id: value} for the keys stored inline (SHORT values)."""
-  v = [int(x) for x in np.asarray(values).ravel()]
-  if len(v) < 4:
-    return {}
-  count = v[3]
-  out = {}
-  for i in range(count):
-    entry = v[4 + 4 * i: 8 + 4 * i]
-    if len(entry) == 4 and entry[1] == 0:
-      out[entry[0]] = entry[3]
-  return out
-
-
-def _hwc(arr: np.ndarray, axes: str, path: str) -> np.ndarray:
-  if arr.ndim == 2:
-    return arr[..., None]
-  if arr.ndim != 3:
-    raise GeoTiffError(f"{path}: image has shape {arr.shape} (axes {axes!r}), expected one patch of H x W x bands")
-  if axes.endswith("S"):
-    return arr
-  return np.transpose(arr, (1, 2, 0))
-
-
-def pixel_to_model(tags: dict[int, Any], row: float, col: float) -> tuple[float, float] | None:
-  """Raster (row, col) -> model (x, y) from the tie point + pixel scale or the transformation matrix."""
-  if TAG_TRANSFORMATION in tags:
-    m = np.asarray(tags[TAG_TRANSFORMATION], np.float64).reshape(4, 4)
-    return float(m[0, 0] * col + m[0, 1] * row + m[0, 3]), float(m[1, 0] * col + m[1, 1] * row + m[1, 3])
-  if TAG_TIEPOINT in tags and TAG_PIXEL_SCALE in tags:
-    tie = np.asarray(tags[TAG_TIEPOINT], np.float64).ravel()
-    scale = np.asarray(tags[TAG_PIXEL_SCALE], np.float64).ravel()
-    i, j, x, y = tie[0], tie[1], tie[3], tie[4]
-    return float(x + (col - i) * scale[0]), float(y - (row - j) * scale[1])
+def band_id(name: str | None) -> str | None:
+  """A band name in any usual spelling -> 'B1'..'B12', 'B8A', 'VV', 'VH'; None when it names no band."""
+  if not name:
+    return None
+  text = str(name).strip()
+  low = text.lower()
+  if low in S2_COMMON_NAMES:
+    return S2_COMMON_NAMES[low]
+  if low in ("vv", "vh"):
+    return low.upper()
+  m = re.fullmatch(r"(?:sentinel-?2[_ ]?)?b(?:and)?[_ ]?0*(\d{1,2})(a?)", low)
+  if m and f"B{int(m.group(1))}{m.group(2).upper()}" in S2_BANDS:
+    return f"B{int(m.group(1))}{m.group(2).upper()}"
   return None
 
 
-@functools.lru_cache(maxsize=64)
-def _transformer(epsg: int):
-  from pyproj import CRS, Transformer  # pylint: disable=import-outside-toplevel
-  return Transformer.from_crs(CRS.from_epsg(epsg), CRS.from_epsg(4326), always_xy=True)
-
-
-def centre_lonlat(tags: dict[int, Any], height: int, width: int, path: str = "") -> tuple[float, float] | None:
-  """(lon, lat) of the centre pixel, or None without geo tags."""
-  keys = geokeys(tags.get(TAG_GEOKEYS, ()))
-  offset = 0.0 if keys.get(KEY_RASTER_TYPE) == 2 else 0.5
-  xy = pixel_to_model(tags, height // 2 + offset, width // 2 + offset)
-  if xy is None:
+def parse_bands(text: str | Sequence[str] | None) -> list[str] | None:
+  """'B2,B3,B4' (or a list) -> band ids; an unknown name is an error."""
+  if text is None:
     return None
-  epsg = keys.get(KEY_PROJECTED) if keys.get(KEY_MODEL_TYPE, 1) != 2 else None
-  epsg = epsg or keys.get(KEY_GEOGRAPHIC)
-  if epsg is None or epsg == 32767:
-    raise GeoTiffError(f"{path}: geo tags place the raster but name no EPSG code (ProjectedCSTypeGeoKey or "
-                       "GeographicTypeGeoKey); add one, or give lon/lat in a sidecar .json")
-  lon, lat = _transformer(int(epsg)).transform(*xy)
+  names = [t for t in (text.split(",") if isinstance(text, str) else text)]
+  ids = [band_id(n) for n in names]
+  bad = [n for n, i in zip(names, ids) if i is None]
+  if bad:
+    raise GeoTiffError(f"--bands: {bad} name no Sentinel-2 or Sentinel-1 band (expected e.g. "
+                       f"{','.join(S2_STORED_BANDS)} or {','.join(S1_BANDS)})")
+  return ids  # type: ignore[return-value]
+
+
+def sensor_of(bands: Sequence[str], where: str) -> str:
+  """'s2' or 's1' from band ids; an error when they mix sensors or name neither."""
+  s1 = [b for b in bands if b in S1_BANDS]
+  s2 = [b for b in bands if b not in S1_BANDS]
+  if s1 and not s2:
+    return "s1"
+  if s2 and not s1:
+    return "s2"
+  raise GeoTiffError(f"{where}: bands {list(bands)} mix Sentinel-1 and Sentinel-2 names (or name none)")
+
+
+def band_order(names: Sequence[str], sensor: str, where: str) -> list[int]:
+  """Positions in `names` of the model's bands for `sensor`, in the model's order."""
+  want = SENSOR_BANDS[sensor]
+  missing = [b for b in want if b not in names]
+  if missing:
+    raise GeoTiffError(f"{where}: missing band(s) {missing}; the {sensor.upper()} encoder reads {list(want)}")
+  return [list(names).index(b) for b in want]
+
+
+def file_band_names(src, path: str, bands: Sequence[str] | None) -> list[str]:
+  """Band ids of an open dataset: `bands` when given (one per band), else its band descriptions."""
+  if bands is not None:
+    if len(bands) != src.count:
+      raise GeoTiffError(f"{path}: {src.count} bands but --bands names {len(bands)} ({','.join(bands)})")
+    return list(bands)
+  ids = [band_id(d) for d in src.descriptions]
+  if any(i is None for i in ids):
+    raise GeoTiffError(f"{path}: band descriptions {list(src.descriptions)} do not name every band; give the "
+                       f"band order with --bands (e.g. {','.join(S2_STORED_BANDS)}) or write band descriptions")
+  return ids  # type: ignore[return-value]
+
+
+def pixel_lonlat(src, row: float, col: float, path: str = "") -> tuple[float, float] | None:
+  """(lon, lat) degrees of the raster position (row, col) (pixel edges at integers); None without a CRS."""
+  if src.transform.is_identity:
+    return None
+  if src.crs is None or not (src.crs.is_geographic or src.crs.is_projected):
+    raise GeoTiffError(f"{path}: georeferenced in a coordinate system with no EPSG / PROJ definition ({src.crs}); "
+                       "write the raster with a CRS, or give lon and lat in a sidecar .json")
+  from rasterio.warp import transform as warp  # pylint: disable=import-outside-toplevel
+  x, y = src.transform @ (col, row)
+  (lon,), (lat,) = warp(src.crs, "EPSG:4326", [x], [y])
   if not (np.isfinite(lon) and np.isfinite(lat)) or abs(lat) > 90:
-    raise GeoTiffError(f"{path}: centre pixel {xy} in EPSG:{epsg} gives lon/lat ({lon}, {lat})")
+    raise GeoTiffError(f"{path}: its georeferencing maps the centre to ({lon}, {lat}), not a place on Earth")
   return float(lon), float(lat)
 
 
-def read_geotiff(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float] | None]:
-  """(image [H, W, bands] float32, (lon, lat) of the centre pixel or None)."""
-  tifffile = _tifffile()
+def read_geotiff(path: str | os.PathLike, bands: Sequence[str] | None = None,
+                 sensor: str | None = None) -> tuple[np.ndarray, tuple[float, float] | None, str]:
+  """One patch: (image [H, W, C] float32 in the model's band order, centre (lon, lat) or None, sensor)."""
+  rasterio = rasterio_module()
   path = os.fspath(path)
   try:
-    with tifffile.TiffFile(path) as tif:
-      series = tif.series[0]
-      arr = np.asarray(series.asarray())
-      axes = str(series.axes)
-      tags = {t.code: t.value for t in tif.pages[0].tags.values()
-              if t.code in (TAG_PIXEL_SCALE, TAG_TIEPOINT, TAG_TRANSFORMATION, TAG_GEOKEYS)}
-  except (OSError, ValueError) as e:
-    raise GeoTiffError(f"{path}: not a readable TIFF ({e})") from e
-  image = _hwc(arr, axes, path).astype(np.float32)
-  return image, centre_lonlat(tags, image.shape[0], image.shape[1], path)
+    src = rasterio.open(path)
+  except rasterio.errors.RasterioIOError as e:
+    raise GeoTiffError(f"{path}: not a readable GeoTIFF ({e})") from e
+  with src:
+    names = file_band_names(src, path, bands)
+    sensor = sensor or sensor_of(names, path)
+    order = band_order(names, sensor, path)
+    data = src.read([i + 1 for i in order]).astype(np.float32)
+    lonlat = pixel_lonlat(src, src.height // 2 + 0.5, src.width // 2 + 0.5, path)
+  return np.transpose(data, (1, 2, 0)), lonlat, sensor

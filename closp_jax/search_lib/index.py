@@ -6,12 +6,18 @@ INDEX/
   metadata.parquet    one row per embedding: key, sensor, source, lon, lat, timestamp,
                       labels (list of str), record (dataset record index or -1), path (folder
                       patches, relative to the folder, or "")
-While building: progress.json ({"done": rows}) and parts/meta-<start>.parquet per chunk.
+While building: progress.json ({"done": rows}) and parts/meta-<start>.parquet per chunk; a
+multi-process build (`build_index_shard`) also has shards/<i>-of-<n>/, one such index per process.
 
 Building is resumable: rows are written chunk by chunk into the pre-allocated embeddings.npy,
 then the chunk's metadata part, then progress.json (each file renamed into place), so a run
 stopped at any moment resumes at the last recorded chunk. When all rows are in, the parts become
 metadata.parquet and index.json says complete.
+
+Images are embedded in calls of exactly `batch_size` patches (the last call padded with zeros), so
+a row's embedding does not depend on the chunk size, on which rows share its chunk, or on how many
+processes built the index: XLA's CPU convolutions round differently for different batch sizes
+(tests/test_search.py, test_embeddings_do_not_depend_on_the_chunk).
 """
 from __future__ import annotations
 
@@ -28,13 +34,14 @@ from typing import Any
 import numpy as np
 
 from closp_jax import atomic
+from closp_jax.errors import UserError
 
 FORMAT = "closp-jax-index"
 VERSION = 1
 COLUMNS = ("key", "sensor", "source", "lon", "lat", "timestamp", "labels", "record", "path")
 
 
-class SearchIndexError(ValueError):
+class SearchIndexError(UserError, ValueError):
   """The index folder cannot be built or read as asked; the message says why and what to do."""
 
 
@@ -143,7 +150,7 @@ def build_index(model_dir: str | os.PathLike, out: str | os.PathLike, source, *,
     for sensor in ("s2", "s1"):
       sel = [j for j, it in enumerate(items) if it.sensor == sensor]
       if sel:
-        rows[sel] = model.encode_image(np.stack([images[j] for j in sel]), sensor, batch_size=batch_size)
+        rows[sel] = embed_fixed_batch(model, np.stack([images[j] for j in sel]), sensor, batch_size)
     emb[start:stop] = rows.astype(np.float16)
     emb.flush()
     _write_parquet(_table(items), parts / f"meta-{start:012d}.parquet")
@@ -152,6 +159,15 @@ def build_index(model_dir: str | os.PathLike, out: str | os.PathLike, source, *,
     chunks += 1
   _finish(out, manifest, n)
   return out
+
+
+def embed_fixed_batch(model, images: np.ndarray, sensor: str, batch_size: int) -> np.ndarray:
+  """model.encode_image in calls of exactly batch_size patches (zero padding dropped afterwards)."""
+  n = len(images)
+  padded = -(-n // batch_size) * batch_size
+  if padded != n:
+    images = np.concatenate([images, np.zeros((padded - n,) + images.shape[1:], images.dtype)])
+  return model.encode_image(images, sensor, batch_size=batch_size)[:n]
 
 
 def _finish(out: Path, manifest: dict, n: int) -> None:
@@ -168,6 +184,78 @@ def _finish(out: Path, manifest: dict, n: int) -> None:
   (out / "progress.json").unlink(missing_ok=True)
 
 
+class RowRange:
+  """Rows [start, stop) of a source: what one process of a multi-process build embeds."""
+
+  def __init__(self, source, start: int, stop: int):
+    self.inner, self.start, self.stop = source, start, stop
+
+  def __len__(self) -> int:
+    return self.stop - self.start
+
+  def describe(self) -> dict:
+    return {**self.inner.describe(), "rows": [self.start, self.stop]}
+
+  def read(self, i: int):
+    return self.inner.read(self.start + i)
+
+
+def shard_rows(n: int, process_id: int, num_processes: int) -> tuple[int, int]:
+  """Process i's contiguous rows of n: the first n % p processes take one more."""
+  base, extra = divmod(n, num_processes)
+  start = process_id * base + min(process_id, extra)
+  return start, start + base + (process_id < extra)
+
+
+def shard_dir(out: str | os.PathLike, process_id: int, num_processes: int) -> Path:
+  return Path(out).absolute() / "shards" / f"{process_id:05d}-of-{num_processes:05d}"
+
+
+def build_index_shard(model_dir, out, source, process_id: int, num_processes: int, **kwargs) -> Path:
+  """One process's part of a multi-process build: its rows of `source` into out/shards/<i>-of-<n>/
+  (a resumable index of its own). When every shard is complete, `merge_shards` makes `out`."""
+  start, stop = shard_rows(len(source), process_id, num_processes)
+  return build_index(model_dir, shard_dir(out, process_id, num_processes), RowRange(source, start, stop), **kwargs)
+
+
+def merge_shards(model_dir, out, source, num_processes: int, *, stream=None) -> Path:
+  """Concatenates the complete shards of out/shards/ into the index `out`, then removes them.
+
+  The embeddings are copied shard by shard into a temporary embeddings file that is renamed into
+  place, then metadata.parquet, then index.json (complete) last: a merge stopped at any moment is
+  redone by calling it again while the shards are there.
+  """
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  out, model_dir = Path(out).absolute(), Path(model_dir).absolute()
+  n = len(source)
+  shards = [open_index(shard_dir(out, i, num_processes)) for i in range(num_processes)]
+  dim = int(shards[0].manifest["embed_dim"])
+  manifest = {**shards[0].manifest, "count": n, "source": source.describe(), "complete": False}
+  manifest["model"] = {**manifest["model"], "path": str(model_dir)}
+  if sum(len(s) for s in shards) != n:
+    raise SearchIndexError(f"{out}/shards hold {sum(len(s) for s in shards)} rows, the source {n}; remove "
+                           f"{out}/shards and index again")
+  tmp = out / f".embeddings.npy.tmp{os.getpid()}"
+  emb = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, dim))
+  at = 0
+  for s in shards:
+    for lo in range(0, len(s), 1 << 18):
+      hi = min(lo + (1 << 18), len(s))
+      emb[at + lo:at + hi] = s.embeddings[lo:hi]
+    at += len(s)
+  emb.flush()
+  del emb
+  os.replace(tmp, out / "embeddings.npy")
+  table = pa.concat_tables([pq.read_table(s.folder / "metadata.parquet") for s in shards])
+  _write_parquet(table, out / "metadata.parquet")
+  _write_json(out / "index.json", {**manifest, "complete": True})
+  shutil.rmtree(out / "shards", ignore_errors=True)
+  if stream is not None:
+    print(f"merged {num_processes} shards into {out} ({n} rows)", file=stream, flush=True)
+  return out
+
+
 @dataclasses.dataclass
 class SearchIndex:
   """An opened, complete index: memory-mapped embeddings and the metadata columns."""
@@ -181,6 +269,19 @@ class SearchIndex:
 
   def row(self, i: int) -> dict:
     return {c: _py(self.meta[c][i]) for c in COLUMNS}
+
+  def row_of(self, key: str) -> int:
+    """The row holding `key` (the first, if a key repeats); SearchIndexError when there is none."""
+    cache = self.__dict__.setdefault("_cache", {})
+    if "rows" not in cache:
+      rows: dict[str, int] = {}
+      for i, k in enumerate(self.meta["key"]):
+        rows.setdefault(str(k), i)
+      cache["rows"] = rows
+    try:
+      return cache["rows"][str(key)]
+    except KeyError:
+      raise SearchIndexError(f"unknown key {key!r}: {self.folder} has no such patch") from None
 
   def source(self):
     from closp_jax.search_lib.sources import open_source  # pylint: disable=import-outside-toplevel

@@ -4,14 +4,17 @@ Both give items in a fixed order, each with its metadata and its raw image (NHWC
 values the exported model's encode_image expects), and describe themselves as a small dict that
 index.json keeps, so the images can be read again later (the contact sheet).
 
-Folder patches: `*.npy` (allow_pickle off) and `*.tif` / `*.tiff` (GeoTIFF, read with tifffile),
-found recursively, in sorted order. A sidecar `<name>.json` beside a patch may give
+Folder patches: `*.npy` (allow_pickle off) and `*.tif` / `*.tiff` (GeoTIFF, read with rasterio,
+bands by name: search_lib/geotiff.py), found recursively, in sorted order. A sidecar
+`<name>.json` beside a patch may give
   {"lon": 13.4, "lat": 52.5, "sensor": "s2"|"s1", "key": "...", "source": "...",
    "timestamp": "...", "labels": ["Water", ...], "layout": "HWC"|"CHW"}
 (all optional; `"lonlat": [lon, lat]` works too). Without a sidecar: the key is the path relative
-to the folder, the sensor follows from the band count (2: S1; 12 or 13: S2) unless given, the
-location comes from the GeoTIFF tags (none for .npy), the layout is HWC when the last axis has 2,
-12 or 13 entries and CHW when the first one has.
+to the folder; a GeoTIFF's sensor, band order and location come from its band names and
+georeferencing; a .npy patch has no location, its bands are in the model's order
+(S2_STORED_BANDS or S2_BANDS, S1_BANDS), its sensor follows from the band count (2: S1; 12 or 13:
+S2) unless given, its layout is HWC when the last axis has 2, 12 or 13 entries and CHW when the
+first one has. Scenes cut into chips and STAC catalogues are in scenes.py and stac.py.
 """
 from __future__ import annotations
 
@@ -24,12 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from closp_jax.errors import UserError
+
 PATCH_SUFFIXES = (".npy", ".tif", ".tiff")
 BAND_COUNTS = {2: "s1", 12: "s2", 13: "s2"}
 SENSORS = ("s2", "s1")
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
   """A patch or dataset that cannot be indexed; the message names the file or record."""
 
 
@@ -125,8 +130,9 @@ class FolderSource:
   """Patches in a folder (see the module docstring). `sensor` forces the sensor of every patch."""
   kind = "folder"
 
-  def __init__(self, folder: str | os.PathLike, sensor: str | None = None):
+  def __init__(self, folder: str | os.PathLike, sensor: str | None = None, bands: list[str] | None = None):
     self.folder = Path(folder).absolute()
+    self.bands = list(bands) if bands else None
     if not self.folder.is_dir():
       raise SourceError(f"{self.folder} is not a folder")
     if sensor is not None and sensor not in SENSORS:
@@ -140,23 +146,26 @@ class FolderSource:
     return len(self.files)
 
   def describe(self) -> dict:
-    return {"kind": self.kind, "path": str(self.folder), "sensor": self.sensor}
+    out = {"kind": self.kind, "path": str(self.folder), "sensor": self.sensor}
+    if self.bands:
+      out["bands"] = self.bands
+    return out
 
-  def _load(self, path: Path, side: dict) -> tuple[np.ndarray, tuple[float, float] | None]:
+  def _load(self, path: Path, side: dict) -> tuple[np.ndarray, tuple[float, float] | None, str | None]:
     if path.suffix.lower() == ".npy":
       try:
         arr = np.load(path, allow_pickle=False)
       except ValueError as e:
         raise SourceError(f"{path}: not a plain numeric .npy array ({e})") from e
-      return _to_hwc(np.asarray(arr, np.float32), side.get("layout"), path), None
+      return _to_hwc(np.asarray(arr, np.float32), side.get("layout"), path), None, None
     from closp_jax.search_lib.geotiff import read_geotiff  # pylint: disable=import-outside-toplevel
-    return read_geotiff(path)  # HWC from the TIFF's own axes
+    return read_geotiff(path, self.bands, self.sensor or side.get("sensor"))  # the model's band order
 
   def read(self, i: int) -> tuple[Item, np.ndarray]:
     path = self.files[i]
     side = _sidecar(path)
-    image, lonlat = self._load(path, side)
-    sensor = self.sensor or side.get("sensor") or BAND_COUNTS.get(image.shape[-1])
+    image, lonlat, named = self._load(path, side)
+    sensor = self.sensor or side.get("sensor") or named or BAND_COUNTS.get(image.shape[-1])
     if sensor not in SENSORS:
       raise SourceError(f"{path}: {image.shape[-1]} bands name no sensor (2: s1, 12 or 13: s2); give "
                         "\"sensor\" in its sidecar .json or --sensor")
@@ -189,5 +198,8 @@ def open_source(description: dict):
     return ArchiveSource(description["name"], description["split"], description["data_dir"],
                          tuple(description.get("sensors", SENSORS)), prepare=False)
   if kind == "folder":
-    return FolderSource(description["path"], description.get("sensor"))
-  raise SourceError(f"unknown source kind {kind!r} in the index (expected 'dataset' or 'folder')")
+    return FolderSource(description["path"], description.get("sensor"), description.get("bands"))
+  if kind in ("scenes", "stac"):
+    from closp_jax.search_lib import scenes  # pylint: disable=import-outside-toplevel
+    return scenes.open_scene_source(description)
+  raise SourceError(f"unknown source kind {kind!r} in the index (expected dataset, folder, scenes or stac)")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from closp_jax.data import labels as labels_lib
+from closp_jax.data import queries as queries_lib
 from closp_jax.retrieval import evaluator, queries_rule, report, trec
 from closp_jax.retrieval.ranking import average_precision, classification_map, similarity
 
@@ -261,7 +262,7 @@ def test_files_reproduce_metrics_in_pytrec_eval(case, evaluation, tmp_path):
   assert metrics == json.loads(json.dumps(evaluation.metrics))
   for name, entry in metrics["rankings"].items():
     run = trec.read_run(out / entry["files"]["run"])
-    qrels = trec.read_qrels(out / entry["files"]["qrels"])
+    qrels = queries_lib.read_qrels(out / entry["files"]["qrels"])
     assert set(run) == set(qrels) == set(evaluation.rankings[name].qids)
     want, _ = pytrec_means(run, qrels)
     for m in METRICS:
@@ -361,10 +362,10 @@ def test_read_user_queries_and_qrels(tmp_path):
   folder.mkdir()
   (folder / "one.trec").write_text("a 0 d1 2\n")
   (folder / "two.tsv").write_text("query-id\tcorpus-id\tscore\nb\td2\t1\n")
-  assert evaluator.read_qrels(folder) == {"a": {"d1": 2}, "b": {"d2": 1}}
+  assert queries_lib.read_qrels(folder) == {"a": {"d1": 2}, "b": {"d2": 1}}
   (folder / "three.trec").write_text("a 0 d1 1\n")
   with pytest.raises(ValueError, match="judged 1 here and 2"):
-    evaluator.read_qrels(folder)
+    queries_lib.read_qrels(folder)
   with pytest.raises(FileNotFoundError, match="missing"):
     evaluator.read_queries(tmp_path / "missing.tsv")
 
@@ -479,7 +480,7 @@ def test_binary_files_give_metrics_json_in_pytrec_eval(trained_geo):
   measures = {f"{trec_names[n.split('@')[0]]}.{n.split('@')[1]}" for n in names}
   for ranking, entry in m["rankings"].items():
     run = trec.read_run(out / entry["files"]["run"])
-    qrels = trec.read_qrels(out / entry["files"]["qrels"])
+    qrels = queries_lib.read_qrels(out / entry["files"]["qrels"])
     per_query = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
     assert len(per_query) == entry["num_queries"] > 0
     for name in names:

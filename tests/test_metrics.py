@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 
+from closp_jax.data.queries import read_qrels
 from closp_jax.retrieval import metrics, trec
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
@@ -155,7 +156,7 @@ def test_run_file_reproduces_our_numbers_with_external_tools(tmp_path):
   run_path, qrels_path = tmp_path / "run.trec", tmp_path / "sub" / "qrels.txt"
   trec.write_run(run_path, qids, doc_ids, scores, tag="closp")
   trec.write_qrels(qrels_path, qrels)
-  file_run, file_qrels = trec.read_run(run_path), trec.read_qrels(qrels_path)
+  file_run, file_qrels = trec.read_run(run_path), read_qrels(qrels_path)
   assert file_qrels == qrels
   assert all(len(v) == k - 3 for v in file_run.values())
   per_q = pytrec_eval.RelevanceEvaluator(file_qrels, _trec_measures(METRICS)).evaluate(file_run)
@@ -178,11 +179,19 @@ def test_run_file_reproduces_our_numbers_with_external_tools(tmp_path):
 def test_trec_readers_and_writers_reject_bad_input(tmp_path):
   beir = tmp_path / "test.tsv"
   beir.write_text("query-id\tcorpus-id\tscore\nq1\tdocA\t1\nq1\tdocB\t0\nq2\tdocA\t2\n")
-  assert trec.read_qrels(beir) == {"q1": {"docA": 1, "docB": 0}, "q2": {"docA": 2}}
+  assert read_qrels(beir) == {"q1": {"docA": 1, "docB": 0}, "q2": {"docA": 2}}
   bad = tmp_path / "bad.qrels"
   bad.write_text("q1 0 d1 1\nq1 0 d2 high\n")
-  with pytest.raises(ValueError, match=r"bad.qrels:2: grade 'high' is not an integer"):
-    trec.read_qrels(bad)
+  with pytest.raises(ValueError, match=r"bad.qrels:2: grade 'high' is not a number"):
+    read_qrels(bad)
+  # a grade written as a float with no fraction is that integer; a fraction is refused (one rule for
+  # the dataset's judgments, a user's --qrels and the evaluations' own files)
+  floats = tmp_path / "floats.qrels"
+  floats.write_text("q1 0 d1 1.0\nq1 0 d2 0\n")
+  assert read_qrels(floats) == {"q1": {"d1": 1, "d2": 0}}
+  floats.write_text("q1 0 d1 1.5\n")
+  with pytest.raises(ValueError, match=r"floats.qrels:1: grade '1.5' is not a whole number"):
+    read_qrels(floats)
   dup = tmp_path / "dup.run"
   dup.write_text("q Q0 a 1 0.5 t\nq Q0 a 2 0.4 t\n")
   with pytest.raises(ValueError, match=r"dup.run:2: document 'a' appears twice"):

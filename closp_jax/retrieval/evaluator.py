@@ -345,7 +345,7 @@ def resolve_queries(builder_dir, corpus: Corpus, queries_path=None, qrels_path=N
     raise EvaluationInputError("--queries and --qrels go together: pass both files, or neither to use "
                      "the dataset's own (or label-built) queries")
   if queries_path is not None:
-    queries, qrels, origin = read_queries(queries_path), read_qrels(qrels_path), "user"
+    queries, qrels, origin = read_queries(queries_path), queries_lib.read_qrels(qrels_path), "user"
   else:
     try:
       queries = queries_lib.load_queries(builder_dir)
@@ -397,25 +397,6 @@ def read_queries(path) -> list[dict]:
   if not queries:
     raise EvaluationInputError(f"{path} holds no query")
   return queries
-
-
-def read_qrels(path) -> dict[str, dict[str, int]]:
-  """Judgments from a TREC or BEIR qrels file, or every such file in a folder."""
-  path = Path(path)
-  files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) \
-      if path.is_dir() else [path]
-  if not files or not files[0].is_file():
-    raise EvaluationFileNotFound(f"qrels {path} not found (a TREC/BEIR file or a folder of them)")
-  merged: dict[str, dict[str, int]] = {}
-  for p in files:
-    for qid, judged in trec.read_qrels(p).items():
-      target = merged.setdefault(qid, {})
-      for doc, grade in judged.items():
-        if doc in target and target[doc] != grade:
-          raise EvaluationInputError(f"{p}: ({qid}, {doc}) judged {grade} here and {target[doc]} in an "
-                           "earlier file")
-        target[doc] = grade
-  return merged
 
 
 # --------------------------------------------------------------------------- files

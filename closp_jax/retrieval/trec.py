@@ -8,9 +8,8 @@ reads back as the same value of the array's float type: distinct scores stay
 distinct and ordered, equal scores stay equal, so external tools rank exactly
 as closp_jax.retrieval.metrics does.
 
-Qrels file: `qid 0 docid grade` (TREC), written sorted. `read_qrels` also reads
-the BEIR layout (`qrels/*.tsv`: tab-separated query-id, corpus-id, score with
-a header line).
+Qrels file: `qid 0 docid grade` (TREC), written sorted; read back with the project's one qrels
+reader, closp_jax.data.queries.read_qrels (TREC and BEIR, a file or a folder).
 """
 from __future__ import annotations
 
@@ -134,30 +133,5 @@ def write_qrels(path, qrels: Mapping[str, Mapping[str, int]]) -> None:
   _atomic_write_lines(path, rows)
 
 
-_BEIR_HEADER = ("query-id", "corpus-id", "score")
 
 
-def read_qrels(path) -> dict[str, dict[str, int]]:
-  """{qid: {doc id: grade}} from a TREC qrels file or a BEIR qrels .tsv file."""
-  qrels: dict[str, dict[str, int]] = {}
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
-      fields = line.split()
-      if not fields or (lineno == 1 and tuple(fields) == _BEIR_HEADER):
-        continue
-      if len(fields) == 4:
-        qid, _, doc, grade_text = fields
-      elif len(fields) == 3:
-        qid, doc, grade_text = fields
-      else:
-        raise ValueError(f"{path}:{lineno}: expected 'qid 0 docid grade' (TREC) or "
-                         f"'query-id corpus-id score' (BEIR), got {line.strip()!r}")
-      try:
-        grade = int(grade_text)
-      except ValueError:
-        raise ValueError(f"{path}:{lineno}: grade {grade_text!r} is not an integer.") from None
-      judged = qrels.setdefault(qid, {})
-      if doc in judged:
-        raise ValueError(f"{path}:{lineno}: document {doc!r} judged twice for query {qid!r}.")
-      judged[doc] = grade
-  return qrels

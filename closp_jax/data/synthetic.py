@@ -11,7 +11,6 @@ tables: synthetic_world.py; rules: docs/data.md.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import datetime as dt
@@ -293,22 +292,36 @@ def summary(folder) -> str:
   return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--out", required=True, help="archive folder to create")
-  p.add_argument("--num_s2", type=int, required=True, help="Sentinel-2 samples")
-  p.add_argument("--num_s1", type=int, required=True, help="Sentinel-1 samples")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--test_fraction", type=float, default=0.8)
-  p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-  args = p.parse_args(argv)
+def _flags() -> dict:
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  return {
+      "out": flags.DEFINE_string("out", None, "The archive folder to create."),
+      "num_s2": flags.DEFINE_integer("num_s2", None, "Sentinel-2 samples."),
+      "num_s1": flags.DEFINE_integer("num_s1", None, "Sentinel-1 samples."),
+      "seed": flags.DEFINE_integer("seed", 0, "The world's seed."),
+      "test_fraction": flags.DEFINE_float("test_fraction", 0.8, "Share of samples in the test split."),
+      "overwrite": flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out."),
+  }
+
+
+def main(argv, f) -> int:
+  from absl import app  # pylint: disable=import-outside-toplevel
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  missing = [name for name in ("out", "num_s2", "num_s1") if f[name].value is None]
+  if missing:
+    raise app.UsageError("--" + ", --".join(missing) + " required: python -m closp_jax.data.synthetic --out DIR "
+                         "--num_s2 N --num_s1 M [--seed S]")
   t0 = time.time()
-  out = write_archive(args.out, args.num_s2, args.num_s1, args.seed, args.test_fraction,
-                      args.overwrite, log=lambda s: print(s, file=sys.stderr, flush=True))
+  out = write_archive(f["out"].value, f["num_s2"].value, f["num_s1"].value, f["seed"].value,
+                      f["test_fraction"].value, f["overwrite"].value,
+                      log=lambda s: print(s, file=sys.stderr, flush=True))
   print(f"wrote {out} in {time.time() - t0:.1f} s")
   print(summary(out))
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from closp_jax import errors  # pylint: disable=import-outside-toplevel
+  flag_values = _flags()
+  errors.run_main(lambda argv: main(argv, flag_values))

@@ -13,6 +13,7 @@ contenders run in alternation, reversing the order every round (A B, B A, A B, .
 change of machine load during the measurement hits all of them alike. The figure is the
 median over rounds.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 HIGHER = "higher"  # rates: samples/s, FLOP/s
-LOWER = "lower"    # costs: bytes, seconds
+LOWER = "lower"  # costs: bytes, seconds
 
 
 def load_average() -> float:
@@ -36,8 +37,13 @@ def load_average() -> float:
     return float("nan")
 
 
-def alternate(contenders: Mapping[str, Callable[[], Any]], *, repeats: int, warmup: int = 1,
-              clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+def alternate(
+  contenders: Mapping[str, Callable[[], Any]],
+  *,
+  repeats: int,
+  warmup: int = 1,
+  clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
   """Seconds per call of each contender, measured in alternated rounds after `warmup` calls each.
 
   Each callable does one unit of work and returns when it is finished (block on device work
@@ -56,7 +62,7 @@ def alternate(contenders: Mapping[str, Callable[[], Any]], *, repeats: int, warm
       contenders[name]()
   times: dict[str, list[float]] = {n: [] for n in names}
   for r in range(repeats):
-    for name in (names if r % 2 == 0 else names[::-1]):
+    for name in names if r % 2 == 0 else names[::-1]:
       start = clock()
       contenders[name]()
       times[name].append(clock() - start)
@@ -85,29 +91,42 @@ def oriented_ratio(closp_jax: float, reference: float, better: str) -> float:
   return num / den
 
 
-def make_row(closp_jax: float, reference: float, unit: str, better: str,
-             detail: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def make_row(
+  closp_jax: float, reference: float, unit: str, better: str, detail: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
   """One JSON row; see the module docstring."""
-  row = {"closp_jax": float(closp_jax), "reference": float(reference), "unit": unit,
-         "ratio": float(oriented_ratio(closp_jax, reference, better))}
+  row = {
+    "closp_jax": float(closp_jax),
+    "reference": float(reference),
+    "unit": unit,
+    "ratio": float(oriented_ratio(closp_jax, reference, better)),
+  }
   row["detail"] = {"better": better, "load_avg_1m": load_average(), **dict(detail or {})}
   return row
 
 
-def timed_row(times: Mapping[str, list[float]], closp_name: str, reference_name: str, work: float,
-              unit: str, detail: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def timed_row(
+  times: Mapping[str, list[float]],
+  closp_name: str,
+  reference_name: str,
+  work: float,
+  unit: str,
+  detail: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
   """A 'higher is better' rate row from alternate() output: median of work / seconds per round."""
   jx = rates(times[closp_name], work)
   ref = rates(times[reference_name], work)
-  extra = {"closp_jax_repeats": [round(v, 3) for v in jx], "reference_repeats": [round(v, 3) for v in ref],
-           **dict(detail or {})}
+  extra = {
+    "closp_jax_repeats": [round(v, 3) for v in jx],
+    "reference_repeats": [round(v, 3) for v in ref],
+    **dict(detail or {}),
+  }
   return make_row(median(jx), median(ref), unit, HIGHER, extra)
 
 
 def check_row(name: str, row: Mapping[str, Any]) -> None:
   """Raises ValueError naming the row and field when a row lacks the documented shape."""
-  for field, kind in (("closp_jax", (int, float)), ("reference", (int, float)), ("unit", str),
-                      ("ratio", (int, float))):
+  for field, kind in (("closp_jax", (int, float)), ("reference", (int, float)), ("unit", str), ("ratio", (int, float))):
     if field not in row:
       raise ValueError(f"row {name!r}: missing field {field!r}")
     if not isinstance(row[field], kind):
@@ -132,8 +151,9 @@ def _fmt(value: float) -> str:
 def format_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
   """A fixed-width text table of the rows (also valid Markdown)."""
   header = ("row", "closp-jax", "reference", "unit", "ratio")
-  body = [(name, _fmt(r["closp_jax"]), _fmt(r["reference"]), r["unit"], f"{r['ratio']:.2f}x")
-          for name, r in rows.items()]
+  body = [
+    (name, _fmt(r["closp_jax"]), _fmt(r["reference"]), r["unit"], f"{r['ratio']:.2f}x") for name, r in rows.items()
+  ]
   widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
   line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
   out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -146,6 +166,7 @@ def write_json(path: str | os.PathLike, rows: Mapping[str, Mapping[str, Any]]) -
   for name, row in rows.items():
     check_row(name, row)
   from closp_jax import atomic  # pylint: disable=import-outside-toplevel
+
   return atomic.write_json(path, rows, indent=2, sort_keys=True)
 
 
@@ -163,11 +184,18 @@ def cpu_model() -> str:
 def machine_summary() -> dict[str, Any]:
   """What the figures were measured on (printed with the table, copied into docs/benchmarks.md)."""
   import jax  # pylint: disable=import-outside-toplevel
-  info = {"cpu": cpu_model(), "cpus": os.cpu_count(), "load_avg_1m": load_average(),
-          "python": platform.python_version(), "jax": jax.__version__,
-          "jax_devices": f"{jax.device_count()} x {jax.devices()[0].platform}"}
+
+  info = {
+    "cpu": cpu_model(),
+    "cpus": os.cpu_count(),
+    "load_avg_1m": load_average(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "jax_devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+  }
   try:
     import torch  # pylint: disable=import-outside-toplevel
+
     info["torch"] = torch.__version__
     info["torch_threads"] = torch.get_num_threads()
   except ImportError:
@@ -179,6 +207,7 @@ def matmul_gflops(n: int = 2048, calls: int = 3) -> float:
   """float32 [n, n] @ [n, n] GFLOP/s with jax on the default device (best of `calls` after warm-up)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
   f = jax.jit(lambda x, y: jnp.dot(x, y, precision=jax.lax.Precision.HIGHEST))
@@ -188,4 +217,4 @@ def matmul_gflops(n: int = 2048, calls: int = 3) -> float:
     start = time.perf_counter()
     f(a, b).block_until_ready()
     best = min(best, time.perf_counter() - start)
-  return 2.0 * n ** 3 / best / 1e9
+  return 2.0 * n**3 / best / 1e9

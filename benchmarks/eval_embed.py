@@ -12,6 +12,7 @@ statistics), S2 then S1. Both embed the first `max_items` test samples of each s
 `model_only` figures (towers alone on a batch already in memory) are kept in the row's detail,
 so the share of the readers and of the towers can be told apart.
 """
+
 from __future__ import annotations
 
 import time
@@ -23,9 +24,9 @@ import numpy as np
 from benchmarks import input_pipeline
 from benchmarks.jax_step import closp_config
 from closp_jax.data import crisis_landmark, pipeline
+from closp_jax.models import embed as embed_lib
 from closp_jax.models.towers import CLOSP
 from closp_jax.parallel import mesh as mesh_lib
-from closp_jax.models import embed as embed_lib
 from closp_jax.train import setup
 
 S2_SCALE = 10000.0
@@ -43,9 +44,16 @@ class ClospEmbed:
     self.count = 0
 
   def run(self) -> None:
-    out = embed_lib.embed_corpus(self.model, self.variables, self.builder, self.mesh, "test",
-                                 eval_batch_size=self.eval_batch_size,
-                                 inputs=pipeline.input_kwargs(self.cfg), max_items=self.max_items)
+    out = embed_lib.embed_corpus(
+      self.model,
+      self.variables,
+      self.builder,
+      self.mesh,
+      "test",
+      eval_batch_size=self.eval_batch_size,
+      inputs=pipeline.input_kwargs(self.cfg),
+      max_items=self.max_items,
+    )
     self.count = sum(len(v["emb"]) for v in out.values())
 
   def model_only(self, sensor: str):
@@ -62,13 +70,15 @@ class TorchEmbed:
 
   def __init__(self, release: Path, cfg, *, eval_batch_size: int, max_items: int):
     import torch  # pylint: disable=import-outside-toplevel
+
     from benchmarks.torch_reference import TorchCLOSP  # pylint: disable=import-outside-toplevel
+
     self.torch = torch
     dim = int(cfg.model.embed_dim)
     # Only the image towers run here; a one-row table stands in for the text tower.
     self.model = TorchCLOSP(cfg.model, text_table=torch.zeros(1, dim)).eval()
     self.master = Path(release) / crisis_landmark.MASTER_FILE
-    keys = input_pipeline.original_keys(Path(release), 10 ** 9, split="test", alternate=False)
+    keys = input_pipeline.original_keys(Path(release), 10**9, split="test", alternate=False)
     self.keys = {s: [k for k in keys if _sensor(k) == s][:max_items] for s in ("s2", "s1")}
     self.batch = eval_batch_size
     self.count = 0
@@ -79,8 +89,7 @@ class TorchEmbed:
     with torch.inference_mode():
       for sensor, keys in self.keys.items():
         for start in range(0, len(keys), self.batch):
-          images = np.stack([input_pipeline.read_original(self.master, k)[0]
-                             for k in keys[start:start + self.batch]])
+          images = np.stack([input_pipeline.read_original(self.master, k)[0] for k in keys[start : start + self.batch]])
           if sensor == "s2":
             images = images / S2_SCALE
           x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2), np.float32))
@@ -95,11 +104,13 @@ class TorchEmbed:
     def run():
       with torch.inference_mode():
         self.model.encode_image(sensor, x)
+
     return run
 
 
 def _sensor(key: str) -> str:
   from closp_jax.data import preprocess  # pylint: disable=import-outside-toplevel
+
   return preprocess.sensor_of_source(preprocess.source_of_key(key))
 
 

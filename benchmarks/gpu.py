@@ -20,6 +20,7 @@ this process alternates them round by round after warm-up and takes medians
 needed); the text tower of the reference is transformers' BertModel when transformers is
 installed, else the same network in plain torch (benchmarks/torch_reference.NativeBert).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,18 +40,28 @@ from benchmarks import common  # noqa: E402  pylint: disable=wrong-import-positi
 DENSE_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "B200": 2250.0}
 ALL_TRAINED = {"optim.frozen": (), "optim.freeze_steps": 0, "model.dtype": "bfloat16"}
 MODELS = {  # name: (config variant, overrides)
-    "rn50": ("paper", {}),
-    "vit_l": ("vit_l", {}),
+  "rn50": ("paper", {}),
+  "vit_l": ("vit_l", {}),
 }
 TINY_MODELS = {
-    "rn50": ("paper", {"model.s2_encoder": "resnet_tiny", "model.s1_encoder": "resnet_tiny",
-                       "model.s2_head_classes": 0, "model.s1_head_classes": 0}),
-    "vit_l": ("vit_l", {"model.s2_encoder": "vit_tiny", "model.s1_encoder": "vit_tiny",
-                        "model.image_size": 120, "model.text.layers": 1}),
+  "rn50": (
+    "paper",
+    {
+      "model.s2_encoder": "resnet_tiny",
+      "model.s1_encoder": "resnet_tiny",
+      "model.s2_head_classes": 0,
+      "model.s1_head_classes": 0,
+    },
+  ),
+  "vit_l": (
+    "vit_l",
+    {"model.s2_encoder": "vit_tiny", "model.s1_encoder": "vit_tiny", "model.image_size": 120, "model.text.layers": 1},
+  ),
 }
 
 
 # ---- workers ------------------------------------------------------------------------------------
+
 
 def _protocol_out():
   """A private copy of stdout for protocol lines; fd 1 then points at stderr, so library prints
@@ -64,7 +75,9 @@ def _jax_worker(args, send) -> None:
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   from benchmarks import jax_step  # pylint: disable=import-outside-toplevel
+
   variant, overrides = (TINY_MODELS if args.tiny else MODELS)[args.model]
   step = jax_step.ClospStep.build(variant, batch_size=args.batch, overrides={**ALL_TRAINED, **overrides})
   n = args.matmul
@@ -72,9 +85,17 @@ def _jax_worker(args, send) -> None:
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.bfloat16)
   mm = jax.jit(lambda x, y: x @ y)
   mm(a, b).block_until_ready()
-  send({"ready": True, "flops": step.flops, "compile_s": step.compile_seconds, "params": step.trainable_params,
-        "device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
-        "samples_per_step": step.samples_per_step})
+  send(
+    {
+      "ready": True,
+      "flops": step.flops,
+      "compile_s": step.compile_seconds,
+      "params": step.trainable_params,
+      "device": str(jax.devices()[0].device_kind),
+      "platform": jax.devices()[0].platform,
+      "samples_per_step": step.samples_per_step,
+    }
+  )
 
   def matmul(calls):
     start = time.perf_counter()
@@ -82,7 +103,7 @@ def _jax_worker(args, send) -> None:
     for _ in range(calls):
       out = mm(a, b)
     out.block_until_ready()
-    return 2.0 * n ** 3 * calls / (time.perf_counter() - start) / 1e12
+    return 2.0 * n**3 * calls / (time.perf_counter() - start) / 1e12
 
   _serve(send, lambda steps: step.run(steps), matmul, lambda: step.metrics()["loss"])
 
@@ -90,7 +111,9 @@ def _jax_worker(args, send) -> None:
 def _torch_worker(args, send) -> None:
   os.environ["JAX_PLATFORMS"] = "cpu"  # jax (config, schedule) must not take GPU memory here
   import torch  # pylint: disable=import-outside-toplevel
+
   from benchmarks import jax_step, torch_reference  # pylint: disable=import-outside-toplevel
+
   cuda = torch.cuda.is_available()
   device = "cuda" if cuda else "cpu"
   if cuda:
@@ -101,14 +124,21 @@ def _torch_worker(args, send) -> None:
   cfg = jax_step.closp_config(variant, {"data.batch_size": args.batch, **ALL_TRAINED, **overrides})
   host = jax_step.synthetic_batch(cfg, args.batch)
   conv = cfg.model.s2_encoder.startswith("resnet")
-  step = torch_reference.TorchStep(cfg, host, device=device, autocast=torch.bfloat16,
-                                   channels_last=cuda and conv, lr_table=jax_step.lr_table(cfg))
+  step = torch_reference.TorchStep(
+    cfg, host, device=device, autocast=torch.bfloat16, channels_last=cuda and conv, lr_table=jax_step.lr_table(cfg)
+  )
   n = args.matmul
   a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
   b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
   a @ b
-  send({"ready": True, "params": step.num_params(), "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "text_impl": type(step.model.text_model).__name__})
+  send(
+    {
+      "ready": True,
+      "params": step.num_params(),
+      "device": torch.cuda.get_device_name() if cuda else "cpu",
+      "text_impl": type(step.model.text_model).__name__,
+    }
+  )
 
   def matmul(calls):
     if cuda:
@@ -118,7 +148,7 @@ def _torch_worker(args, send) -> None:
       a @ b
     if cuda:
       torch.cuda.synchronize()
-    return 2.0 * n ** 3 * calls / (time.perf_counter() - start) / 1e12
+    return 2.0 * n**3 * calls / (time.perf_counter() - start) / 1e12
 
   _serve(send, lambda steps: step.run(steps), matmul, lambda: float(step.last_loss))
 
@@ -143,11 +173,20 @@ class Worker:
   """A worker process speaking one JSON line per request and per reply."""
 
   def __init__(self, kind: str, args):
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--model", args.model,
-           "--batch", str(args.batch), "--matmul", str(args.matmul)] + (["--tiny"] if args.tiny else [])
+    cmd = [
+      sys.executable,
+      str(Path(__file__).resolve()),
+      "--worker",
+      kind,
+      "--model",
+      args.model,
+      "--batch",
+      str(args.batch),
+      "--matmul",
+      str(args.matmul),
+    ] + (["--tiny"] if args.tiny else [])
     self.kind = kind
-    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-                                 cwd=REPO)
+    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, cwd=REPO)
 
   def read(self) -> dict:
     line = self.proc.stdout.readline()
@@ -170,6 +209,7 @@ class Worker:
 
 # ---- the driver ---------------------------------------------------------------------------------
 
+
 def peak_tflops(device: str, override: float | None) -> float | None:
   if override:
     return override
@@ -184,47 +224,68 @@ def measure_model(args, rows: dict) -> None:
   say(f"{args.model}: starting the jax and torch workers (batch {args.batch} + {args.batch}) ...")
   workers = {"closp_jax": Worker("jax", args), "reference": Worker("torch", args)}
   try:
-    info = {name: w.read() for name, w in workers.items()}   # both build at the same time
+    info = {name: w.read() for name, w in workers.items()}  # both build at the same time
     jx, ref = info["closp_jax"], info["reference"]
-    say(f"  ready: closp-jax compiled in {jx['compile_s']:.0f} s, {jx['flops'] / 1e9:.1f} GFLOP per step on "
-        f"{jx['device']}; reference on {ref['device']} ({ref['text_impl']})")
+    say(
+      f"  ready: closp-jax compiled in {jx['compile_s']:.0f} s, {jx['flops'] / 1e9:.1f} GFLOP per step on "
+      f"{jx['device']}; reference on {ref['device']} ({ref['text_impl']})"
+    )
     if jx["params"] != ref["params"]:
-      raise RuntimeError(f"{args.model}: closp-jax trains {jx['params']:,} parameters, the reference "
-                         f"{ref['params']:,}")
+      raise RuntimeError(f"{args.model}: closp-jax trains {jx['params']:,} parameters, the reference {ref['params']:,}")
     steps = args.steps
     contenders = {name: (lambda w=w: w.ask(op="steps", n=steps)) for name, w in workers.items()}
     times = common.alternate(contenders, repeats=args.repeats, warmup=args.warmup)
-    matmul = {name: [w.ask(op="matmul", n=args.matmul_calls)["tflops"] for _ in range(3)]
-              for name, w in workers.items()}
+    matmul = {
+      name: [w.ask(op="matmul", n=args.matmul_calls)["tflops"] for _ in range(3)] for name, w in workers.items()
+    }
     losses = {name: w.ask(op="loss")["loss"] for name, w in workers.items()}
   finally:
     for w in workers.values():
       w.close()
   per_step = jx["samples_per_step"] * steps
-  detail = {"batch_per_sensor": args.batch, "steps_per_round": steps, "device": jx["device"],
-            "trainable_params": jx["params"], "closp_jax_gflop_per_step": round(jx["flops"] / 1e9, 1),
-            "compile_s": round(jx["compile_s"], 1), "reference_text": ref["text_impl"],
-            "closp_jax_loss": losses["closp_jax"], "reference_loss": losses["reference"]}
+  detail = {
+    "batch_per_sensor": args.batch,
+    "steps_per_round": steps,
+    "device": jx["device"],
+    "trainable_params": jx["params"],
+    "closp_jax_gflop_per_step": round(jx["flops"] / 1e9, 1),
+    "compile_s": round(jx["compile_s"], 1),
+    "reference_text": ref["text_impl"],
+    "closp_jax_loss": losses["closp_jax"],
+    "reference_loss": losses["reference"],
+  }
   name = f"train_step_{args.model}_bf16"
   rows[name] = common.timed_row(times, "closp_jax", "reference", per_step, "samples/s", detail)
   step_s = {k: common.median(v) / steps for k, v in times.items()}
   achieved = {k: jx["flops"] / s / 1e12 for k, s in step_s.items()}
   mm = {k: max(v) for k, v in matmul.items()}
   peak = peak_tflops(jx["device"], args.peak_tflops)
-  mfu_detail = {"flop_count": "XLA cost_analysis of the closp-jax step (used for both)",
-                "reference_tflops": round(achieved["reference"], 2),
-                "matmul_tflops": {k: round(v, 1) for k, v in mm.items()},
-                "mfu_vs_matmul": round(achieved["closp_jax"] / mm["closp_jax"], 4),
-                "reference_mfu_vs_matmul": round(achieved["reference"] / mm["reference"], 4)}
+  mfu_detail = {
+    "flop_count": "XLA cost_analysis of the closp-jax step (used for both)",
+    "reference_tflops": round(achieved["reference"], 2),
+    "matmul_tflops": {k: round(v, 1) for k, v in mm.items()},
+    "mfu_vs_matmul": round(achieved["closp_jax"] / mm["closp_jax"], 4),
+    "reference_mfu_vs_matmul": round(achieved["reference"] / mm["reference"], 4),
+  }
   if peak:
     mfu_detail["reference_mfu_vs_spec"] = round(achieved["reference"] / peak, 4)
-    rows[f"mfu_{args.model}_bf16"] = common.make_row(achieved["closp_jax"], peak, "TFLOP/s", common.HIGHER,
-                                                     {"peak": "dense bf16 spec", **mfu_detail})
+    rows[f"mfu_{args.model}_bf16"] = common.make_row(
+      achieved["closp_jax"], peak, "TFLOP/s", common.HIGHER, {"peak": "dense bf16 spec", **mfu_detail}
+    )
   else:  # unknown chip (or CPU): against the measured matmul only
-    rows[f"mfu_{args.model}_bf16"] = common.make_row(achieved["closp_jax"], mm["closp_jax"], "TFLOP/s",
-                                                     common.HIGHER, {"peak": "measured bf16 matmul", **mfu_detail})
-  rows.setdefault("matmul_bf16", common.make_row(mm["closp_jax"], mm["reference"], "TFLOP/s", common.HIGHER,
-                                                 {"n": args.matmul, "calls": args.matmul_calls, "best_of": 3}))
+    rows[f"mfu_{args.model}_bf16"] = common.make_row(
+      achieved["closp_jax"], mm["closp_jax"], "TFLOP/s", common.HIGHER, {"peak": "measured bf16 matmul", **mfu_detail}
+    )
+  rows.setdefault(
+    "matmul_bf16",
+    common.make_row(
+      mm["closp_jax"],
+      mm["reference"],
+      "TFLOP/s",
+      common.HIGHER,
+      {"n": args.matmul, "calls": args.matmul_calls, "best_of": 3},
+    ),
+  )
   say(f"  {name}: closp-jax {rows[name]['closp_jax']:.1f} vs reference {rows[name]['reference']:.1f} samples/s")
 
 

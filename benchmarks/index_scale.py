@@ -19,6 +19,7 @@ Measured, all in one run (alternating nothing: each figure is a median over its 
 * ivfpq / hnsw: build time (train + add), index file size, process peak RSS after building,
   single-query queries/s, recall@k against exact (|found top-k & exact top-k| / k, averaged).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,22 +39,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from closp_jax.search_lib import backends  # noqa: E402
 
 
-def clustered_unit_vectors(path: Path | None, n: int, dim: int, *, clusters: int, noise: float, seed: int,
-                           centres_seed: int = 0, chunk: int = 262144) -> np.ndarray:
+def clustered_unit_vectors(
+  path: Path | None,
+  n: int,
+  dim: int,
+  *,
+  clusters: int,
+  noise: float,
+  seed: int,
+  centres_seed: int = 0,
+  chunk: int = 262144,
+) -> np.ndarray:
   """float16 [n, dim] unit rows (see the module docstring); written to `path` as .npy when given."""
   centres = np.random.default_rng(centres_seed).standard_normal((clusters, dim), dtype=np.float32)
   centres /= np.linalg.norm(centres, axis=1, keepdims=True)
   weights = 1.0 / np.arange(1, clusters + 1) ** 0.5
   weights /= weights.sum()
   rng = np.random.default_rng(seed)
-  out = (np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, dim)) if path is not None
-         else np.empty((n, dim), np.float16))
+  out = (
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, dim))
+    if path is not None
+    else np.empty((n, dim), np.float16)
+  )
   for start in range(0, n, chunk):
     m = min(chunk, n - start)
     c = rng.choice(clusters, size=m, p=weights)
     x = centres[c] + rng.standard_normal((m, dim), dtype=np.float32) * np.float32(noise / np.sqrt(dim))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    out[start:start + m] = x.astype(np.float16)
+    out[start : start + m] = x.astype(np.float16)
   if path is not None:
     out.flush()
   return out
@@ -104,8 +117,12 @@ def main() -> None:
   ap.add_argument("--single", type=int, default=50, help="queries timed one at a time")
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--flat_f32_max", type=int, default=2_000_000, help="rows up to which IndexFlatIP(f32) runs too")
-  ap.add_argument("--auto_max", type=int, default=2_000_000,
-                  help="rows up to which the auto engine is timed too (above, it routes to the two rows above it)")
+  ap.add_argument(
+    "--auto_max",
+    type=int,
+    default=2_000_000,
+    help="rows up to which the auto engine is timed too (above, it routes to the two rows above it)",
+  )
   ap.add_argument("--nlist", type=int, default=0, help="ivfpq lists (0: the default, 4 sqrt(N) up to 8,192)")
   ap.add_argument("--nprobe", type=int, default=0)
   ap.add_argument("--ef_search", type=int, default=0)
@@ -118,10 +135,22 @@ def main() -> None:
 
   work = Path(args.workdir or tempfile.mkdtemp(prefix="index_scale_"))
   work.mkdir(parents=True, exist_ok=True)
-  report = {"n": args.n, "dim": args.dim, "queries": args.queries, "k": args.k, "clusters": args.clusters,
-            "noise": args.noise, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                              "jax": jax.__version__, "faiss": faiss.__version__},
-            "load_start": load(), "rows": []}
+  report = {
+    "n": args.n,
+    "dim": args.dim,
+    "queries": args.queries,
+    "k": args.k,
+    "clusters": args.clusters,
+    "noise": args.noise,
+    "machine": {
+      "cpus": os.cpu_count(),
+      "platform": platform.platform(),
+      "jax": jax.__version__,
+      "faiss": faiss.__version__,
+    },
+    "load_start": load(),
+    "rows": [],
+  }
   print(f"load average {load():.2f}; generating {args.n:,} x {args.dim} in {work}", flush=True)
   t0 = time.perf_counter()
   emb_path = work / f"embeddings-{args.n}-{args.dim}.npy"
@@ -130,8 +159,9 @@ def main() -> None:
   else:
     clustered_unit_vectors(emb_path, args.n, args.dim, clusters=args.clusters, noise=args.noise, seed=1)
     emb = np.load(emb_path, mmap_mode="r")
-  queries = clustered_unit_vectors(None, args.queries, args.dim, clusters=args.clusters, noise=args.noise,
-                                   seed=2).astype(np.float32)
+  queries = clustered_unit_vectors(
+    None, args.queries, args.dim, clusters=args.clusters, noise=args.noise, seed=2
+  ).astype(np.float32)
   report["generate_s"] = time.perf_counter() - t0
 
   def row(**kw):
@@ -153,28 +183,40 @@ def main() -> None:
   if "exact" in types:
     for name, b in (("closp-jax topk_search", ours), ("faiss fp16 flat", fp16)):
       row(index="exact", engine=name, what="single", qps=round(single_qps(b, queries, args.k, args.single), 2))
-      row(index="exact", engine=name, what=f"batch of {args.queries}",
-          qps=round(batch_qps(lambda b=b: b.search(queries, args.k), queries, args.repeats), 2))
+      row(
+        index="exact",
+        engine=name,
+        what=f"batch of {args.queries}",
+        qps=round(batch_qps(lambda b=b: b.search(queries, args.k), queries, args.repeats), 2),
+      )
     if args.n <= args.auto_max:
       auto = backends.ExactBackend(emb)
       auto._flat = fp16.flat()  # pylint: disable=protected-access  # one copy of the rows
       row(index="exact", engine="auto", what="single", qps=round(single_qps(auto, queries, args.k, args.single), 2))
-      row(index="exact", engine="auto", what=f"batch of {args.queries}",
-          qps=round(batch_qps(lambda: auto.search(queries, args.k), queries, args.repeats), 2))
+      row(
+        index="exact",
+        engine="auto",
+        what=f"batch of {args.queries}",
+        qps=round(batch_qps(lambda: auto.search(queries, args.k), queries, args.repeats), 2),
+      )
       del auto
     if args.n <= args.flat_f32_max:
       flat = faiss.IndexFlatIP(args.dim)
       for s in range(0, args.n, backends.ADD_CHUNK):
-        flat.add(np.asarray(emb[s:s + backends.ADD_CHUNK], np.float32))
+        flat.add(np.asarray(emb[s : s + backends.ADD_CHUNK], np.float32))
       flat.search(queries[:1], args.k)
       ts = []
-      for q in queries[:args.single]:
+      for q in queries[: args.single]:
         t = time.perf_counter()
         flat.search(q[None], args.k)
         ts.append(time.perf_counter() - t)
       row(index="exact", engine="faiss IndexFlatIP f32 copy", what="single", qps=round(1 / float(np.median(ts)), 2))
-      row(index="exact", engine="faiss IndexFlatIP f32 copy", what=f"batch of {args.queries}",
-          qps=round(batch_qps(lambda: flat.search(queries, args.k), queries, args.repeats), 2))
+      row(
+        index="exact",
+        engine="faiss IndexFlatIP f32 copy",
+        what=f"batch of {args.queries}",
+        qps=round(batch_qps(lambda: flat.search(queries, args.k), queries, args.repeats), 2),
+      )
       del flat
     row(index="exact", engine="-", what="memory", bytes=int(emb.nbytes))
   del fp16, ours  # the faiss copy of the rows: not needed while the approximate indexes build
@@ -183,18 +225,34 @@ def main() -> None:
     path = backends.build_ann(work, emb, kind, backends.AnnParams(nlist=args.nlist))
     build_s = time.perf_counter() - t
     meta = json.loads(backends.ann_paths(work, kind)[1].read_text())
-    search_params = {k: v for k, v in (("nprobe", args.nprobe), ("ef_search", args.ef_search),
-                                       ("refine", args.refine)) if v}
+    search_params = {
+      k: v for k, v in (("nprobe", args.nprobe), ("ef_search", args.ef_search), ("refine", args.refine)) if v
+    }
     b = backends.AnnBackend(work, emb, kind, **search_params)
     _, found = b.search(queries, args.k)
-    row(index=kind, engine="faiss + exact re-scoring", what="build", seconds=round(build_s, 1),
-        train_seconds=meta["train_seconds"], bytes=path.stat().st_size, peak_rss_gib=round(rss_gib(), 2),
-        params={**meta["params"], **search_params})
-    row(index=kind, engine="faiss + exact re-scoring", what="single", qps=round(single_qps(b, queries, args.k,
-                                                                                          args.single), 2),
-        recall=round(recall(found, truth), 4))
-    row(index=kind, engine="faiss + exact re-scoring", what=f"batch of {args.queries}",
-        qps=round(batch_qps(lambda b=b: b.search(queries, args.k), queries, args.repeats), 2))
+    row(
+      index=kind,
+      engine="faiss + exact re-scoring",
+      what="build",
+      seconds=round(build_s, 1),
+      train_seconds=meta["train_seconds"],
+      bytes=path.stat().st_size,
+      peak_rss_gib=round(rss_gib(), 2),
+      params={**meta["params"], **search_params},
+    )
+    row(
+      index=kind,
+      engine="faiss + exact re-scoring",
+      what="single",
+      qps=round(single_qps(b, queries, args.k, args.single), 2),
+      recall=round(recall(found, truth), 4),
+    )
+    row(
+      index=kind,
+      engine="faiss + exact re-scoring",
+      what=f"batch of {args.queries}",
+      qps=round(batch_qps(lambda b=b: b.search(queries, args.k), queries, args.repeats), 2),
+    )
     del b
   report["load_end"] = load()
   report["peak_rss_gib"] = rss_gib()

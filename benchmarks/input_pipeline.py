@@ -13,6 +13,7 @@ Prints samples/s of
 For a synthetic config the archive for (b) is written again with the config's size and
 seed (the same bytes the builder converted) into a temporary folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,15 @@ from closp_jax.data.tokenize import load_tokenizer
 
 def make_grain_iterator(builder, batch_size: int, threads: int = 2, workers: int = 0, seed: int = 0):
   """The trainer's train iterator (closp_jax.data.pipeline.train_iterator) with its prefetch settings."""
-  return pipeline.train_iterator(builder, batch_size=batch_size, seed=seed, tokenizer=load_tokenizer(),
-                                 read_threads=threads, prefetch=grain_prefetch(threads),
-                                 worker_count=workers)
+  return pipeline.train_iterator(
+    builder,
+    batch_size=batch_size,
+    seed=seed,
+    tokenizer=load_tokenizer(),
+    read_threads=threads,
+    prefetch=grain_prefetch(threads),
+    worker_count=workers,
+  )
 
 
 def grain_prefetch(threads: int) -> int:
@@ -48,8 +55,7 @@ def take_batches(it, steps: int, batch_size: int) -> None:
     assert batch["s2"]["image"].shape[0] == batch_size
 
 
-def grain_samples_per_s(builder, batch_size: int, steps: int, threads: int, workers: int,
-                        warmup: int = 2) -> float:
+def grain_samples_per_s(builder, batch_size: int, steps: int, threads: int, workers: int, warmup: int = 2) -> float:
   it = make_grain_iterator(builder, batch_size, threads, workers)
   take_batches(it, warmup, batch_size)
   start = time.perf_counter()
@@ -57,8 +63,9 @@ def grain_samples_per_s(builder, batch_size: int, steps: int, threads: int, work
   return 2 * batch_size * steps / (time.perf_counter() - start)
 
 
-def original_keys(release: Path, num_samples: int, split: str = "train", seed: int = 0,
-                  alternate: bool = True) -> list[str]:
+def original_keys(
+  release: Path, num_samples: int, split: str = "train", seed: int = 0, alternate: bool = True
+) -> list[str]:
   """Keys of `split` as the original loader would visit them: random train keys alternating
   S2 / S1 (alternate=True), or the split's keys in file order (alternate=False, evaluation)."""
   table = pq.read_table(release / crisis_landmark.METADATA_FILE, columns=["key", "split"]).to_pydict()
@@ -111,13 +118,15 @@ def synthetic_release(builder, folder: Path) -> Path:
   if not getattr(cfg, "synthetic", False):
     raise ValueError(f"{builder.info.full_name} is not synthetic: pass its release folder instead")
   from closp_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+
   return Path(synthetic.write_archive(Path(folder) / "release", cfg.num_s2, cfg.num_s1, cfg.seed))
 
 
 def bench_config(num_s2: int, num_s1: int):
   """A synthetic builder config of the given size (records as large as the release's)."""
   return crisis_landmark.CrisisLandmarkConfig(
-      name=f"sample_{num_s2}_{num_s1}", synthetic=True, num_s2=num_s2, num_s1=num_s1, seed=0)
+    name=f"sample_{num_s2}_{num_s1}", synthetic=True, num_s2=num_s2, num_s1=num_s1, seed=0
+  )
 
 
 def main() -> None:
@@ -136,15 +145,16 @@ def main() -> None:
   config = None
   if args.num_s2 or args.num_s1:
     config = bench_config(args.num_s2 or 0, args.num_s1 or 0)
-  builder = pipeline.get_builder(args.name, data_dir=args.data_dir, manual_dir=args.release,
-                                 config=config)
+  builder = pipeline.get_builder(args.name, data_dir=args.data_dir, manual_dir=args.release, config=config)
   cfg = builder.builder_config
   print(f"dataset: {builder.info.full_name} in {builder.data_dir}")
   print(f"machine: {os.cpu_count()} CPU(s)")
 
   rate = grain_samples_per_s(builder, args.batch_size, args.steps, args.threads, args.workers)
-  print(f"(a) grain train iterator: {rate:8.1f} samples/s  (batch {args.batch_size} per sensor, "
-        f"{args.threads} read threads, {args.workers} workers, {args.steps} steps)")
+  print(
+    f"(a) grain train iterator: {rate:8.1f} samples/s  (batch {args.batch_size} per sensor, "
+    f"{args.threads} read threads, {args.workers} workers, {args.steps} steps)"
+  )
 
   num = 2 * args.batch_size * args.steps
   with tempfile.TemporaryDirectory(prefix="closp_bench_") as tmp:

@@ -10,6 +10,7 @@ donated and the state shardings as outputs. The same calls are made here; the ba
 trainer's format ({"s2"|"s1": {"image", "input_ids", "attention_mask", "lonlat", "text_id"}}) and
 is placed on the devices once, so the figure is the step alone (the input pipeline has its own row).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,8 +31,9 @@ NUM_TEXTS = 512  # distinct texts of the synthetic batches (the cached-embedding
 TOTAL_STEPS = 1000  # only shapes the learning-rate schedule
 
 
-def closp_config(variant: str, overrides: Mapping[str, Any] | None = None, *,
-                 geo: bool = False) -> ml_collections.ConfigDict:
+def closp_config(
+  variant: str, overrides: Mapping[str, Any] | None = None, *, geo: bool = False
+) -> ml_collections.ConfigDict:
   """The packaged recipe closp:VARIANT (geoclosp with geo) with dotted overrides ({'optim.frozen': (), 'data.batch_size': 8}).
 
   The text tower starts from random weights (init.text='') unless an override says otherwise:
@@ -72,12 +74,11 @@ def synthetic_batch(cfg, batch_size: int, *, seed: int = 0, text_len: int | None
     mask = (pos < lengths[:, None]).astype(np.int32)
     ids = ids * mask
     out[sensor] = {
-        "image": image,
-        "input_ids": ids,
-        "attention_mask": mask,
-        "lonlat": np.stack([rng.uniform(-180, 180, batch_size), rng.uniform(-60, 70, batch_size)],
-                           1).astype(np.float32),
-        "text_id": rng.integers(0, NUM_TEXTS, size=batch_size).astype(np.int32),
+      "image": image,
+      "input_ids": ids,
+      "attention_mask": mask,
+      "lonlat": np.stack([rng.uniform(-180, 180, batch_size), rng.uniform(-60, 70, batch_size)], 1).astype(np.float32),
+      "text_id": rng.integers(0, NUM_TEXTS, size=batch_size).astype(np.int32),
     }
   return out
 
@@ -86,6 +87,7 @@ def lr_table(cfg, steps: int = TOTAL_STEPS) -> np.ndarray:
   """The base learning rate of steps 0..steps-1 (closp_jax.train.optimizer.base_schedule), for the
   reference's LambdaLR: both sides then take the same update sizes step by step."""
   from closp_jax.train.optimizer import base_schedule  # pylint: disable=import-outside-toplevel
+
   sched = base_schedule(cfg.optim, steps)
   return np.asarray([float(sched(i)) for i in range(steps)], np.float64)
 
@@ -99,6 +101,7 @@ def text_table(dim: int, seed: int = 1) -> np.ndarray:
 @dataclasses.dataclass
 class ClospStep:
   """A compiled closp-jax train step with its state and a device-resident batch."""
+
   cfg: Any
   compiled: Any
   state: Any
@@ -113,8 +116,15 @@ class ClospStep:
   last_metrics: Any = None
 
   @classmethod
-  def build(cls, variant: str, *, batch_size: int, overrides: Mapping[str, Any] | None = None,
-            text_len: int | None = None, mesh_devices=None) -> "ClospStep":
+  def build(
+    cls,
+    variant: str,
+    *,
+    batch_size: int,
+    overrides: Mapping[str, Any] | None = None,
+    text_len: int | None = None,
+    mesh_devices=None,
+  ) -> ClospStep:
     cfg = closp_config(variant, {"data.batch_size": batch_size, **dict(overrides or {})})
     mesh = mesh_lib.make_mesh(cfg.mesh, mesh_devices)
     setup.check_batch(cfg, mesh)
@@ -127,15 +137,28 @@ class ClospStep:
     host = synthetic_batch(cfg, batch_size, text_len=text_len)
     keys = ("image", "input_ids", "attention_mask", "lonlat", "text_id")
     batch = mesh_lib.global_batch({s: {k: host[s][k] for k in keys} for s in ("s2", "s1")}, mesh)
-    table = (jax.device_put(text_table(int(cfg.model.embed_dim)), mesh_lib.replicated(mesh)) if use_table
-             else jax.device_put(np.zeros((1, 1), np.float32), mesh_lib.replicated(mesh)))
+    table = (
+      jax.device_put(text_table(int(cfg.model.embed_dim)), mesh_lib.replicated(mesh))
+      if use_table
+      else jax.device_put(np.zeros((1, 1), np.float32), mesh_lib.replicated(mesh))
+    )
     start = time.perf_counter()
     compiled = jitted.lower(state, batch, table).compile()
     seconds = time.perf_counter() - start
     trainable_params = sum(int(np.size(x)) for g in trainable for x in jax.tree.leaves(state.params[g]))
-    return cls(cfg=cfg, compiled=compiled, state=state, batch=batch, table=table, host_batch=host,
-               samples_per_step=2 * batch_size, use_text_table=use_table, trainable_params=trainable_params,
-               flops=compiled_flops(compiled), compile_seconds=seconds)
+    return cls(
+      cfg=cfg,
+      compiled=compiled,
+      state=state,
+      batch=batch,
+      table=table,
+      host_batch=host,
+      samples_per_step=2 * batch_size,
+      use_text_table=use_table,
+      trainable_params=trainable_params,
+      flops=compiled_flops(compiled),
+      compile_seconds=seconds,
+    )
 
   def run(self, steps: int = 1) -> None:
     """`steps` optimizer steps (the state is donated and replaced each time), dispatched back to

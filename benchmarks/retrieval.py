@@ -8,6 +8,7 @@ checks that the score lists agree and that the index lists agree wherever the sc
 tied, before it reports any time. faiss uses all cores (OpenMP); the JAX search runs on the
 default device with XLA's CPU thread pool.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,7 @@ class FaissFlat:
 
   def __init__(self, corpus: np.ndarray, threads: int | None = None):
     import faiss  # pylint: disable=import-outside-toplevel
+
     faiss.omp_set_num_threads(threads or os.cpu_count() or 1)
     self.index = faiss.IndexFlatIP(corpus.shape[1])
     self.index.add(corpus)
@@ -43,6 +45,7 @@ class FaissFlat:
 
 def jax_search(queries: np.ndarray, corpus, k: int, block: int = 65536) -> tuple[np.ndarray, np.ndarray]:
   from closp_jax.retrieval.topk import topk_search  # pylint: disable=import-outside-toplevel
+
   return topk_search(queries, corpus, k, block=block)
 
 
@@ -64,8 +67,11 @@ def check_same(jax_out, faiss_out, *, atol: float = 1e-4) -> dict:
   mismatch = int(np.sum((ji != fi) & clear))
   if mismatch:
     raise AssertionError(f"{mismatch} untied ranks list different documents")
-  return {"max_score_diff": worst, "untied_ranks_checked": int(clear.sum()),
-          "index_agreement": float(np.mean(ji == fi))}
+  return {
+    "max_score_diff": worst,
+    "untied_ranks_checked": int(clear.sum()),
+    "index_agreement": float(np.mean(ji == fi)),
+  }
 
 
 def main() -> None:
@@ -79,8 +85,10 @@ def main() -> None:
   corpus = unit_vectors(args.docs, args.dim, 0)
   queries = unit_vectors(args.queries, args.dim, 1)
   index = FaissFlat(corpus)
-  for name, fn in (("closp-jax topk_search", lambda: jax_search(queries, corpus, args.k)),
-                   ("faiss IndexFlatIP", lambda: index.search(queries, args.k))):
+  for name, fn in (
+    ("closp-jax topk_search", lambda: jax_search(queries, corpus, args.k)),
+    ("faiss IndexFlatIP", lambda: index.search(queries, args.k)),
+  ):
     fn()
     start = time.perf_counter()
     for _ in range(args.repeats):

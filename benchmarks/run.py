@@ -24,6 +24,7 @@ Figures are medians of alternated repeats after warm-up (benchmarks/common.py). 
 --quick (under 10 minutes on 2 busy cores) keeps every row but shrinks them: ResNet-50 step at 16 + 16,
 fewer repeats, a 1,000 + 1,000 synthetic archive, the :sample towers for eval_embed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,17 @@ if str(REPO) not in sys.path:
 
 from benchmarks import common  # noqa: E402  pylint: disable=wrong-import-position
 
-ALL_ROWS = ("train_step_sample", "train_step_rn50", "train_step_rn50_bucketed", "mfu_cpu", "input_pipeline",
-            "input_pipeline_vs_step", "retrieval_top1000", "eval_embed", "loss_memory")
+ALL_ROWS = (
+  "train_step_sample",
+  "train_step_rn50",
+  "train_step_rn50_bucketed",
+  "mfu_cpu",
+  "input_pipeline",
+  "input_pipeline_vs_step",
+  "retrieval_top1000",
+  "eval_embed",
+  "loss_memory",
+)
 PAPER_ALL_TRAINED = {"optim.frozen": (), "optim.freeze_steps": 0}
 
 
@@ -56,8 +66,8 @@ class Sizes:
   sample_repeats: int = 7
   warmup: int = 1
   bucketed_row: bool = True
-  archive: tuple[int, int] | None = None   # None: crisis_landmark/sample (4,000 + 4,000)
-  pipeline_batches: int = 20               # timed batches per grain round (plus the prefetch drained)
+  archive: tuple[int, int] | None = None  # None: crisis_landmark/sample (4,000 + 4,000)
+  pipeline_batches: int = 20  # timed batches per grain round (plus the prefetch drained)
   pipeline_repeats: int = 5
   queries: int = 1000
   docs: int = 647000
@@ -66,16 +76,27 @@ class Sizes:
   retrieval_repeats: int = 3
   eval_variant: str = "paper"
   eval_batch: int = 256
-  eval_items: int = 512                    # per sensor
+  eval_items: int = 512  # per sensor
   eval_repeats: int = 3
   loss_batch: int = 32768
   loss_devices: int = 64
 
 
 FULL = Sizes()
-QUICK = Sizes(rn50_batch=16, rn50_repeats=3, sample_repeats=5, bucketed_row=False, archive=(1000, 1000),
-              pipeline_batches=8, pipeline_repeats=3, retrieval_repeats=2, eval_variant="sample",
-              eval_batch=128, eval_items=256, eval_repeats=3)
+QUICK = Sizes(
+  rn50_batch=16,
+  rn50_repeats=3,
+  sample_repeats=5,
+  bucketed_row=False,
+  archive=(1000, 1000),
+  pipeline_batches=8,
+  pipeline_repeats=3,
+  retrieval_repeats=2,
+  eval_variant="sample",
+  eval_batch=128,
+  eval_items=256,
+  eval_repeats=3,
+)
 
 
 def say(msg: str) -> None:
@@ -96,8 +117,10 @@ class Bench:
   # -- bookkeeping --
   def record(self, name: str, row: dict) -> None:
     self.results[name] = row
-    say(f"  {name}: closp-jax {row['closp_jax']:.4g} vs reference {row['reference']:.4g} {row['unit']} "
-        f"-> ratio {row['ratio']:.2f}")
+    say(
+      f"  {name}: closp-jax {row['closp_jax']:.4g} vs reference {row['reference']:.4g} {row['unit']} "
+      f"-> ratio {row['ratio']:.2f}"
+    )
     if self.json_path:
       common.write_json(self.json_path, self.results)
 
@@ -105,10 +128,20 @@ class Bench:
     return any(n in self.rows for n in names)
 
   # -- train steps --
-  def train_step(self, name: str, variant: str, batch: int, repeats: int, overrides: dict,
-                 text_len: int | None = None, with_matmul: bool = False) -> None:
+  def train_step(
+    self,
+    name: str,
+    variant: str,
+    batch: int,
+    repeats: int,
+    overrides: dict,
+    text_len: int | None = None,
+    with_matmul: bool = False,
+  ) -> None:
     import torch  # pylint: disable=import-outside-toplevel
+
     from benchmarks import jax_step, torch_reference  # pylint: disable=import-outside-toplevel
+
     torch.set_num_threads(os.cpu_count() or 1)
     say(f"{name}: building the closp-jax step ({variant}, {batch} + {batch}) ...")
     js = jax_step.ClospStep.build(variant, batch_size=batch, overrides=overrides, text_len=text_len)
@@ -119,8 +152,10 @@ class Bench:
       ref_batch = jax_step.synthetic_batch(js.cfg, batch)
     ts = torch_reference.TorchStep(js.cfg, ref_batch, text_table=table, lr_table=jax_step.lr_table(js.cfg))
     if ts.num_params() != js.trainable_params:
-      raise RuntimeError(f"{name}: the reference trains {ts.num_params():,} parameters, closp-jax "
-                         f"{js.trainable_params:,}: the two models differ")
+      raise RuntimeError(
+        f"{name}: the reference trains {ts.num_params():,} parameters, closp-jax "
+        f"{js.trainable_params:,}: the two models differ"
+      )
     contenders = {"closp_jax": js.run, "reference": ts.run}
     matmul = []
     if with_matmul:
@@ -128,23 +163,38 @@ class Bench:
     say(f"  timing {repeats} alternated rounds after {self.sizes.warmup} warm-up ...")
     times = common.alternate(contenders, repeats=repeats, warmup=self.sizes.warmup)
     losses = {"closp_jax_loss": js.metrics()["loss"], "reference_loss": float(ts.last_loss)}
-    detail = {"batch_per_sensor": batch, "trainable_params": js.trainable_params,
-              "closp_jax_gflop_per_step": round(js.flops / 1e9, 2), "compile_s": round(js.compile_seconds, 1),
-              "text_len": text_len or int(js.cfg.data.max_len), "torch_threads": torch.get_num_threads(),
-              **losses}
+    detail = {
+      "batch_per_sensor": batch,
+      "trainable_params": js.trainable_params,
+      "closp_jax_gflop_per_step": round(js.flops / 1e9, 2),
+      "compile_s": round(js.compile_seconds, 1),
+      "text_len": text_len or int(js.cfg.data.max_len),
+      "torch_threads": torch.get_num_threads(),
+      **losses,
+    }
     row = common.timed_row(times, "closp_jax", "reference", js.samples_per_step, "samples/s", detail)
     self.record(name, row)
     self.step_rates[name] = row["closp_jax"]
     if with_matmul and self.wants("mfu_cpu"):
-      peak = common.median(matmul[self.sizes.warmup:])
+      peak = common.median(matmul[self.sizes.warmup :])
       achieved = js.flops / common.median(times["closp_jax"]) / 1e9
       ref_achieved = js.flops / common.median(times["reference"]) / 1e9
-      self.record("mfu_cpu", common.make_row(
-          achieved, peak, "GFLOP/s", common.HIGHER,
-          {"step": name, "flop_count": "XLA cost_analysis of the closp-jax step",
-           "matmul": "float32 2048^3, best of 3 per round, median over rounds",
-           "reference_gflops_same_count": round(ref_achieved, 2),
-           "matmul_repeats": [round(m, 1) for m in matmul]}))
+      self.record(
+        "mfu_cpu",
+        common.make_row(
+          achieved,
+          peak,
+          "GFLOP/s",
+          common.HIGHER,
+          {
+            "step": name,
+            "flop_count": "XLA cost_analysis of the closp-jax step",
+            "matmul": "float32 2048^3, best of 3 per round, median over rounds",
+            "reference_gflops_same_count": round(ref_achieved, 2),
+            "matmul_repeats": [round(m, 1) for m in matmul],
+          },
+        ),
+      )
     del js, ts
     gc.collect()
 
@@ -153,6 +203,7 @@ class Bench:
     if self._builder is None:
       from benchmarks import input_pipeline  # pylint: disable=import-outside-toplevel
       from closp_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+
       config = input_pipeline.bench_config(*self.sizes.archive) if self.sizes.archive else None
       say("preparing the synthetic archive (built once per data dir) ...")
       self._builder = pipeline.get_builder("crisis_landmark/sample", data_dir=self.data_dir, config=config)
@@ -161,12 +212,14 @@ class Bench:
   def release(self) -> Path:
     if self._release is None:
       from benchmarks import input_pipeline  # pylint: disable=import-outside-toplevel
+
       say("writing the release-layout HDF5 archive for the original-style reader ...")
       self._release = input_pipeline.synthetic_release(self.builder(), Path(self._tmp.name))
     return self._release
 
   def input_pipeline(self) -> None:
     from benchmarks import input_pipeline  # pylint: disable=import-outside-toplevel
+
     s, batch = self.sizes, 64
     builder, release = self.builder(), self.release()
     threads = 2
@@ -174,17 +227,25 @@ class Bench:
     drain = input_pipeline.grain_prefetch(threads)
     per_round = 2 * batch * s.pipeline_batches
     keys = input_pipeline.original_keys(release, per_round * (s.pipeline_repeats + s.warmup) + per_round)
-    chunks = iter([keys[i:i + per_round] for i in range(0, len(keys), per_round)])
+    chunks = iter([keys[i : i + per_round] for i in range(0, len(keys), per_round)])
     say(f"input_pipeline: {s.pipeline_repeats} rounds of {per_round} samples ...")
-    times = common.alternate({
+    times = common.alternate(
+      {
         # Batches already prefetched while the other contender ran are pulled first, untimed in
         # the work count (their time is in the round, so the rate is if anything low).
         "closp_jax": lambda: input_pipeline.take_batches(it, drain + s.pipeline_batches, batch),
         "reference": lambda: input_pipeline.read_original_keys(release, next(chunks)),
-    }, repeats=s.pipeline_repeats, warmup=s.warmup)
-    detail = {"dataset": builder.info.full_name, "batch_per_sensor": batch, "read_threads": threads,
-              "grain": "train_iterator: ArrayRecord read, decode, normalise, flips/rotations, tokens, batch",
-              "reference_reader": "h5py open of crisislandmark.h5 per sample, quirks, lon/lat; one process"}
+      },
+      repeats=s.pipeline_repeats,
+      warmup=s.warmup,
+    )
+    detail = {
+      "dataset": builder.info.full_name,
+      "batch_per_sensor": batch,
+      "read_threads": threads,
+      "grain": "train_iterator: ArrayRecord read, decode, normalise, flips/rotations, tokens, batch",
+      "reference_reader": "h5py open of crisislandmark.h5 per sample, quirks, lon/lat; one process",
+    }
     row = common.timed_row(times, "closp_jax", "reference", per_round, "samples/s", detail)
     if "input_pipeline" in self.rows:
       self.record("input_pipeline", row)
@@ -193,35 +254,57 @@ class Bench:
       if step is None:
         say("  input_pipeline_vs_step needs the train_step_sample row; skipped")
       else:
-        self.record("input_pipeline_vs_step", common.make_row(
-            row["closp_jax"], step, "samples/s", common.HIGHER,
-            {"reference_is": "closp-jax train_step_sample consumption (samples/s)",
-             "rn50_step_consumption": self.step_rates.get("train_step_rn50")}))
+        self.record(
+          "input_pipeline_vs_step",
+          common.make_row(
+            row["closp_jax"],
+            step,
+            "samples/s",
+            common.HIGHER,
+            {
+              "reference_is": "closp-jax train_step_sample consumption (samples/s)",
+              "rn50_step_consumption": self.step_rates.get("train_step_rn50"),
+            },
+          ),
+        )
 
   # -- retrieval --
   def retrieval(self) -> None:
     from benchmarks import retrieval  # pylint: disable=import-outside-toplevel
+
     s = self.sizes
     say(f"retrieval_top1000: {s.queries} queries x {s.docs:,} x {s.dim}, k={s.k} ...")
     corpus = retrieval.unit_vectors(s.docs, s.dim, 0)
     queries = retrieval.unit_vectors(s.queries, s.dim, 1)
     index = retrieval.FaissFlat(corpus)
     out = {}
-    times = common.alternate({
+    times = common.alternate(
+      {
         "closp_jax": lambda: out.__setitem__("jax", retrieval.jax_search(queries, corpus, s.k)),
         "reference": lambda: out.__setitem__("faiss", index.search(queries, s.k)),
-    }, repeats=s.retrieval_repeats, warmup=s.warmup)
+      },
+      repeats=s.retrieval_repeats,
+      warmup=s.warmup,
+    )
     agreement = retrieval.check_same(out["jax"], out["faiss"])
-    detail = {"queries": s.queries, "docs": s.docs, "dim": s.dim, "k": s.k, "reference_impl": "faiss IndexFlatIP",
-              **agreement}
+    detail = {
+      "queries": s.queries,
+      "docs": s.docs,
+      "dim": s.dim,
+      "k": s.k,
+      "reference_impl": "faiss IndexFlatIP",
+      **agreement,
+    }
     self.record("retrieval_top1000", common.timed_row(times, "closp_jax", "reference", s.queries, "queries/s", detail))
-    del corpus, index, out
+    corpus = index = out = None  # release the corpus before the next row
     gc.collect()
 
   # -- evaluation embedding --
   def eval_embed(self) -> None:
     import torch  # pylint: disable=import-outside-toplevel
+
     from benchmarks import eval_embed  # pylint: disable=import-outside-toplevel
+
     s = self.sizes
     builder, release = self.builder(), self.release()
     say(f"eval_embed: {s.eval_variant} towers, {s.eval_items} test samples per sensor, batch {s.eval_batch} ...")
@@ -231,31 +314,60 @@ class Bench:
     if jx.count != ref.count:
       raise RuntimeError(f"eval_embed: closp-jax embedded {jx.count} samples, the reference {ref.count}")
     chans = int(jx.cfg.model.s2_in_chans)
-    model_times = common.alternate({"closp_jax": jx.model_only("s2"), "reference": ref.model_only("s2", chans)},
-                                   repeats=s.eval_repeats, warmup=s.warmup)
-    detail = {"towers": s.eval_variant, "samples": jx.count, "eval_batch": s.eval_batch,
-              "torch_threads": torch.get_num_threads(),
-              "model_only_s2_samples_per_s": {
-                  k: round(common.median(common.rates(v, s.eval_batch)), 1) for k, v in model_times.items()}}
+    model_times = common.alternate(
+      {"closp_jax": jx.model_only("s2"), "reference": ref.model_only("s2", chans)},
+      repeats=s.eval_repeats,
+      warmup=s.warmup,
+    )
+    detail = {
+      "towers": s.eval_variant,
+      "samples": jx.count,
+      "eval_batch": s.eval_batch,
+      "torch_threads": torch.get_num_threads(),
+      "model_only_s2_samples_per_s": {
+        k: round(common.median(common.rates(v, s.eval_batch)), 1) for k, v in model_times.items()
+      },
+    }
     self.record("eval_embed", common.timed_row(times, "closp_jax", "reference", jx.count, "samples/s", detail))
 
   # -- loss memory --
   def loss_memory(self) -> None:
     s = self.sizes
     say(f"loss_memory: global batch {s.loss_batch} over {s.loss_devices} fake devices (compile only) ...")
-    cmd = [sys.executable, str(REPO / "benchmarks" / "loss_memory.py"), "--json", "--global_batch",
-           str(s.loss_batch), "--num_devices", str(s.loss_devices), "--dim", "384"]
+    cmd = [
+      sys.executable,
+      str(REPO / "benchmarks" / "loss_memory.py"),
+      "--json",
+      "--global_batch",
+      str(s.loss_batch),
+      "--num_devices",
+      str(s.loss_devices),
+      "--dim",
+      "384",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
     if proc.returncode != 0:
       raise RuntimeError(f"benchmarks/loss_memory.py failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     vg, fwd = result["value_and_grad"], result["loss"]
-    self.record("loss_memory", common.make_row(
-        vg["shard_map"], vg["dense"], "bytes", common.LOWER,
-        {"closp_jax_is": "shard_map ring loss (loss.chunked=True)", "reference_is": "dense loss, same jit",
-         "measure": "XLA temp_size_in_bytes per device of value_and_grad", "loss_only": fwd,
-         "global_batch": s.loss_batch, "devices": s.loss_devices}))
+    self.record(
+      "loss_memory",
+      common.make_row(
+        vg["shard_map"],
+        vg["dense"],
+        "bytes",
+        common.LOWER,
+        {
+          "closp_jax_is": "shard_map ring loss (loss.chunked=True)",
+          "reference_is": "dense loss, same jit",
+          "measure": "XLA temp_size_in_bytes per device of value_and_grad",
+          "loss_only": fwd,
+          "global_batch": s.loss_batch,
+          "devices": s.loss_devices,
+        },
+      ),
+    )
 
   # -- all --
   def run(self) -> dict:
@@ -263,11 +375,16 @@ class Bench:
     if self.wants("train_step_sample", "input_pipeline_vs_step"):
       self.train_step("train_step_sample", "sample", s.sample_batch, s.sample_repeats, {})
     if self.wants("train_step_rn50", "mfu_cpu"):
-      self.train_step("train_step_rn50", "paper", s.rn50_batch, s.rn50_repeats, PAPER_ALL_TRAINED,
-                      with_matmul=True)
+      self.train_step("train_step_rn50", "paper", s.rn50_batch, s.rn50_repeats, PAPER_ALL_TRAINED, with_matmul=True)
     if self.wants("train_step_rn50_bucketed") and s.bucketed_row:
-      self.train_step("train_step_rn50_bucketed", "paper", s.rn50_batch, s.rn50_repeats,
-                      {**PAPER_ALL_TRAINED, "data.bucket": True}, text_len=16)
+      self.train_step(
+        "train_step_rn50_bucketed",
+        "paper",
+        s.rn50_batch,
+        s.rn50_repeats,
+        {**PAPER_ALL_TRAINED, "data.bucket": True},
+        text_len=16,
+      )
     if self.wants("input_pipeline", "input_pipeline_vs_step"):
       self.input_pipeline()
     if self.wants("retrieval_top1000"):
@@ -295,8 +412,11 @@ def main(argv=None) -> int:
   parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (< 10 min here)")
   parser.add_argument("--json", default=None, help="write the rows to this JSON file (rewritten after each row)")
   parser.add_argument("--rows", default=None, help=f"comma-separated subset of: {', '.join(ALL_ROWS)}")
-  parser.add_argument("--data_dir", default=None, help="TFDS data dir for the synthetic archive "
-                      "(default $CLOSP_DATA_DIR or ~/tensorflow_datasets)")
+  parser.add_argument(
+    "--data_dir",
+    default=None,
+    help="TFDS data dir for the synthetic archive (default $CLOSP_DATA_DIR or ~/tensorflow_datasets)",
+  )
   args = parser.parse_args(argv)
   rows = parse_rows(args.rows)
   sizes = QUICK if args.quick else FULL
@@ -307,9 +427,11 @@ def main(argv=None) -> int:
   results = Bench(sizes, rows, args.data_dir, args.json).run()
   if args.json:
     common.write_json(args.json, results)
-  print(f"closp-jax benchmarks ({'quick' if args.quick else 'full'}), "
-        f"{machine['cpus']} x {machine['cpu']}, load average {machine['load_avg_1m']} at start, "
-        f"{common.load_average()} at end, {time.perf_counter() - start:.0f} s")
+  print(
+    f"closp-jax benchmarks ({'quick' if args.quick else 'full'}), "
+    f"{machine['cpus']} x {machine['cpu']}, load average {machine['load_avg_1m']} at start, "
+    f"{common.load_average()} at end, {time.perf_counter() - start:.0f} s"
+  )
   print(common.format_table(results))
   return 0
 

@@ -16,6 +16,7 @@ Text weights are not loaded (`init.text=''`): the same shapes and FLOPs, no file
 The contrastive loss here sees only this machine's batch; docs/scale.md adds the pod's
 global-batch loss (benchmarks/loss_memory.py) separately.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,19 +37,27 @@ def _parse(argv):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--config", default=os.path.join(REPO, "configs", "geoclosp.py") + ":pod")
   p.add_argument("--per_device_batch", type=_ints, default=[128], help="per sensor, comma-separated")
-  p.add_argument("--state_meshes", default="",
-                 help="data x fsdp x tensor meshes for the sharded-state report, e.g. 1x256x1,2x128x1")
+  p.add_argument(
+    "--state_meshes", default="", help="data x fsdp x tensor meshes for the sharded-state report, e.g. 1x256x1,2x128x1"
+  )
   p.add_argument("--time_steps", type=int, default=0, help="also run the step this many times and time it")
   p.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor over this machine's devices")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="config override, e.g. --set model.s2_encoder=resnet_tiny (repeatable)")
+  p.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="config override, e.g. --set model.s2_encoder=resnet_tiny (repeatable)",
+  )
   p.add_argument("--json", default="", help="write the results here (after every report)")
   return p.parse_args(argv)
 
 
 def load_config(args):
   import ml_collections  # pylint: disable=import-outside-toplevel
+
   from closp_jax.config import load_config  # pylint: disable=import-outside-toplevel
+
   cfg = ml_collections.ConfigDict(load_config(args.config).to_dict())
   cfg.init.text = ""
   cfg.optim.frozen = ()
@@ -63,8 +72,11 @@ def load_config(args):
     for part in parents:
       node = node[part]
     current = node[leaf]
-    node[leaf] = type(current)(value) if current is not None and not isinstance(current, bool) else (
-        value.lower() in ("1", "true") if isinstance(current, bool) else value)
+    node[leaf] = (
+      type(current)(value)
+      if current is not None and not isinstance(current, bool)
+      else (value.lower() in ("1", "true") if isinstance(current, bool) else value)
+    )
   return cfg
 
 
@@ -73,6 +85,7 @@ def state_report(cfg, shape: tuple[int, int, int]) -> dict:
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   from jax.sharding import AbstractMesh  # pylint: disable=import-outside-toplevel
+
   from closp_jax.models.towers import CLOSP  # pylint: disable=import-outside-toplevel
   from closp_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
   from closp_jax.train import setup  # pylint: disable=import-outside-toplevel
@@ -90,9 +103,16 @@ def state_report(cfg, shape: tuple[int, int, int]) -> dict:
   p_total, p_chip = mesh_lib.bytes_per_device(params, param_sh)
   o_total, o_chip = mesh_lib.bytes_per_device(opt, opt_sh)
   count = sum(x.size for x in jax.tree.leaves(params))
-  return {"chips": chips, "mesh": dict(zip(mesh_lib.MESH_AXES, shape)), "rules": cfg.mesh.rules,
-          "parameters": int(count), "param_bytes": p_total, "param_bytes_per_chip": p_chip,
-          "opt_bytes": o_total, "opt_bytes_per_chip": o_chip}
+  return {
+    "chips": chips,
+    "mesh": dict(zip(mesh_lib.MESH_AXES, shape)),
+    "rules": cfg.mesh.rules,
+    "parameters": int(count),
+    "param_bytes": p_total,
+    "param_bytes_per_chip": p_chip,
+    "opt_bytes": o_total,
+    "opt_bytes_per_chip": o_chip,
+  }
 
 
 def _cost(compiled) -> dict:
@@ -107,6 +127,7 @@ def step_report(cfg, per_device_batch: int, time_steps: int) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
+
   from closp_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
   from closp_jax.train import setup  # pylint: disable=import-outside-toplevel
   from closp_jax.train.step import Phase, make_train_step, phase_at  # pylint: disable=import-outside-toplevel
@@ -124,13 +145,19 @@ def step_report(cfg, per_device_batch: int, time_steps: int) -> dict:
 
   rng = np.random.default_rng(0)
   max_len = int(cfg.data.max_len)
+
   def sensor_batch(chans):
     ids = rng.integers(1000, 30000, (batch, max_len)).astype(np.int32)
     mask = np.zeros((batch, max_len), np.int32)
     mask[:, :12] = 1
-    return {"image": rng.normal(size=(batch, 120, 120, chans)).astype(np.float32), "input_ids": ids,
-            "attention_mask": mask, "lonlat": rng.uniform(-60, 60, (batch, 2)).astype(np.float32),
-            "text_id": np.zeros((batch,), np.int32)}
+    return {
+      "image": rng.normal(size=(batch, 120, 120, chans)).astype(np.float32),
+      "input_ids": ids,
+      "attention_mask": mask,
+      "lonlat": rng.uniform(-60, 60, (batch, 2)).astype(np.float32),
+      "text_id": np.zeros((batch,), np.int32),
+    }
+
   host = {"s2": sensor_batch(int(cfg.model.s2_in_chans)), "s1": sensor_batch(int(cfg.model.s1_in_chans))}
   gbatch = mesh_lib.global_batch(host, mesh)
   table = jnp.zeros((1, 1), jnp.float32)
@@ -140,17 +167,30 @@ def step_report(cfg, per_device_batch: int, time_steps: int) -> dict:
   compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   out = {
-      "per_device_batch": per_device_batch, "global_batch": batch, "devices": jax.device_count(),
-      "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
-      "mesh": dict(mesh.shape), "dtype": str(cfg.model.dtype), "compile_seconds": round(compile_s, 1),
-      "memory": {k: int(getattr(mem, k)) for k in (
-          "argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
-          "generated_code_size_in_bytes")},
-      "cost": _cost(compiled),
+    "per_device_batch": per_device_batch,
+    "global_batch": batch,
+    "devices": jax.device_count(),
+    "platform": jax.devices()[0].platform,
+    "device_kind": jax.devices()[0].device_kind,
+    "mesh": dict(mesh.shape),
+    "dtype": str(cfg.model.dtype),
+    "compile_seconds": round(compile_s, 1),
+    "memory": {
+      k: int(getattr(mem, k))
+      for k in (
+        "argument_size_in_bytes",
+        "output_size_in_bytes",
+        "alias_size_in_bytes",
+        "temp_size_in_bytes",
+        "generated_code_size_in_bytes",
+      )
+    },
+    "cost": _cost(compiled),
   }
   m = out["memory"]
-  out["memory"]["peak_estimate_bytes"] = (m["argument_size_in_bytes"] + m["output_size_in_bytes"]
-                                          - m["alias_size_in_bytes"] + m["temp_size_in_bytes"])
+  out["memory"]["peak_estimate_bytes"] = (
+    m["argument_size_in_bytes"] + m["output_size_in_bytes"] - m["alias_size_in_bytes"] + m["temp_size_in_bytes"]
+  )
   if time_steps > 0:
     for _ in range(2):  # warm-up (the first call also uploads the program)
       state, metrics = compiled(state, gbatch, table)
@@ -192,21 +232,27 @@ def main(argv=None) -> int:
     chips = r["chips"]
     results["state"].append(r)
     save()
-    print(f"state on {chips} chips ({r['rules']}, mesh {r['mesh']}): {r['parameters'] / 1e6:.1f}M parameters; "
-          f"params {r['param_bytes_per_chip'] / 2**20:.1f} MiB/chip of {r['param_bytes'] / 2**20:.1f} MiB, "
-          f"optimizer {r['opt_bytes_per_chip'] / 2**20:.1f} MiB/chip of {r['opt_bytes'] / 2**20:.1f} MiB", flush=True)
+    print(
+      f"state on {chips} chips ({r['rules']}, mesh {r['mesh']}): {r['parameters'] / 1e6:.1f}M parameters; "
+      f"params {r['param_bytes_per_chip'] / 2**20:.1f} MiB/chip of {r['param_bytes'] / 2**20:.1f} MiB, "
+      f"optimizer {r['opt_bytes_per_chip'] / 2**20:.1f} MiB/chip of {r['opt_bytes'] / 2**20:.1f} MiB",
+      flush=True,
+    )
   for b in args.per_device_batch:
     r = step_report(cfg, b, args.time_steps)
     results["step"].append(r)
     save()
     m = r["memory"]
-    line = (f"step, {b} per sensor per device on {r['devices']} {r['device_kind']} ({r['dtype']}): "
-            f"args {m['argument_size_in_bytes'] / 2**30:.2f} GiB, temp {m['temp_size_in_bytes'] / 2**30:.2f} GiB, "
-            f"peak~{m['peak_estimate_bytes'] / 2**30:.2f} GiB; {r['cost']['flops'] / 1e12:.2f} TFLOP/step/device; "
-            f"compiled in {r['compile_seconds']} s")
+    line = (
+      f"step, {b} per sensor per device on {r['devices']} {r['device_kind']} ({r['dtype']}): "
+      f"args {m['argument_size_in_bytes'] / 2**30:.2f} GiB, temp {m['temp_size_in_bytes'] / 2**30:.2f} GiB, "
+      f"peak~{m['peak_estimate_bytes'] / 2**30:.2f} GiB; {r['cost']['flops'] / 1e12:.2f} TFLOP/step/device; "
+      f"compiled in {r['compile_seconds']} s"
+    )
     if "step_seconds_median" in r:
-      line += (f"; {r['step_seconds_median'] * 1e3:.1f} ms/step, "
-               f"{r['achieved_flops_per_second'] / 1e12:.1f} TFLOP/s achieved")
+      line += (
+        f"; {r['step_seconds_median'] * 1e3:.1f} ms/step, {r['achieved_flops_per_second'] / 1e12:.1f} TFLOP/s achieved"
+      )
     print(line, flush=True)
   return 0
 

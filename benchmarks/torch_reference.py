@@ -22,6 +22,7 @@ sides have the same architecture, loss and optimizer:
                  schedule through LambdaLR, one optimizer step per S2 + S1 batch pair (the
                  original steps once per sensor batch; the closp-jax step once per pair).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,6 +37,7 @@ MAX_LOGIT_SCALE = 100.0
 
 # ---- image towers -------------------------------------------------------------------------------
 
+
 class TinyResNet(nn.Module):
   """closp-jax's resnet_tiny in torch: 7x7/2 stem (16), max pool, four stages of one timm BasicBlock
   (16, 32, 64, 128; stride 2 from stage 2 on), global average pool. timm's ResNet class fixes the
@@ -44,6 +46,7 @@ class TinyResNet(nn.Module):
   def __init__(self, in_chans: int, widths=(16, 32, 64, 128), stem_width: int = 16, num_classes: int = 0):
     super().__init__()
     from timm.models.resnet import BasicBlock  # pylint: disable=import-outside-toplevel
+
     self.conv1 = nn.Conv2d(in_chans, stem_width, 7, stride=2, padding=3, bias=False)
     self.bn1 = nn.BatchNorm2d(stem_width)
     self.act1 = nn.ReLU(inplace=True)
@@ -69,8 +72,12 @@ class TinyResNet(nn.Module):
     return self.fc(x.mean(dim=(2, 3)))
 
 
-_TIMM_NAMES = {"resnet50": "resnet50", "resnet18": "resnet18", "vit_s16": "vit_small_patch16_224",
-               "vit_l16": "vit_large_patch16_224"}
+_TIMM_NAMES = {
+  "resnet50": "resnet50",
+  "resnet18": "resnet18",
+  "vit_s16": "vit_small_patch16_224",
+  "vit_l16": "vit_large_patch16_224",
+}
 
 
 def image_encoder(name: str, in_chans: int, head_classes: int) -> nn.Module:
@@ -79,12 +86,16 @@ def image_encoder(name: str, in_chans: int, head_classes: int) -> nn.Module:
     return TinyResNet(in_chans, num_classes=head_classes)
   if name == "vit_tiny":  # closp-jax's test-sized ViT: 8 px patches, 96 wide, 2 blocks, 3 heads, 120 px grid
     from timm.models.vision_transformer import VisionTransformer  # pylint: disable=import-outside-toplevel
-    return VisionTransformer(img_size=120, patch_size=8, in_chans=in_chans, num_classes=head_classes,
-                             embed_dim=96, depth=2, num_heads=3)
+
+    return VisionTransformer(
+      img_size=120, patch_size=8, in_chans=in_chans, num_classes=head_classes, embed_dim=96, depth=2, num_heads=3
+    )
   if name not in _TIMM_NAMES:
-    raise ValueError(f"no PyTorch reference for image encoder {name!r}; known: resnet_tiny, vit_tiny, "
-                     f"{', '.join(_TIMM_NAMES)}")
+    raise ValueError(
+      f"no PyTorch reference for image encoder {name!r}; known: resnet_tiny, vit_tiny, {', '.join(_TIMM_NAMES)}"
+    )
   import timm  # pylint: disable=import-outside-toplevel
+
   return timm.create_model(_TIMM_NAMES[name], pretrained=False, in_chans=in_chans, num_classes=head_classes)
 
 
@@ -94,22 +105,35 @@ def _feature_width(encoder: nn.Module, head_classes: int) -> int:
 
 # ---- text tower ---------------------------------------------------------------------------------
 
+
 class NativeBert(nn.Module):
   """Post-LN BERT encoder (BertModel's computation, no dropout) in plain torch; returns the last
   hidden state [B, T, hidden]. Attention through scaled_dot_product_attention with a padding mask."""
 
-  def __init__(self, vocab_size=30522, hidden=384, layers=6, heads=12, intermediate=1536, max_position=512,
-               type_vocab=2, eps=1e-12):
+  def __init__(
+    self, vocab_size=30522, hidden=384, layers=6, heads=12, intermediate=1536, max_position=512, type_vocab=2, eps=1e-12
+  ):
     super().__init__()
     self.heads = heads
     self.word_embeddings = nn.Embedding(vocab_size, hidden)
     self.position_embeddings = nn.Embedding(max_position, hidden)
     self.token_type_embeddings = nn.Embedding(type_vocab, hidden)
     self.embeddings_norm = nn.LayerNorm(hidden, eps=eps)
-    self.layers = nn.ModuleList([nn.ModuleDict(dict(
-        qkv=nn.Linear(hidden, 3 * hidden), out=nn.Linear(hidden, hidden), norm1=nn.LayerNorm(hidden, eps=eps),
-        fc1=nn.Linear(hidden, intermediate), fc2=nn.Linear(intermediate, hidden),
-        norm2=nn.LayerNorm(hidden, eps=eps))) for _ in range(layers)])
+    self.layers = nn.ModuleList(
+      [
+        nn.ModuleDict(
+          dict(
+            qkv=nn.Linear(hidden, 3 * hidden),
+            out=nn.Linear(hidden, hidden),
+            norm1=nn.LayerNorm(hidden, eps=eps),
+            fc1=nn.Linear(hidden, intermediate),
+            fc2=nn.Linear(intermediate, hidden),
+            norm2=nn.LayerNorm(hidden, eps=eps),
+          )
+        )
+        for _ in range(layers)
+      ]
+    )
     for m in self.modules():
       if isinstance(m, (nn.Linear, nn.Embedding)):
         nn.init.normal_(m.weight, std=0.02)
@@ -119,8 +143,11 @@ class NativeBert(nn.Module):
   def forward(self, input_ids, attention_mask):
     b, t = input_ids.shape
     pos = torch.arange(t, device=input_ids.device)
-    x = (self.word_embeddings(input_ids) + self.position_embeddings(pos)[None]
-         + self.token_type_embeddings(torch.zeros_like(input_ids)))
+    x = (
+      self.word_embeddings(input_ids)
+      + self.position_embeddings(pos)[None]
+      + self.token_type_embeddings(torch.zeros_like(input_ids))
+    )
     x = self.embeddings_norm(x)
     keep = attention_mask.bool()[:, None, None, :]
     for layer in self.layers:
@@ -130,12 +157,16 @@ class NativeBert(nn.Module):
       x = layer["norm2"](x + layer["fc2"](F.gelu(layer["fc1"](x))))
     return x
 
-  def load_from_hf(self, bert) -> "NativeBert":
+  def load_from_hf(self, bert) -> NativeBert:
     """Copies the weights of a transformers BertModel of the same geometry (for parity checks)."""
     e = bert.embeddings
     with torch.no_grad():
-      for mine, theirs in ((self.word_embeddings, e.word_embeddings), (self.position_embeddings, e.position_embeddings),
-                           (self.token_type_embeddings, e.token_type_embeddings), (self.embeddings_norm, e.LayerNorm)):
+      for mine, theirs in (
+        (self.word_embeddings, e.word_embeddings),
+        (self.position_embeddings, e.position_embeddings),
+        (self.token_type_embeddings, e.token_type_embeddings),
+        (self.embeddings_norm, e.LayerNorm),
+      ):
         mine.load_state_dict(theirs.state_dict())
       for layer, hf in zip(self.layers, bert.encoder.layer):
         att = hf.attention.self
@@ -155,12 +186,20 @@ class HFBert(nn.Module):
   def __init__(self, text_cfg):
     super().__init__()
     from transformers import BertConfig, BertModel  # pylint: disable=import-outside-toplevel
+
     config = BertConfig(
-        vocab_size=int(text_cfg.vocab_size), hidden_size=int(text_cfg.hidden),
-        num_hidden_layers=int(text_cfg.layers), num_attention_heads=int(text_cfg.heads),
-        intermediate_size=int(text_cfg.intermediate), max_position_embeddings=int(text_cfg.max_position),
-        type_vocab_size=int(text_cfg.type_vocab), layer_norm_eps=float(text_cfg.layer_norm_eps),
-        hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+      vocab_size=int(text_cfg.vocab_size),
+      hidden_size=int(text_cfg.hidden),
+      num_hidden_layers=int(text_cfg.layers),
+      num_attention_heads=int(text_cfg.heads),
+      intermediate_size=int(text_cfg.intermediate),
+      max_position_embeddings=int(text_cfg.max_position),
+      type_vocab_size=int(text_cfg.type_vocab),
+      layer_norm_eps=float(text_cfg.layer_norm_eps),
+      hidden_act="gelu",
+      hidden_dropout_prob=0.0,
+      attention_probs_dropout_prob=0.0,
+    )
     self.bert = BertModel(config, add_pooling_layer=False)
 
   def forward(self, input_ids, attention_mask):
@@ -172,19 +211,28 @@ def text_encoder(text_cfg, impl: str = "auto") -> nn.Module:
   if impl == "auto":
     try:
       import transformers  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+
       impl = "hf"
     except ImportError:
       impl = "native"
   if impl == "hf":
     return HFBert(text_cfg)
   if impl == "native":
-    return NativeBert(int(text_cfg.vocab_size), int(text_cfg.hidden), int(text_cfg.layers), int(text_cfg.heads),
-                      int(text_cfg.intermediate), int(text_cfg.max_position), int(text_cfg.type_vocab),
-                      float(text_cfg.layer_norm_eps))
+    return NativeBert(
+      int(text_cfg.vocab_size),
+      int(text_cfg.hidden),
+      int(text_cfg.layers),
+      int(text_cfg.heads),
+      int(text_cfg.intermediate),
+      int(text_cfg.max_position),
+      int(text_cfg.type_vocab),
+      float(text_cfg.layer_norm_eps),
+    )
   raise ValueError(f"text impl must be 'auto', 'hf' or 'native', got {impl!r}")
 
 
 # ---- the model and its step ---------------------------------------------------------------------
+
 
 def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
   """Symmetric CLIP cross-entropy of scale * img @ txt.T (inputs already unit norm)."""
@@ -204,8 +252,9 @@ class TorchCLOSP(nn.Module):
     for sensor in ("s2", "s1"):
       enc = image_encoder(m[f"{sensor}_encoder"], int(m[f"{sensor}_in_chans"]), int(m[f"{sensor}_head_classes"]))
       setattr(self, f"{sensor}_encoder", enc)
-      setattr(self, f"{sensor}_projection",
-              nn.Linear(_feature_width(enc, int(m[f"{sensor}_head_classes"])), int(m.embed_dim)))
+      setattr(
+        self, f"{sensor}_projection", nn.Linear(_feature_width(enc, int(m[f"{sensor}_head_classes"])), int(m.embed_dim))
+      )
     if text_table is None:
       self.text_model = text_encoder(m.text, text_impl)
       self.register_buffer("text_table", None)
@@ -220,8 +269,9 @@ class TorchCLOSP(nn.Module):
 
   def encode_image(self, sensor: str, images: torch.Tensor) -> torch.Tensor:
     if self.image_size and tuple(images.shape[-2:]) != (self.image_size, self.image_size):
-      images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
-                             align_corners=bool(self.resize_align_corners))
+      images = F.interpolate(
+        images, size=(self.image_size, self.image_size), mode="bilinear", align_corners=bool(self.resize_align_corners)
+      )
     f = getattr(self, f"{sensor}_encoder")(images)
     return F.normalize(getattr(self, f"{sensor}_projection")(f).float(), dim=-1)
 
@@ -236,8 +286,10 @@ class TorchCLOSP(nn.Module):
 
   def loss(self, batch: dict) -> torch.Tensor:
     s = self.scale()
-    terms = [clip_loss(self.encode_image(sensor, batch[sensor]["image"]), self.encode_text(batch[sensor]), s)
-             for sensor in ("s2", "s1")]
+    terms = [
+      clip_loss(self.encode_image(sensor, batch[sensor]["image"]), self.encode_text(batch[sensor]), s)
+      for sensor in ("s2", "s1")
+    ]
     return sum(terms) / len(terms)
 
 
@@ -248,10 +300,10 @@ def adamw(model: nn.Module, optim_cfg) -> torch.optim.Optimizer:
     if not p.requires_grad:
       continue
     (decay if p.ndim >= 2 and "logit" not in name else no_decay).append(p)
-  groups = [{"params": decay, "weight_decay": float(optim_cfg.weight_decay)},
-            {"params": no_decay, "weight_decay": 0.0}]
-  return torch.optim.AdamW(groups, lr=float(optim_cfg.lr), betas=(float(optim_cfg.b1), float(optim_cfg.b2)),
-                           eps=float(optim_cfg.eps))
+  groups = [{"params": decay, "weight_decay": float(optim_cfg.weight_decay)}, {"params": no_decay, "weight_decay": 0.0}]
+  return torch.optim.AdamW(
+    groups, lr=float(optim_cfg.lr), betas=(float(optim_cfg.b1), float(optim_cfg.b2)), eps=float(optim_cfg.eps)
+  )
 
 
 def torch_batch(host_batch: dict, device: Any = "cpu", channels_last: bool = False) -> dict:
@@ -261,10 +313,12 @@ def torch_batch(host_batch: dict, device: Any = "cpu", channels_last: bool = Fal
     image = torch.from_numpy(b["image"]).permute(0, 3, 1, 2).contiguous()
     if channels_last:
       image = image.contiguous(memory_format=torch.channels_last)
-    out[sensor] = {"image": image.to(device),
-                   "input_ids": torch.from_numpy(b["input_ids"]).long().to(device),
-                   "attention_mask": torch.from_numpy(b["attention_mask"]).long().to(device),
-                   "text_id": torch.from_numpy(b["text_id"]).long().to(device)}
+    out[sensor] = {
+      "image": image.to(device),
+      "input_ids": torch.from_numpy(b["input_ids"]).long().to(device),
+      "attention_mask": torch.from_numpy(b["attention_mask"]).long().to(device),
+      "text_id": torch.from_numpy(b["text_id"]).long().to(device),
+    }
   return out
 
 
@@ -275,8 +329,18 @@ class TorchStep:
   torch.autocast does; parameters and optimizer state stay float32.
   """
 
-  def __init__(self, cfg, host_batch: dict, *, text_table=None, device: Any = "cpu",
-               autocast: Any = None, channels_last: bool = False, text_impl: str = "auto", lr_table=None):
+  def __init__(
+    self,
+    cfg,
+    host_batch: dict,
+    *,
+    text_table=None,
+    device: Any = "cpu",
+    autocast: Any = None,
+    channels_last: bool = False,
+    text_impl: str = "auto",
+    lr_table=None,
+  ):
     self.device = torch.device(device)
     frozen_text = "text_model" in tuple(cfg.optim.frozen)
     table = torch.from_numpy(text_table) if frozen_text and text_table is not None else None
@@ -291,7 +355,8 @@ class TorchStep:
     if lr_table is not None:  # the closp-jax schedule, step by step (factors of the base rate)
       factors = [float(v) / float(cfg.optim.lr) for v in lr_table]
       self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-          self.optimizer, lambda step: factors[min(step, len(factors) - 1)])
+        self.optimizer, lambda step: factors[min(step, len(factors) - 1)]
+      )
     self.grad_clip = float(cfg.optim.grad_clip or 0.0)
     self.batch = torch_batch(host_batch, self.device, channels_last)
     self.autocast = autocast

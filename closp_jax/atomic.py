@@ -8,6 +8,7 @@ and the folder's entry after it, so a machine that loses power right after a wri
 file or the new one, never an empty or partial one. A failure while writing leaves the previous
 file untouched and removes the temporary one. Files get the usual permissions of the process's umask.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,9 +65,11 @@ def write_with(path, write: Callable[[Path], Any]) -> Path:
 
 def write_text(path, text: str) -> Path:
   """Writes `text` (UTF-8, newlines as given) to `path` atomically."""
+
   def write(tmp: Path) -> None:
     with open(tmp, "w", encoding="utf-8", newline="") as f:
       f.write(text)
+
   return write_with(path, write)
 
 

@@ -12,6 +12,7 @@ a half-deleted old step, a full disk at the time) is not trusted: `restore_lates
 steps newest first, moves an unreadable one aside to WORKDIR/checkpoints_unreadable/ and says
 so, and restores the newest one that reads back whole.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,16 +20,17 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
-from closp_jax.errors import UserError
 from closp_jax import atomic
+from closp_jax.errors import UserError
 from closp_jax.parallel import data_checkpoint
 
 BEST_METRIC = "val_loss"
@@ -49,17 +51,21 @@ class Checkpointer:
     self.directory = Path(directory).expanduser().absolute()  # orbax wants absolute paths
     self.keep = max(int(keep), 1)
     self._last_saved: int | None = None  # the step of the latest save started (for error messages)
-    policy = cm.AnyPreservationPolicy([
+    policy = cm.AnyPreservationPolicy(
+      [
         cm.LatestN(n=max(int(keep), 1)),
         cm.BestN(get_metric_fn=_metric, n=1, keep_checkpoints_without_metrics=False),
-    ])
+      ]
+    )
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy, enable_async_checkpointing=async_save, create=True,
-        cleanup_tmp_directories=True)
+      preservation_policy=policy, enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True
+    )
     self.manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "data"),
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": data_checkpoint.DataIteratorHandler()})
+      self.directory,
+      options=options,
+      item_names=("state", "data"),
+      item_handlers={"state": ocp.StandardCheckpointHandler(), "data": data_checkpoint.DataIteratorHandler()},
+    )
 
   # -- queries ---------------------------------------------------------------
   def latest_step(self) -> int | None:
@@ -86,8 +92,9 @@ class Checkpointer:
       best = self.best_step()
       if best is None:
         raise CheckpointError(
-            f"no best checkpoint recorded in {self.directory} (best.json is written at each "
-            f"validation); available steps: {sorted(steps)}")
+          f"no best checkpoint recorded in {self.directory} (best.json is written at each "
+          f"validation); available steps: {sorted(steps)}"
+        )
       return best
     step = int(which)
     if step not in steps:
@@ -107,8 +114,11 @@ class Checkpointer:
       items["data"] = data_checkpoint.DataSave(data_iterator)
     try:
       saved = self.manager.save(
-          int(step), args=ocp.args.Composite(**items),
-          metrics={k: float(v) for k, v in metrics.items()} if metrics else None, force=force)
+        int(step),
+        args=ocp.args.Composite(**items),
+        metrics={k: float(v) for k, v in metrics.items()} if metrics else None,
+        force=force,
+      )
     except Exception as e:  # orbax wraps the OSError of a failed write in various types
       raise self._write_error(int(step), e) from e
     self._last_saved = int(step)
@@ -127,12 +137,16 @@ class Checkpointer:
       latest = None
     step = step if step is not None else self._last_saved
     what = f"checkpoint {step}" if step is not None else "a checkpoint"
-    kept = (f"the latest complete checkpoint is still step {latest}" if latest is not None
-            else "no complete checkpoint exists yet")
+    kept = (
+      f"the latest complete checkpoint is still step {latest}"
+      if latest is not None
+      else "no complete checkpoint exists yet"
+    )
     return CheckpointError(
-        f"writing {what} to {self.directory} failed ({_root_cause(err)}; {free}); {kept}. "
-        f"Free space or fix the permissions there (or pass --workdir on another disk), then run "
-        f"the same command again to resume.")
+      f"writing {what} to {self.directory} failed ({_root_cause(err)}; {free}); {kept}. "
+      f"Free space or fix the permissions there (or pass --workdir on another disk), then run "
+      f"the same command again to resume."
+    )
 
   def check_space(self, nbytes: int) -> str | None:
     """Raises CheckpointError if one checkpoint of `nbytes` cannot fit; a warning if `keep`+1 may not."""
@@ -140,12 +154,15 @@ class Checkpointer:
     mib = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
     if free < nbytes + (1 << 20):
       raise CheckpointError(
-          f"{self.directory} has {mib(free)} free, less than one checkpoint of this model "
-          f"(about {mib(nbytes)}): free space or pass --workdir on a disk with at least "
-          f"{mib((self.keep + 1) * nbytes)} free")
+        f"{self.directory} has {mib(free)} free, less than one checkpoint of this model "
+        f"(about {mib(nbytes)}): free space or pass --workdir on a disk with at least "
+        f"{mib((self.keep + 1) * nbytes)} free"
+      )
     if free < (self.keep + 1) * nbytes:
-      return (f"warning: {self.directory} has {mib(free)} free; keeping {self.keep} checkpoints of "
-              f"about {mib(nbytes)} each (plus one being written) may fill it")
+      return (
+        f"warning: {self.directory} has {mib(free)} free; keeping {self.keep} checkpoints of "
+        f"about {mib(nbytes)} each (plus one being written) may fill it"
+      )
     return None
 
   def _record_best(self, step: int, value: float) -> None:
@@ -170,8 +187,9 @@ class Checkpointer:
     """The newest step folder with a final name (it may still turn out unreadable)."""
     return self.manager.latest_step()
 
-  def restore_latest(self, abstract_state, data_iterator=None,
-                     say: Callable[[str], None] = print) -> tuple[Any, int | None]:
+  def restore_latest(
+    self, abstract_state, data_iterator=None, say: Callable[[str], None] = print
+  ) -> tuple[Any, int | None]:
     """(state, step) from the newest checkpoint that reads back whole; (None, None) if there is none.
 
     An unreadable step is moved to `<directory>_unreadable/<step>-<time>` (so a later save of
@@ -184,9 +202,10 @@ class Checkpointer:
       if step is None:
         if tried:
           raise CheckpointError(
-              f"none of the checkpoints in {self.directory} could be read back (steps "
-              f"{', '.join(map(str, tried))}, moved to {self.unreadable_dir}); delete "
-              f"{self.directory} to start from scratch")
+            f"none of the checkpoints in {self.directory} could be read back (steps "
+            f"{', '.join(map(str, tried))}, moved to {self.unreadable_dir}); delete "
+            f"{self.directory} to start from scratch"
+          )
         return None, None
       try:
         problem = self.layout_mismatch(step, abstract_state)
@@ -198,14 +217,17 @@ class Checkpointer:
         tried.append(step)
         moved = self._set_aside(step)
         self.manager.reload()
-        say(f"checkpoint {self.directory / str(step)} is incomplete or corrupt and was not restored "
-            f"({_root_cause(e)}); moved it to {moved}; trying the next older checkpoint")
+        say(
+          f"checkpoint {self.directory / str(step)} is incomplete or corrupt and was not restored "
+          f"({_root_cause(e)}); moved it to {moved}; trying the next older checkpoint"
+        )
         continue
       if problem is not None:  # a readable checkpoint of another model: not damage, do not touch it
         raise CheckpointError(
-            f"checkpoint {self.directory / str(step)} holds a different train state than this config "
-            f"builds ({problem}). Resume with the config it was written with (saved as config.json "
-            f"in the workdir), or pass another --workdir to start a new run.")
+          f"checkpoint {self.directory / str(step)} holds a different train state than this config "
+          f"builds ({problem}). Resume with the config it was written with (saved as config.json "
+          f"in the workdir), or pass another --workdir to start a new run."
+        )
       return state, step
 
   def layout_mismatch(self, step: int, abstract_state) -> str | None:
@@ -236,7 +258,7 @@ class Checkpointer:
     return self.directory.with_name(self.directory.name + "_unreadable")
 
   def _set_aside(self, step: int) -> Path:
-    stamp = time.strftime('%Y%m%d-%H%M%S')
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     target = self.unreadable_dir / f"{step}-{stamp}"
     n = 1
     while target.exists():  # the same step set aside twice within a second
@@ -246,6 +268,7 @@ class Checkpointer:
       os.replace(self.directory / str(step), target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
       multihost_utils.sync_global_devices(f"closp_checkpoint_set_aside_{step}")
     return target
 
@@ -272,14 +295,15 @@ def _root_cause(err: BaseException) -> str:
 
 def _layout(tree) -> dict[str, tuple[tuple[int, ...], str]]:
   """'params/s2_encoder/...' -> (shape, dtype) for a state pytree or orbax's metadata tree of it."""
+
   def name(entry) -> str:
     for attr in ("key", "name", "idx"):
       if hasattr(entry, attr):
         return str(getattr(entry, attr))
     return str(entry)
+
   leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
-  return {"/".join(name(e) for e in path): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
-          for path, leaf in leaves}
+  return {"/".join(name(e) for e in path): (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for path, leaf in leaves}
 
 
 def list_steps(directory: str | os.PathLike) -> list[int]:
@@ -297,15 +321,19 @@ def abstract_like(tree: Any) -> Any:
 
 # ---- the one way binaries read a run's parameters -----------------------------------------------
 
+
 def load_run_config(workdir: str | os.PathLike):
   """The config a training run saved in WORKDIR/config.json (ConfigDict, older shapes upgraded)."""
   import ml_collections  # pylint: disable=import-outside-toplevel
+
   from closp_jax.config import upgrade_saved_config  # pylint: disable=import-outside-toplevel
+
   path = Path(workdir) / "config.json"
   if not path.is_file():
     raise CheckpointError(
-        f"{path} not found: {workdir} is not a training workdir (the trainer writes config.json when a run "
-        "starts); pass the workdir of a run (closp-train --workdir DIR)")
+      f"{path} not found: {workdir} is not a training workdir (the trainer writes config.json when a run "
+      "starts); pass the workdir of a run (closp-train --workdir DIR)"
+    )
   try:
     data = json.loads(path.read_text())
   except json.JSONDecodeError as e:
@@ -326,9 +354,11 @@ def restore_variables(workdir: str | os.PathLike, config, which: str | int = "la
   config, and stays in place.
   """
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
   from closp_jax.models.towers import CLOSP  # pylint: disable=import-outside-toplevel
   from closp_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
   from closp_jax.train import setup  # pylint: disable=import-outside-toplevel
+
   workdir = Path(workdir).expanduser().absolute()  # orbax wants absolute paths; users give relative ones
   if mesh is None:
     mesh = jax.sharding.Mesh(np.array(jax.devices("cpu")[:1]), ("data",))
@@ -340,8 +370,10 @@ def restore_variables(workdir: str | os.PathLike, config, which: str | int = "la
     return model, variables, "untrained"
   directory = Path(workdir) / "checkpoints"
   if not directory.is_dir():
-    raise CheckpointError(f"no checkpoints folder {directory}: train first (closp-train --workdir {workdir}), "
-                          "or ask for the untrained model (--checkpoint untrained)")
+    raise CheckpointError(
+      f"no checkpoints folder {directory}: train first (closp-train --workdir {workdir}), "
+      "or ask for the untrained model (--checkpoint untrained)"
+    )
   ckpt = Checkpointer(directory, async_save=False)
   try:
     step = ckpt.resolve(which)
@@ -354,23 +386,31 @@ def restore_variables(workdir: str | os.PathLike, config, which: str | int = "la
     tree = boxed.get(col, {})
     if col == "batch_stats" and not tree:
       continue
-    shardings = (mesh_lib.param_shardings(tree, mesh, rules) if rules is not None
-                 else jax.tree.map(lambda _: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
-                                   nn.unbox(tree)))
-    target[col] = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                               nn.unbox(tree), shardings)
+    shardings = (
+      mesh_lib.param_shardings(tree, mesh, rules)
+      if rules is not None
+      else jax.tree.map(lambda _: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), nn.unbox(tree))
+    )
+    target[col] = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(tree), shardings
+    )
   state_dir = directory / str(step) / "state"
   quiet = logging.getLogger("absl")
   level = quiet.level
   quiet.setLevel(logging.ERROR)  # orbax warns that the item folder has no step metadata; it is the step's
   try:
     with ocp.PyTreeCheckpointer() as ckptr:
-      restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
-          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+      restored = ckptr.restore(
+        state_dir,
+        args=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+        ),
+      )
   except Exception as err:  # orbax raises several types for a tree that does not match
     raise CheckpointError(
-        f"{state_dir}: the checkpoint's parameters do not fit the model of {Path(workdir) / 'config.json'} "
-        f"({_root_cause(err)}); it stays in place") from err
+      f"{state_dir}: the checkpoint's parameters do not fit the model of {Path(workdir) / 'config.json'} "
+      f"({_root_cause(err)}); it stays in place"
+    ) from err
   finally:
     quiet.setLevel(level)
   return model, {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}, str(step)

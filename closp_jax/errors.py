@@ -7,10 +7,11 @@ traceback. A run stopped by SIGTERM / SIGINT after saving its checkpoint exits w
 (EX_TEMPFAIL from sysexits.h), so a scheduler can tell "stopped, requeue me" from "finished" (0)
 and from "failed" (1).
 """
+
 from __future__ import annotations
 
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 EXIT_OK = 0
 EXIT_USER = 1
@@ -40,6 +41,7 @@ def quiet_libraries() -> None:
   """orbax, grain and jax log routine steps at INFO; the binaries print their own progress. An
   explicit -v / --verbosity wins."""
   from absl import flags, logging  # pylint: disable=import-outside-toplevel
+
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
 

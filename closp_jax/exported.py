@@ -10,12 +10,14 @@ imports neither the model code (closp_jax.models, flax) nor the data pipeline, a
 numpy, safetensors and tokenizers. The functions run on whatever backend jax uses (cpu, cuda,
 rocm, tpu).
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +25,8 @@ from closp_jax.errors import UserError
 
 FORMAT = "closp-jax-export"
 SUPPORTED_VERSIONS = (1,)
-S2_STORED = 12      # bands stored in the release: 13 minus the zero B10
-S2_ZERO_BAND = 10   # where B10 goes
+S2_STORED = 12  # bands stored in the release: 13 minus the zero B10
+S2_ZERO_BAND = 10  # where B10 goes
 
 
 class ExportedModelError(UserError, ValueError):
@@ -50,8 +52,10 @@ class ExportedModel:
     self.folder = Path(folder)
     cfg_path = self.folder / "config.json"
     if not cfg_path.is_file():
-      raise ExportedModelError(f"{cfg_path} not found: {self.folder} is not a closp_jax export folder "
-                               "(write one with `python -m closp_jax.export`)")
+      raise ExportedModelError(
+        f"{cfg_path} not found: {self.folder} is not a closp_jax export folder "
+        "(write one with `python -m closp_jax.export`)"
+      )
     try:
       self.config: dict[str, Any] = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
@@ -59,8 +63,10 @@ class ExportedModel:
     if self.config.get("format") != FORMAT:
       raise ExportedModelError(f"{cfg_path}: field 'format' is {self.config.get('format')!r}, expected {FORMAT!r}")
     if self.config.get("version") not in SUPPORTED_VERSIONS:
-      raise ExportedModelError(f"{cfg_path}: field 'version' is {self.config.get('version')!r}; this closp_jax "
-                               f"reads versions {SUPPORTED_VERSIONS}")
+      raise ExportedModelError(
+        f"{cfg_path}: field 'version' is {self.config.get('version')!r}; this closp_jax "
+        f"reads versions {SUPPORTED_VERSIONS}"
+      )
     for field in ("weights", "functions", "sensors", "text", "embed_dim"):
       if field not in self.config:
         raise ExportedModelError(f"{cfg_path}: missing field {field!r}")
@@ -88,8 +94,10 @@ class ExportedModel:
       for k, i in wanted.items():
         aval = exported.in_avals[i]
         if tuple(weights[k].shape) != tuple(aval.shape) or weights[k].dtype != aval.dtype:
-          raise ExportedModelError(f"{weights_path}: tensor {k} is {weights[k].dtype}{list(weights[k].shape)}, "
-                                   f"{file} expects {aval.dtype}{list(aval.shape)}")
+          raise ExportedModelError(
+            f"{weights_path}: tensor {k} is {weights[k].dtype}{list(weights[k].shape)}, "
+            f"{file} expects {aval.dtype}{list(aval.shape)}"
+          )
       self._weights[name] = {k: jax.device_put(weights[k]) for k in wanted}
       self._functions[name] = jax.jit(exported.call)
     self._tokenizer = None
@@ -106,8 +114,10 @@ class ExportedModel:
   def __repr__(self) -> str:
     ckpt = self.config.get("checkpoint") or {}
     origin = "the authors' checkpoint" if ckpt.get("kind") == "official" else f"step {ckpt.get('step')}"
-    return (f"ExportedModel({str(self.folder)!r}, {self.config.get('name')}, {origin}, dim {self.embed_dim}, "
-            f"towers {sorted(self._functions)})")
+    return (
+      f"ExportedModel({str(self.folder)!r}, {self.config.get('name')}, {origin}, dim {self.embed_dim}, "
+      f"towers {sorted(self._functions)})"
+    )
 
   # -- running ---------------------------------------------------------------------------------
   def _run(self, name: str, arrays: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
@@ -117,7 +127,7 @@ class ExportedModel:
     fn, weights = self._functions[name], self._weights[name]
     out = []
     for start in range(0, n, batch_size):
-      chunk = [a[start:start + batch_size] for a in arrays]
+      chunk = [a[start : start + batch_size] for a in arrays]
       m = len(chunk[0])
       size = _bucket(m, batch_size)
       if size != m:
@@ -133,6 +143,7 @@ class ExportedModel:
       raise TypeError("encode_text expects a list of texts, got one str; wrap it in a list")
     if self._tokenizer is None:
       from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+
       path = self.folder / self.config["text"].get("tokenizer", "tokenizer/tokenizer.json")
       if not path.is_file():
         raise ExportedModelError(f"{path} not found (the export's tokenizer)")
@@ -145,9 +156,9 @@ class ExportedModel:
     for i, enc in enumerate(self._tokenizer.encode_batch([str(t) for t in texts])):
       row = list(enc.ids)
       if len(row) > self.max_len:
-        row = row[:self.max_len - 1] + row[-1:]
-      ids[i, :len(row)] = row
-      mask[i, :len(row)] = 1
+        row = row[: self.max_len - 1] + row[-1:]
+      ids[i, : len(row)] = row
+      mask[i, : len(row)] = 1
     return ids, mask
 
   def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
@@ -183,8 +194,9 @@ class ExportedModel:
     if tuple(x.shape[1:]) != want:
       extra = " or 12 (without B10)" if sensor == "s2" else ""
       raise ExportedModelError(
-          f"{sensor} images have shape {x.shape} ({layout} after adding N), expected [N, {want[0]}, {want[1]}, "
-          f"{want[2]}] in NHWC: {len(bands)} bands {', '.join(bands)}{extra}")
+        f"{sensor} images have shape {x.shape} ({layout} after adding N), expected [N, {want[0]}, {want[1]}, "
+        f"{want[2]}] in NHWC: {len(bands)} bands {', '.join(bands)}{extra}"
+      )
     return self._run(sensor, [np.ascontiguousarray(x)], batch_size)
 
   # -- location --------------------------------------------------------------------------------

@@ -21,15 +21,17 @@ row i of y, and compute in float32 whatever the input dtype. `logit_scale` is
 the multiplier applied to cosine similarities (already exponentiated, as in
 open_clip's ClipLoss); `logit_bias` is added after scaling (SigLIP).
 """
+
 from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 AxisNames = Sequence[str]
 
@@ -41,8 +43,8 @@ def _as_f32(*arrays):
 def _check_pair(x, y) -> None:
   if x.ndim != 2 or x.shape != y.shape:
     raise ValueError(
-        f"x and y must both have shape [batch, dim] and match; got x {tuple(x.shape)} "
-        f"and y {tuple(y.shape)}.")
+      f"x and y must both have shape [batch, dim] and match; got x {tuple(x.shape)} and y {tuple(y.shape)}."
+    )
 
 
 # --------------------------------------------------------------------------- dense
@@ -72,8 +74,7 @@ def directional_softmax_loss(x: jax.Array, y: jax.Array, logit_scale) -> jax.Arr
   return jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits))
 
 
-def sigmoid_contrastive_loss(x: jax.Array, y: jax.Array, logit_scale,
-                             logit_bias) -> jax.Array:
+def sigmoid_contrastive_loss(x: jax.Array, y: jax.Array, logit_scale, logit_bias) -> jax.Array:
   """SigLIP loss: -sum_ij log sigmoid(z_ij * (logit_scale <x_i, y_j> + logit_bias)) / B.
 
   z_ij = +1 on the diagonal (matching pairs) and -1 elsewhere. Returns a
@@ -93,8 +94,7 @@ def _ring(mesh: Mesh, axis_names: tuple[str, ...]):
   """Ring size and the ppermute pairs sending block k to device k + 1."""
   for name in axis_names:
     if name not in mesh.shape:
-      raise ValueError(
-          f"axis_names {axis_names}: mesh axis {name!r} not in the mesh axes {tuple(mesh.shape)}.")
+      raise ValueError(f"axis_names {axis_names}: mesh axis {name!r} not in the mesh axes {tuple(mesh.shape)}.")
   n = math.prod(mesh.shape[name] for name in axis_names)
   return n, [(i, (i + 1) % n) for i in range(n)]
 
@@ -104,8 +104,9 @@ def _check_chunked(x, y, mesh: Mesh, axis_names: tuple[str, ...]) -> None:
   n, _ = _ring(mesh, axis_names)
   if x.shape[0] % n:
     raise ValueError(
-        f"batch size {x.shape[0]} is not divisible by the {n} devices of mesh axes "
-        f"{axis_names}; the chunked loss needs equal local batches.")
+      f"batch size {x.shape[0]} is not divisible by the {n} devices of mesh axes "
+      f"{axis_names}; the chunked loss needs equal local batches."
+    )
 
 
 def _lse_update(m, l, logits, axis):
@@ -121,7 +122,7 @@ def _varying(value, axis_names):
   return jax.lax.pcast(value, axis_names, to="varying")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _chunked_softmax_fn(mesh: Mesh, axis_names: tuple[str, ...]):
   """Builds the custom-VJP ring softmax loss for one mesh and batch axes."""
   n, perm = _ring(mesh, axis_names)
@@ -189,11 +190,10 @@ def _chunked_softmax_fn(mesh: Mesh, axis_names: tuple[str, ...]):
     ds = jax.lax.psum(ds - 2.0 * c * jnp.sum(x * y), axis_names)
     return dx.astype(x_dtype), dy.astype(y_dtype), ds
 
-  fwd_sharded = jax.shard_map(
-      fwd_body, mesh=mesh, in_specs=(batch, batch, P()), out_specs=(P(), vec, vec))
+  fwd_sharded = jax.shard_map(fwd_body, mesh=mesh, in_specs=(batch, batch, P()), out_specs=(P(), vec, vec))
   bwd_sharded = jax.shard_map(
-      bwd_body, mesh=mesh, in_specs=(batch, batch, P(), vec, vec, P()),
-      out_specs=(batch, batch, P()))
+    bwd_body, mesh=mesh, in_specs=(batch, batch, P(), vec, vec, P()), out_specs=(batch, batch, P())
+  )
 
   @jax.custom_vjp
   def loss_fn(x, y, s):
@@ -210,7 +210,7 @@ def _chunked_softmax_fn(mesh: Mesh, axis_names: tuple[str, ...]):
   return loss_fn
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _chunked_sigmoid_fn(mesh: Mesh, axis_names: tuple[str, ...]):
   """Builds the custom-VJP ring sigmoid loss for one mesh and batch axes."""
   n, perm = _ring(mesh, axis_names)
@@ -267,11 +267,10 @@ def _chunked_sigmoid_fn(mesh: Mesh, axis_names: tuple[str, ...]):
     ds, db = jax.lax.psum((ds, db), axis_names)
     return (s * dx).astype(x_dtype), (s * dy).astype(y_dtype), ds, db
 
-  fwd_sharded = jax.shard_map(
-      forward, mesh=mesh, in_specs=(batch, batch, P(), P()), out_specs=P())
+  fwd_sharded = jax.shard_map(forward, mesh=mesh, in_specs=(batch, batch, P(), P()), out_specs=P())
   bwd_sharded = jax.shard_map(
-      bwd_body, mesh=mesh, in_specs=(batch, batch, P(), P(), P()),
-      out_specs=(batch, batch, P(), P()))
+    bwd_body, mesh=mesh, in_specs=(batch, batch, P(), P(), P()), out_specs=(batch, batch, P(), P())
+  )
 
   @jax.custom_vjp
   def loss_fn(x, y, s, b):
@@ -287,9 +286,9 @@ def _chunked_sigmoid_fn(mesh: Mesh, axis_names: tuple[str, ...]):
   return loss_fn
 
 
-def chunked_softmax_contrastive_loss(x: jax.Array, y: jax.Array, logit_scale, *,
-                                     mesh: Mesh,
-                                     axis_names: AxisNames = ("data",)) -> jax.Array:
+def chunked_softmax_contrastive_loss(
+  x: jax.Array, y: jax.Array, logit_scale, *, mesh: Mesh, axis_names: AxisNames = ("data",)
+) -> jax.Array:
   """`softmax_contrastive_loss` as a shard_map ring over the mesh axes `axis_names`.
 
   The batch dimension of x and y is split over `axis_names` (in that order,
@@ -302,9 +301,9 @@ def chunked_softmax_contrastive_loss(x: jax.Array, y: jax.Array, logit_scale, *,
   return _chunked_softmax_fn(mesh, axis_names)(x, y, s)
 
 
-def chunked_sigmoid_contrastive_loss(x: jax.Array, y: jax.Array, logit_scale, logit_bias, *,
-                                     mesh: Mesh,
-                                     axis_names: AxisNames = ("data",)) -> jax.Array:
+def chunked_sigmoid_contrastive_loss(
+  x: jax.Array, y: jax.Array, logit_scale, logit_bias, *, mesh: Mesh, axis_names: AxisNames = ("data",)
+) -> jax.Array:
   """`sigmoid_contrastive_loss` as a shard_map ring over the mesh axes `axis_names`."""
   axis_names = tuple(axis_names)
   _check_chunked(x, y, mesh, axis_names)
@@ -317,9 +316,17 @@ def chunked_sigmoid_contrastive_loss(x: jax.Array, y: jax.Array, logit_scale, lo
 LOSS_KINDS = ("softmax", "sigmoid")
 
 
-def contrastive_loss(x: jax.Array, y: jax.Array, logit_scale, logit_bias=None, *,
-                     kind: str = "softmax", mesh: Mesh | None = None, chunked: bool = False,
-                     axis_names: AxisNames = ("data",)) -> jax.Array:
+def contrastive_loss(
+  x: jax.Array,
+  y: jax.Array,
+  logit_scale,
+  logit_bias=None,
+  *,
+  kind: str = "softmax",
+  mesh: Mesh | None = None,
+  chunked: bool = False,
+  axis_names: AxisNames = ("data",),
+) -> jax.Array:
   """Dispatches to the dense or chunked softmax / sigmoid contrastive loss.
 
   kind: "softmax" (CLIP; takes no bias) or "sigmoid" (SigLIP; needs logit_bias).
@@ -328,18 +335,18 @@ def contrastive_loss(x: jax.Array, y: jax.Array, logit_scale, logit_bias=None, *
   if kind not in LOSS_KINDS:
     raise ValueError(f"kind={kind!r}: expected one of {LOSS_KINDS}.")
   if kind == "softmax" and logit_bias is not None:
-    raise ValueError("kind='softmax' takes no logit_bias (a constant bias cancels in the "
-                     "softmax); pass logit_bias=None or use kind='sigmoid'.")
+    raise ValueError(
+      "kind='softmax' takes no logit_bias (a constant bias cancels in the "
+      "softmax); pass logit_bias=None or use kind='sigmoid'."
+    )
   if kind == "sigmoid" and logit_bias is None:
     raise ValueError("kind='sigmoid' needs logit_bias (SigLIP initialises it at -10).")
   if chunked and mesh is None:
     raise ValueError("chunked=True needs mesh= (the mesh whose axis_names split the batch).")
   if kind == "softmax":
     if chunked:
-      return chunked_softmax_contrastive_loss(x, y, logit_scale, mesh=mesh,
-                                              axis_names=axis_names)
+      return chunked_softmax_contrastive_loss(x, y, logit_scale, mesh=mesh, axis_names=axis_names)
     return softmax_contrastive_loss(x, y, logit_scale)
   if chunked:
-    return chunked_sigmoid_contrastive_loss(x, y, logit_scale, logit_bias, mesh=mesh,
-                                            axis_names=axis_names)
+    return chunked_sigmoid_contrastive_loss(x, y, logit_scale, logit_bias, mesh=mesh, axis_names=axis_names)
   return sigmoid_contrastive_loss(x, y, logit_scale, logit_bias)

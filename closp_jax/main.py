@@ -13,6 +13,7 @@ step: run the same command again to resume (launch/gpu/slurm.sbatch requeues on 
 line `error: ...` on stderr for a fault the user fixes (config, devices, dataset, workdir, weights,
 non-finite values); a traceback only for a bug.
 """
+
 from __future__ import annotations
 
 import sys
@@ -25,15 +26,23 @@ from closp_jax.config import exit_on_bad_config_args
 from closp_jax.train.preemption import Preempted, install_early_handlers, stopped_message
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Training recipe: a packaged name (closp, geoclosp) or a file (configs/*.py), with an "
-    "optional :variant (geoclosp:paper).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, summaries, logs and evaluations go "
-                               "(default: ./workdir/<config name>).")
+  "config",
+  None,
+  "Training recipe: a packaged name (closp, geoclosp) or a file (configs/*.py), with an "
+  "optional :variant (geoclosp:paper).",
+  lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Where checkpoints, summaries, logs and evaluations go (default: ./workdir/<config name>)."
+)
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 _PID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
-_AUTO = flags.DEFINE_bool("distributed_auto", None, "Let JAX detect the cluster (Cloud TPU, SLURM); "
-                          "default: on when such an environment is seen.")
+_AUTO = flags.DEFINE_bool(
+  "distributed_auto",
+  None,
+  "Let JAX detect the cluster (Cloud TPU, SLURM); default: on when such an environment is seen.",
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -45,13 +54,16 @@ def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from closp_jax.parallel import distributed  # pylint: disable=import-outside-toplevel
+
   config = _CONFIG.value
   distributed.initialize(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value)
   # pylint: disable=import-outside-toplevel  (after initialize: these touch the devices)
   from closp_jax.retrieval.training_eval import TrainingEvaluator
   from closp_jax.train import loop
-  result = loop.train_and_evaluate(config, _WORKDIR.value or default_workdir(config),
-                                   evaluator_factory=TrainingEvaluator)
+
+  result = loop.train_and_evaluate(
+    config, _WORKDIR.value or default_workdir(config), evaluator_factory=TrainingEvaluator
+  )
   return errors.EXIT_STOPPED if result.get("signal") else errors.EXIT_OK
 
 

@@ -11,6 +11,7 @@ scheduler's log) it is plain lines, at most one per `every` positions and one pe
 plain lines and messages either way. Results (tables, paths written) are the caller's to print on
 stdout; everything here goes to stderr, and only from JAX process 0 unless told otherwise.
 """
+
 from __future__ import annotations
 
 import sys
@@ -36,6 +37,7 @@ def _fmt_value(value) -> str:
 def _is_main_process() -> bool:
   try:
     import jax  # pylint: disable=import-outside-toplevel
+
     return jax.process_index() == 0
   except Exception:  # pylint: disable=broad-except  (no backend yet: a single process)
     return True
@@ -69,8 +71,9 @@ class Reporter:
       print(text, file=self.stream, flush=True)
     self._log(text)
 
-  def task(self, total: int | None, desc: str, unit: str = "it", *, start: int = 0, every: int = 1,
-           seconds: float = 30.0) -> "Task":
+  def task(
+    self, total: int | None, desc: str, unit: str = "it", *, start: int = 0, every: int = 1, seconds: float = 30.0
+  ) -> Task:
     return Task(self, total, desc, unit, start=start, every=every, seconds=seconds)
 
   def close(self) -> None:
@@ -88,8 +91,9 @@ class Reporter:
 class Task:
   """The progress of one long piece of work (Reporter.task)."""
 
-  def __init__(self, reporter: Reporter, total: int | None, desc: str, unit: str, *, start: int, every: int,
-               seconds: float):
+  def __init__(
+    self, reporter: Reporter, total: int | None, desc: str, unit: str, *, start: int, every: int, seconds: float
+  ):
     self.reporter, self.total, self.desc, self.unit = reporter, total, desc, unit
     self.position = start
     self.every, self.seconds = max(int(every), 1), float(seconds)
@@ -98,8 +102,10 @@ class Task:
     self._bar = None
     if reporter.enabled and reporter.tty:
       from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-      self._bar = tqdm(total=total, initial=start, desc=desc, unit=unit, file=reporter.stream,
-                       dynamic_ncols=True, leave=True)
+
+      self._bar = tqdm(
+        total=total, initial=start, desc=desc, unit=unit, file=reporter.stream, dynamic_ncols=True, leave=True
+      )
       reporter._bar = self._bar  # pylint: disable=protected-access
 
   def restart_clock(self) -> None:

@@ -15,10 +15,11 @@ ranked results, `serve` runs the web page and its JSON API. See docs/search.md.
 Flags live in a FlagValues of this binary's own (absl), not the global one: closp_jax.evaluate
 defines --model, --data, --data_dir and --out globally, and one process (a test run) may import both.
 """
+
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from absl import flags
 
@@ -35,33 +36,68 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   """Every flag of closp-search, in `fv`."""
   d = {"flag_values": fv}
   # what to index
-  flags.DEFINE_string("model", None, "Exported model folder (closp-export / python -m closp_jax.export); query and "
-                      "serve default to the one that built the index.", **d)
+  flags.DEFINE_string(
+    "model",
+    None,
+    "Exported model folder (closp-export / python -m closp_jax.export); query and "
+    "serve default to the one that built the index.",
+    **d,
+  )
   flags.DEFINE_string("data", None, "index: a prepared tfds dataset, e.g. crisis_landmark/sample.", **d)
   flags.DEFINE_string("folder", None, "index: a folder of .npy / GeoTIFF patches (sidecar .json for metadata).", **d)
-  flags.DEFINE_multi_string("scenes", None, "index: GeoTIFF / COG scene files or folders of them, cut into 120-px "
-                            "chips (repeat the flag for several).", **d)
-  flags.DEFINE_string("stac", None, "index: a local STAC catalog.json / collection.json / item file (Sentinel-2 L2A, "
-                      "Sentinel-1 GRD items).", **d)
+  flags.DEFINE_multi_string(
+    "scenes",
+    None,
+    "index: GeoTIFF / COG scene files or folders of them, cut into 120-px chips (repeat the flag for several).",
+    **d,
+  )
+  flags.DEFINE_string(
+    "stac",
+    None,
+    "index: a local STAC catalog.json / collection.json / item file (Sentinel-2 L2A, Sentinel-1 GRD items).",
+    **d,
+  )
   flags.DEFINE_string("split", "test", "index --data: the dataset split.", **d)
-  flags.DEFINE_string("data_dir", None, "index --data: where the dataset is prepared (default: $CLOSP_DATA_DIR or "
-                      "~/tensorflow_datasets).", **d)
+  flags.DEFINE_string(
+    "data_dir",
+    None,
+    "index --data: where the dataset is prepared (default: $CLOSP_DATA_DIR or ~/tensorflow_datasets).",
+    **d,
+  )
   flags.DEFINE_alias("data-dir", "data_dir", flag_values=fv)
-  flags.DEFINE_enum("sensor", "all", ["all", "s2", "s1"], "index --data: only this sensor; --folder/--scenes: the "
-                    "sensor of every file (default: from band names); query: results of this sensor only.", **d)
-  flags.DEFINE_string("bands", None, "index --folder/--scenes: band order of GeoTIFFs without band descriptions, "
-                      "e.g. B1,B2,B3,B4,B5,B6,B7,B8,B8A,B9,B11,B12 or VV,VH.", **d)
-  flags.DEFINE_string("timestamp", None, "index --scenes: acquisition time of scenes whose files carry none "
-                      "(ISO 8601).", **d)
-  flags.DEFINE_float("max_nodata", 0.0, "index --scenes/--stac: skip chips with more than this fraction of nodata "
-                     "pixels (0: any).", **d)
+  flags.DEFINE_enum(
+    "sensor",
+    "all",
+    ["all", "s2", "s1"],
+    "index --data: only this sensor; --folder/--scenes: the "
+    "sensor of every file (default: from band names); query: results of this sensor only.",
+    **d,
+  )
+  flags.DEFINE_string(
+    "bands",
+    None,
+    "index --folder/--scenes: band order of GeoTIFFs without band descriptions, "
+    "e.g. B1,B2,B3,B4,B5,B6,B7,B8,B8A,B9,B11,B12 or VV,VH.",
+    **d,
+  )
+  flags.DEFINE_string(
+    "timestamp", None, "index --scenes: acquisition time of scenes whose files carry none (ISO 8601).", **d
+  )
+  flags.DEFINE_float(
+    "max_nodata", 0.0, "index --scenes/--stac: skip chips with more than this fraction of nodata pixels (0: any).", **d
+  )
   flags.DEFINE_string("out", None, "index: the index folder.", **d)
   flags.DEFINE_integer("chunk", 512, "index: rows per resumable chunk.", **d)
   flags.DEFINE_integer("batch_size", 64, "index: images per model call.", **d)
   flags.DEFINE_alias("batch-size", "batch_size", flag_values=fv)
   # index types
-  flags.DEFINE_enum("index_type", "exact", ["exact", "ivfpq", "hnsw"], "index: also build this approximate index; "
-                    "query/serve: search with it (exact: every row scored).", **d)
+  flags.DEFINE_enum(
+    "index_type",
+    "exact",
+    ["exact", "ivfpq", "hnsw"],
+    "index: also build this approximate index; query/serve: search with it (exact: every row scored).",
+    **d,
+  )
   flags.DEFINE_integer("nlist", 0, "ivfpq: inverted lists (0: 4 sqrt(N), a power of two, at most 8192).", **d)
   flags.DEFINE_integer("pq_m", 0, "ivfpq: PQ sub-quantizers of 8 bits (0: dim / 8).", **d)
   flags.DEFINE_integer("hnsw_m", 32, "hnsw: graph degree.", **d)
@@ -81,8 +117,14 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_string("bbox", None, "query: MINLON,MINLAT,MAXLON,MAXLAT in degrees (write --bbox=-10,35,5,44).", **d)
   flags.DEFINE_string("start", None, "query: results taken on or after this date (YYYY-MM-DD).", **d)
   flags.DEFINE_string("end", None, "query: results taken on or before this date (YYYY-MM-DD, inclusive).", **d)
-  flags.DEFINE_enum("fusion", "raw", ["raw", "zscore", "rrf"], "query --sensor all: how the S2 and S1 lists merge "
-                    "(raw: one ranking by inner product; zscore / rrf: see docs/evaluation.md).", **d)
+  flags.DEFINE_enum(
+    "fusion",
+    "raw",
+    ["raw", "zscore", "rrf"],
+    "query --sensor all: how the S2 and S1 lists merge "
+    "(raw: one ranking by inner product; zscore / rrf: see docs/evaluation.md).",
+    **d,
+  )
   flags.DEFINE_bool("json", False, "query: print the results as JSON.", **d)
   flags.DEFINE_string("png", None, "query: write a contact sheet of the results to this PNG.", **d)
   flags.DEFINE_integer("columns", 5, "query --png: tiles per row.", **d)
@@ -93,10 +135,18 @@ def define_flags(fv: flags.FlagValues) -> flags.FlagValues:
   flags.DEFINE_integer("port", 8080, "serve: port.", **d)
   flags.DEFINE_integer("max_k", 100, "serve: the largest k a request may ask for (at most 1000).", **d)
   flags.DEFINE_integer("threads", 8, "serve: worker threads.", **d)
-  flags.DEFINE_string("cache_dir", None, "serve: where thumbnails are written (default: "
-                      "~/.cache/closp_jax/search/<hash of the index path>).", **d)
-  flags.DEFINE_string("tiles", "osm", "serve: map tiles: osm (OpenStreetMap), none (the bundled world outline "
-                      "only), or a URL template with {z}/{x}/{y}.", **d)
+  flags.DEFINE_string(
+    "cache_dir",
+    None,
+    "serve: where thumbnails are written (default: ~/.cache/closp_jax/search/<hash of the index path>).",
+    **d,
+  )
+  flags.DEFINE_string(
+    "tiles",
+    "osm",
+    "serve: map tiles: osm (OpenStreetMap), none (the bundled world outline only), or a URL template with {z}/{x}/{y}.",
+    **d,
+  )
   flags.DEFINE_float("stop_after", None, "serve: stop after this many seconds (tests, demos).", **d)
   return fv
 
@@ -123,6 +173,7 @@ def _need(fv, *names: str, command: str) -> None:
 
 def _source(fv):
   from closp_jax.search_lib import sources  # pylint: disable=import-outside-toplevel
+
   given = [n for n in ("data", "folder", "scenes", "stac") if fv[n].value]
   if len(given) != 1:
     raise UsageError(f"index needs exactly one of --data, --folder, --scenes, --stac (got {given or 'none'})")
@@ -130,6 +181,7 @@ def _source(fv):
   bands = None
   if fv.bands:
     from closp_jax.search_lib.geotiff import parse_bands  # pylint: disable=import-outside-toplevel
+
     bands = parse_bands(fv.bands)
   if fv.data:
     return sources.ArchiveSource(fv.data, fv.split, fv.data_dir, sources.SENSORS if sensor is None else (sensor,))
@@ -137,16 +189,23 @@ def _source(fv):
     return sources.FolderSource(fv.folder, sensor, bands)
   if fv.scenes:
     from closp_jax.search_lib import scenes  # pylint: disable=import-outside-toplevel
+
     found, root = scenes.scenes_from_paths(fv.scenes, bands=bands, sensor=sensor, timestamp=fv.timestamp)
-    return scenes.SceneSource(found, max_nodata=fv.max_nodata, stream=sys.stderr,
-                              description={"kind": "scenes", "root": str(root), "scenes": [s.describe() for s in found]})
+    return scenes.SceneSource(
+      found,
+      max_nodata=fv.max_nodata,
+      stream=sys.stderr,
+      description={"kind": "scenes", "root": str(root), "scenes": [s.describe() for s in found]},
+    )
   from closp_jax.search_lib import stac  # pylint: disable=import-outside-toplevel
+
   return stac.catalog_source(fv.stac, max_nodata=fv.max_nodata, stream=sys.stderr)
 
 
 def run_index(fv) -> int:
   from closp_jax.parallel import distributed  # pylint: disable=import-outside-toplevel
   from closp_jax.search_lib import index as index_lib  # pylint: disable=import-outside-toplevel
+
   _need(fv, "model", "out", command="index")
   try:
     plan = distributed.initialize(fv.coordinator_address, fv.num_processes, fv.process_id)
@@ -157,6 +216,7 @@ def run_index(fv) -> int:
   if plan.starts:
     import jax  # pylint: disable=import-outside-toplevel
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
     pid, n = jax.process_index(), jax.process_count()
     index_lib.build_index_shard(fv.model, fv.out, source, pid, n, **kwargs)
     multihost_utils.sync_global_devices("closp-search index: shards written")
@@ -169,6 +229,7 @@ def run_index(fv) -> int:
     index_lib.build_index(fv.model, fv.out, source, **kwargs)
   if fv.index_type != "exact":
     from closp_jax.search_lib import backends  # pylint: disable=import-outside-toplevel
+
     idx = index_lib.open_index(fv.out)
     params = backends.AnnParams(nlist=fv.nlist, pq_m=fv.pq_m, hnsw_m=fv.hnsw_m)
     path = backends.build_ann(idx.folder, idx.embeddings, fv.index_type, params, stream=sys.stderr)
@@ -183,6 +244,7 @@ def open_for_search(fv):
   from closp_jax.search_lib import backends  # pylint: disable=import-outside-toplevel
   from closp_jax.search_lib import index as index_lib  # pylint: disable=import-outside-toplevel
   from closp_jax.search_lib import query as query_lib  # pylint: disable=import-outside-toplevel
+
   index = index_lib.open_index(fv.index)
   model_dir = fv.model or index.manifest["model"]["path"]
   try:
@@ -197,6 +259,7 @@ def open_for_search(fv):
 
 def run_query(fv, args: list[str]) -> int:
   from closp_jax.search_lib import query as query_lib  # pylint: disable=import-outside-toplevel
+
   _need(fv, "index", command="query")
   if len(args) != 1:
     raise UsageError(f"query takes one text after the subcommand, got {len(args)}: {args}")
@@ -217,6 +280,7 @@ def run_query(fv, args: list[str]) -> int:
   for path in (fv.geojson, fv.csv):
     if path:
       from closp_jax.search_lib import geojson  # pylint: disable=import-outside-toplevel
+
       geojson.write_results(results, path, query={"q": args[0]})
       print(f"wrote {path} ({len(results)} results)", file=sys.stderr)
   if fv.png:
@@ -224,6 +288,7 @@ def run_query(fv, args: list[str]) -> int:
       print("no results: no contact sheet written", file=sys.stderr)
       return 0
     from closp_jax.search_lib import contact_sheet  # pylint: disable=import-outside-toplevel
+
     source = index.source()
     sheet, _ = contact_sheet.contact_sheet(results, [source.image(r) for r in results], columns=fv.columns)
     contact_sheet.save_png(sheet, fv.png)
@@ -233,7 +298,9 @@ def run_query(fv, args: list[str]) -> int:
 
 def run_serve(fv) -> int:
   import threading  # pylint: disable=import-outside-toplevel
+
   from closp_jax.search_lib import server  # pylint: disable=import-outside-toplevel
+
   _need(fv, "index", command="serve")
   index, model, backend = open_for_search(fv)
   tiles = {"osm": server.OSM_TILES, "none": None}.get(fv.tiles, fv.tiles)
@@ -244,8 +311,12 @@ def run_serve(fv) -> int:
     timer = threading.Timer(fv.stop_after, httpd.close)
     timer.daemon = True
     timer.start()
-  print(f"closp-search: serving {index.folder} ({len(index)} patches, {getattr(backend, 'kind', 'exact')}) on "
-        f"http://{fv.host}:{httpd.effective_port}/ ; thumbnails in {service.cache_dir}", file=sys.stderr, flush=True)
+  print(
+    f"closp-search: serving {index.folder} ({len(index)} patches, {getattr(backend, 'kind', 'exact')}) on "
+    f"http://{fv.host}:{httpd.effective_port}/ ; thumbnails in {service.cache_dir}",
+    file=sys.stderr,
+    flush=True,
+  )
   try:
     httpd.run()
   except (KeyboardInterrupt, OSError, ValueError):  # Ctrl-C, or the socket closed by --stop_after

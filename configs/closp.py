@@ -12,6 +12,7 @@ Variants (configs/common.py has each recipe, top to bottom):
   vit_l   paper with ViT-L/16 towers (CLOSP-VL)
   pod     every tower trained at pod scale (batch 32,768 per sensor, FSDP, bf16)
 """
+
 from closp_jax.configs import common
 
 

@@ -4,6 +4,7 @@ configs/closp.py and configs/geoclosp.py call these; the schema (every key, its 
 allowed values) is closp_jax/config.py. A new variant is a function here (or in a recipe file), a
 name in VARIANTS and a branch in `apply`: nothing in the library changes.
 """
+
 from closp_jax import config as schema
 from closp_jax.weights.registry import RELEASED_LAYOUTS
 
@@ -59,16 +60,16 @@ def paper(c, released: str = "CLOSP-RN") -> None:
   """The authors' training as their final train.py and configs/default.yaml run it
   (DarthReca/closp at 4938033); docs/fidelity.md gives the file and line of every value."""
   c.data.name = "crisis_landmark/full"
-  c.data.batch_size = 64                     # per sensor
-  c.data.normalization.s2 = "scale"          # S2 / 10,000
-  c.data.normalization.s1 = "none"           # S1 as stored
-  c.data.augment = "flips"                   # random horizontal and vertical flips
+  c.data.batch_size = 64  # per sensor
+  c.data.normalization.s2 = "scale"  # S2 / 10,000
+  c.data.normalization.s1 = "none"  # S1 as stored
+  c.data.augment = "flips"  # random horizontal and vertical flips
   # The released tower layout: TorchGeo's ResNet-50 keeps timm's 1000-way classifier, projected to 384.
   c.model.update_from_flattened_dict(RELEASED_LAYOUTS[released])
-  c.model.temperature.init_scale = 1.0       # logits = 1.0 * cosine, fixed
+  c.model.temperature.init_scale = 1.0  # logits = 1.0 * cosine, fixed
   c.model.temperature.learnable = False
-  c.model.text.dropout = 0.1                 # BERT's hidden and attention dropout, on in training
-  c.model.location.dropout = 0.5             # SatCLIP's SIREN dropout, on in training
+  c.model.text.dropout = 0.1  # BERT's hidden and attention dropout, on in training
+  c.model.location.dropout = 0.5  # SatCLIP's SIREN dropout, on in training
   c.init.text = "minilm"
   c.init.s2 = "ssl4eo-s12/resnet50-s2-moco"
   c.init.s1 = "ssl4eo-s12/resnet50-s1-moco"
@@ -77,15 +78,15 @@ def paper(c, released: str = "CLOSP-RN") -> None:
   c.optim.frozen = ("s2_encoder", "s1_encoder", "text_model")
   c.optim.freeze_towers = ()
   c.optim.freeze_steps = 0
-  c.optim.name = "adamw"                     # torch.optim.AdamW(params, lr=1e-6): wd 0.01 on every parameter
+  c.optim.name = "adamw"  # torch.optim.AdamW(params, lr=1e-6): wd 0.01 on every parameter
   c.optim.weight_decay = 0.01
   c.optim.decay = "all"
   c.optim.b2 = 0.999
   c.optim.eps = 1e-8
   c.optim.grad_clip = 0.0
-  c.optim.lr = 1e-6                          # OneCycleLR(max_lr=1e-6, pct_start=0.1, div_factor=1e6,
-  c.optim.schedule = "one_cycle"             #            final_div_factor=1e6), stepped every batch,
-  c.optim.pct_start = 0.1                    #            beta1 cycling 0.95 -> 0.85 -> 0.95
+  c.optim.lr = 1e-6  # OneCycleLR(max_lr=1e-6, pct_start=0.1, div_factor=1e6,
+  c.optim.schedule = "one_cycle"  #            final_div_factor=1e6), stepped every batch,
+  c.optim.pct_start = 0.1  #            beta1 cycling 0.95 -> 0.85 -> 0.95
   c.optim.div_factor = 1e6
   c.optim.final_div_factor = 1e6
   c.optim.cycle_momentum = True
@@ -93,8 +94,8 @@ def paper(c, released: str = "CLOSP-RN") -> None:
   c.optim.max_momentum = 0.95
   c.train.epochs = 30.0
   c.train.steps = -1
-  c.train.sensor_updates = "joint"           # one update from the mean of the S2 and S1 losses
-  c.loss.location_directions = "both"        # GeoCLOSP: mean of four cross-entropies per sensor
+  c.train.sensor_updates = "joint"  # one update from the mean of the S2 and S1 losses
+  c.loss.location_directions = "both"  # GeoCLOSP: mean of four cross-entropies per sensor
   c.eval.every_steps = 1000
   c.checkpoint.every_steps = 1000
 
@@ -119,7 +120,7 @@ def pod(c) -> None:
   paper(c)
   c.optim.frozen = ()
   c.optim.freeze_towers = ("s2_encoder", "s1_encoder", "text_model")
-  c.optim.freeze_steps = -1      # -1: one epoch, resolved from the dataset size
+  c.optim.freeze_steps = -1  # -1: one epoch, resolved from the dataset size
   c.optim.cycle_momentum = False
   c.optim.decay = "matrices"
   c.data.augment = "flips_rot90"
@@ -139,7 +140,6 @@ def pod(c) -> None:
   c.mesh.rules = "fsdp"
   c.eval.every_steps = 200
   c.checkpoint.every_steps = 200
-
 
 
 def apply(c, variant: str) -> None:

@@ -7,6 +7,7 @@ tower: spherical harmonics of degree 10 into a SIREN (2 hidden layers of 256, 25
 to the shared space. Location contrasts with the image embedding, not with text; retrieval uses
 text and images only.
 """
+
 from closp_jax.configs import common
 
 
@@ -20,7 +21,7 @@ def get_config(arg=None):
   c.model.location.hidden = 256
   c.model.location.layers = 2
   c.model.location.out = 256
-  c.loss.weights.s2_location = 1.0           # mean of the four cross-entropies per sensor
+  c.loss.weights.s2_location = 1.0  # mean of the four cross-entropies per sensor
   c.loss.weights.s1_location = 1.0
   if variant in ("paper", "vit_s", "vit_l", "pod"):
     # The authors start from the SatCLIP-ResNet50-L10 checkpoint (configs/loc_default.yaml), trained

@@ -29,6 +29,7 @@ closp_jax is used here. What it reproduces:
   is regenerated here with sympy from the generator's formulas, m = 0 included as the generator writes
   it (sqrt((2l+1)/4*pi)); `closed-form` is their associated-Legendre recurrence (positional_encoding.py:63-108).
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,54 +39,65 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MAX_LEN = 64          # their tokenizer: padding="max_length", truncation=True, max_length=64
-S2_SCALE = 10000.0    # K.Normalize(mean=0, std=10000)
-VIT_SIZE = 224        # K.Resize(224)
+MAX_LEN = 64  # their tokenizer: padding="max_length", truncation=True, max_length=64
+S2_SCALE = 10000.0  # K.Normalize(mean=0, std=10000)
+VIT_SIZE = 224  # K.Resize(224)
 
 
 # ---- image encoders -----------------------------------------------------------------------------
 
+
 def torchgeo_resnet50(in_chans: int) -> nn.Module:
   """TorchGeo v0.7.1 resnet50(weights): timm.create_model('resnet50', in_chans=weights.meta['in_chans'])."""
   import timm  # pylint: disable=import-outside-toplevel
+
   return timm.create_model("resnet50", in_chans=in_chans)
 
 
 def torchgeo_vit_small(in_chans: int) -> nn.Module:
   """TorchGeo v0.7.1 vit_small_patch16_224(weights): timm's model with its default 1000-way head."""
   import timm  # pylint: disable=import-outside-toplevel
+
   return timm.create_model("vit_small_patch16_224", in_chans=in_chans)
 
 
 def authors_vit_small(in_chans: int) -> nn.Module:
   """The authors' vit_small_patch16_224_v2: num_classes=0 (no head)."""
   import timm  # pylint: disable=import-outside-toplevel
+
   return timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0, in_chans=in_chans)
 
 
 def authors_vit_large(in_chans: int) -> nn.Module:
   """The authors' vit_large_patch16_224: num_classes=0 (no head)."""
   import timm  # pylint: disable=import-outside-toplevel
+
   return timm.create_model("vit_large_patch16_224", pretrained=False, num_classes=0, in_chans=in_chans)
 
 
 # vision_model -> (S1 builder, S2 builder), as CLOSP.vision_models (closp.py:47-72; "mix" not released).
 VISION_MODELS = {
-    "resnet50": (torchgeo_resnet50, torchgeo_resnet50),
-    "vit-s": (authors_vit_small, torchgeo_vit_small),
-    "vit-l": (authors_vit_large, authors_vit_large),
+  "resnet50": (torchgeo_resnet50, torchgeo_resnet50),
+  "vit-s": (authors_vit_small, torchgeo_vit_small),
+  "vit-l": (authors_vit_large, authors_vit_large),
 }
 # Released variants: (vision_model, GeoCLOSP?).
-VARIANTS = {"CLOSP-RN": ("resnet50", False), "CLOSP-VS": ("vit-s", False), "CLOSP-VL": ("vit-l", False),
-            "GeoCLOSP-RN": ("resnet50", True)}
+VARIANTS = {
+  "CLOSP-RN": ("resnet50", False),
+  "CLOSP-VS": ("vit-s", False),
+  "CLOSP-VL": ("vit-l", False),
+  "GeoCLOSP-RN": ("resnet50", True),
+}
 
 
 def small_resnet(in_chans: int, num_classes: int = 0) -> nn.Module:
   """NOT an authors' encoder: timm's BasicBlock ResNet with one block per stage and widths 16..128
   (closp_jax's `resnet_tiny`), for quick tests of the class around it."""
   from timm.models.resnet import BasicBlock, ResNet  # pylint: disable=import-outside-toplevel
-  net = ResNet(block=BasicBlock, layers=[1, 1, 1, 1], channels=(16, 32, 64, 128), in_chans=in_chans,
-               num_classes=num_classes)
+
+  net = ResNet(
+    block=BasicBlock, layers=[1, 1, 1, 1], channels=(16, 32, 64, 128), in_chans=in_chans, num_classes=num_classes
+  )
   net.conv1 = nn.Conv2d(in_chans, 16, 7, stride=2, padding=3, bias=False)
   net.bn1 = nn.BatchNorm2d(16)
   net.layer1[0] = BasicBlock(16, 16)
@@ -96,11 +108,21 @@ def small_vit(in_chans: int, num_classes: int = 0) -> nn.Module:
   """NOT an authors' encoder: a 2-block ViT (patch 8, width 96, 3 heads) made for 120 px whose position
   embeddings are resampled to other sizes (timm dynamic_img_size; closp_jax's `vit_tiny`)."""
   from timm.models.vision_transformer import VisionTransformer  # pylint: disable=import-outside-toplevel
-  return VisionTransformer(img_size=120, patch_size=8, embed_dim=96, depth=2, num_heads=3, in_chans=in_chans,
-                           num_classes=num_classes, dynamic_img_size=True)
+
+  return VisionTransformer(
+    img_size=120,
+    patch_size=8,
+    embed_dim=96,
+    depth=2,
+    num_heads=3,
+    in_chans=in_chans,
+    num_classes=num_classes,
+    dynamic_img_size=True,
+  )
 
 
 # ---- evaluation transforms ----------------------------------------------------------------------
+
 
 def val_transform(image: torch.Tensor, sensor: str, vit: bool) -> torch.Tensor:
   """val_s2_transform / val_s1_transform: S2 / 10,000; a ViT's input resized to 224 (kornia Resize)."""
@@ -113,20 +135,31 @@ def val_transform(image: torch.Tensor, sensor: str, vit: bool) -> torch.Tensor:
 
 def _is_vit(module: nn.Module) -> bool:
   from timm.models.vision_transformer import VisionTransformer  # pylint: disable=import-outside-toplevel
+
   return isinstance(module, VisionTransformer)
 
 
 # ---- CLOSP --------------------------------------------------------------------------------------
+
 
 class CLOSP(nn.Module):
   """The authors' CLOSP with the text model built from `text_config` (a transformers BertConfig)
   instead of downloaded weights. `vision_model` names their table's entry; `s1_encoder` /
   `s2_encoder` (modules) replace it for quick tests."""
 
-  def __init__(self, text_config, vision_model: str | None = "resnet50", scale: float = 1.0, *,
-               s1_encoder: nn.Module | None = None, s2_encoder: nn.Module | None = None, tokenizer=None):
+  def __init__(
+    self,
+    text_config,
+    vision_model: str | None = "resnet50",
+    scale: float = 1.0,
+    *,
+    s1_encoder: nn.Module | None = None,
+    s2_encoder: nn.Module | None = None,
+    tokenizer=None,
+  ):
     super().__init__()
     from transformers import BertModel  # pylint: disable=import-outside-toplevel
+
     if vision_model is not None:
       s1_vision, s2_vision = VISION_MODELS[vision_model]
       s1_encoder, s2_encoder = s1_vision(2), s2_vision(13)
@@ -162,15 +195,28 @@ class CLOSP(nn.Module):
 class GeoCLOSP(CLOSP):
   """The authors' GeoCLOSP: CLOSP plus SatCLIP's location encoder and a projection into the space."""
 
-  def __init__(self, text_config, vision_model: str | None = "resnet50", scale: float = 1.0, *,
-               legendre_polys: int = 10, dim_hidden: int = 256, num_layers: int = 2, dim_out: int = 256,
-               harmonics_calculation: str = "analytic", **kwargs):
+  def __init__(
+    self,
+    text_config,
+    vision_model: str | None = "resnet50",
+    scale: float = 1.0,
+    *,
+    legendre_polys: int = 10,
+    dim_hidden: int = 256,
+    num_layers: int = 2,
+    dim_out: int = 256,
+    harmonics_calculation: str = "analytic",
+    **kwargs,
+  ):
     super().__init__(text_config, vision_model, scale, **kwargs)
-    self.location_encoder = LocationEncoder(dim_hidden=dim_hidden, num_layers=num_layers, dim_out=dim_out,
-                                            legendre_polys=legendre_polys,
-                                            harmonics_calculation=harmonics_calculation)
-    self.location_projection = nn.Linear(self.location_encoder.nnet.last_layer.dim_out,
-                                         self.s1_projection.out_features)
+    self.location_encoder = LocationEncoder(
+      dim_hidden=dim_hidden,
+      num_layers=num_layers,
+      dim_out=dim_out,
+      legendre_polys=legendre_polys,
+      harmonics_calculation=harmonics_calculation,
+    )
+    self.location_projection = nn.Linear(self.location_encoder.nnet.last_layer.dim_out, self.s1_projection.out_features)
 
   def encode_location(self, coords: torch.Tensor) -> torch.Tensor:
     """(lon, lat) degrees [B, 2] -> unit vectors, as GeoCLOSP.forward computes location_embed."""
@@ -204,13 +250,21 @@ def randomize_(module: nn.Module, seed: int, skip: tuple[str, ...] = ("location_
 
 # ---- SatCLIP location encoder (their location_encoder.py) ---------------------------------------
 
+
 class LocationEncoder(nn.Module):
-  def __init__(self, dim_hidden: int, num_layers: int, dim_out: int, legendre_polys: int = 10,
-               harmonics_calculation: str = "analytic"):
+  def __init__(
+    self,
+    dim_hidden: int,
+    num_layers: int,
+    dim_out: int,
+    legendre_polys: int = 10,
+    harmonics_calculation: str = "analytic",
+  ):
     super().__init__()
     self.posenc = SphericalHarmonics(legendre_polys=legendre_polys, harmonics_calculation=harmonics_calculation)
-    self.nnet = SirenNet(dim_in=self.posenc.embedding_dim, dim_hidden=dim_hidden, num_layers=num_layers,
-                         dim_out=dim_out)
+    self.nnet = SirenNet(
+      dim_in=self.posenc.embedding_dim, dim_hidden=dim_hidden, num_layers=num_layers, dim_out=dim_out
+    )
 
   def forward(self, x):
     return self.nnet(self.posenc(x))
@@ -247,11 +301,22 @@ class Siren(nn.Module):
 class SirenNet(nn.Module):
   def __init__(self, dim_in, dim_hidden, dim_out, num_layers, w0=1.0, w0_initial=30.0, use_bias=True, dropout=True):
     super().__init__()
-    self.layers = nn.ModuleList([
-        Siren(dim_in=dim_in if i == 0 else dim_hidden, dim_out=dim_hidden, w0=w0_initial if i == 0 else w0,
-              use_bias=use_bias, is_first=i == 0, dropout=dropout) for i in range(num_layers)])
-    self.last_layer = Siren(dim_in=dim_hidden, dim_out=dim_out, w0=w0, use_bias=use_bias,
-                            activation=nn.Identity(), dropout=False)
+    self.layers = nn.ModuleList(
+      [
+        Siren(
+          dim_in=dim_in if i == 0 else dim_hidden,
+          dim_out=dim_hidden,
+          w0=w0_initial if i == 0 else w0,
+          use_bias=use_bias,
+          is_first=i == 0,
+          dropout=dropout,
+        )
+        for i in range(num_layers)
+      ]
+    )
+    self.last_layer = Siren(
+      dim_in=dim_hidden, dim_out=dim_out, w0=w0, use_bias=use_bias, activation=nn.Identity(), dropout=False
+    )
 
   def forward(self, x):
     for layer in self.layers:
@@ -260,6 +325,7 @@ class SirenNet(nn.Module):
 
 
 # ---- spherical harmonics (their positional_encoding.py) -----------------------------------------
+
 
 class SphericalHarmonics(nn.Module):
   """(lon, lat) degrees -> L*L features; phi = rad(lon + 180), theta = rad(lat + 90); l < L, m = -l..l."""
@@ -322,16 +388,17 @@ def sh_closed_form(m, l, phi, theta):
   return math.sqrt(2.0) * _renorm(l, -m) * torch.sin(-m * phi) * _legendre(l, -m, torch.cos(theta))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _analytic_function(l: int, m: int):
   """Y_l^m as SatCLIP's generator writes it into spherical_harmonics_ylm.py: the sympy expression,
   evaluated to 15 digits, printed and compiled (with torch's cos and sin)."""
   import sympy  # pylint: disable=import-outside-toplevel
+
   theta, phi = sympy.Symbol("theta"), sympy.Symbol("phi")
   am = abs(m)
   p = sympy.assoc_legendre(l, am, sympy.cos(theta))
   if m == 0:
-    y = sympy.sqrt((2 * l + 1) / 4 * sympy.pi) * p   # the generator's m = 0 line, as written
+    y = sympy.sqrt((2 * l + 1) / 4 * sympy.pi) * p  # the generator's m = 0 line, as written
   else:
     p_bar = sympy.sqrt(((2 * l + 1) / (4 * sympy.pi)) * (sympy.factorial(l - am) / sympy.factorial(l + am))) * p
     y = (-1) ** m * sympy.sqrt(2) * p_bar * (sympy.sin(am * phi) if m < 0 else sympy.cos(m * phi))

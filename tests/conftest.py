@@ -1,4 +1,5 @@
 """Shared fixtures: one prepared tiny dataset per test session."""
+
 import os
 import subprocess
 import sys
@@ -31,7 +32,7 @@ def run_trainer(workdir, data_dir, *overrides, config="configs/geoclosp.py", tim
 # In CI (CI=true, as .ci/run sets it) a skipped test is a failure: a missing test dependency or tool
 # must not pass unnoticed. Skips that are expected everywhere are listed here with their reason.
 EXPECTED_SKIPS = (
-    "the `tfds` command imports TensorFlow",  # TensorFlow is not a dependency (docs/data.md)
+  "the `tfds` command imports TensorFlow",  # TensorFlow is not a dependency (docs/data.md)
 )
 
 

@@ -17,6 +17,7 @@ the headers describe (a tampered CDN); `add(..., etag=...)` reports another LFS 
 The servers run in daemon threads and stop on exit from the `with` block, or by themselves after
 `lifetime_s` seconds.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,7 +29,7 @@ import urllib.parse
 
 class _Handler(http.server.BaseHTTPRequestHandler):
   protocol_version = "HTTP/1.1"
-  hub: "HubServer"
+  hub: HubServer
 
   def log_message(self, fmt, *args):  # keep test output quiet
     pass
@@ -66,11 +67,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     parts = urllib.parse.unquote(path).strip("/").split("/")
     if parts[:2] == ["api", "models"] and "revision" in parts:
       i = parts.index("revision")
-      return self._api(head, "/".join(parts[2:i]), "/".join(parts[i + 1:]))
+      return self._api(head, "/".join(parts[2:i]), "/".join(parts[i + 1 :]))
     if "resolve" not in parts:
       return self._error("RepoNotFound", head)
     i = parts.index("resolve")
-    repo, revision, filename = "/".join(parts[:i]), parts[i + 1], "/".join(parts[i + 2:])
+    repo, revision, filename = "/".join(parts[:i]), parts[i + 1], "/".join(parts[i + 2 :])
     commit = self._commit(repo, revision, head)
     if commit is None:
       return None
@@ -80,8 +81,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     common = {"X-Repo-Commit": commit, "Content-Type": "application/octet-stream"}
     if item["lfs"]:
       location = f"{hub.cdn_url}/lfs/{item['served_sha']}"
-      return self._send(302, {**common, "Location": location, "X-Linked-Etag": f'"{item["etag"]}"',
-                              "X-Linked-Size": str(item["size"]), "ETag": f'"{item["git_sha1"]}"'}, b"", head)
+      return self._send(
+        302,
+        {
+          **common,
+          "Location": location,
+          "X-Linked-Etag": f'"{item["etag"]}"',
+          "X-Linked-Size": str(item["size"]),
+          "ETag": f'"{item["git_sha1"]}"',
+        },
+        b"",
+        head,
+      )
     return self._send(200, {**common, "ETag": f'"{item["git_sha1"]}"'}, item["data"], head)
 
   def _commit(self, repo: str, revision: str, head: bool) -> str | None:
@@ -130,8 +141,17 @@ class HubServer:
     self._timer.daemon = True
     self._stopped = False
 
-  def add(self, repo: str, filename: str, data: bytes, *, commit: str | None = None, lfs: bool = True,
-          serve: bytes | None = None, etag: str | None = None) -> str:
+  def add(
+    self,
+    repo: str,
+    filename: str,
+    data: bytes,
+    *,
+    commit: str | None = None,
+    lfs: bool = True,
+    serve: bytes | None = None,
+    etag: str | None = None,
+  ) -> str:
     """Publishes `data` as repo/filename at `commit` (default: derived from the repo name, also
     reachable as 'main'); returns its sha256."""
     sha = hashlib.sha256(data).hexdigest()
@@ -140,8 +160,13 @@ class HubServer:
     with self.lock:
       self.commits.setdefault(repo, commit or hashlib.sha1(repo.encode()).hexdigest())
       self.files.setdefault(repo, {})[filename] = {
-          "data": served, "size": len(data), "lfs": lfs, "etag": etag or sha, "served_sha": served_sha,
-          "git_sha1": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()}
+        "data": served,
+        "size": len(data),
+        "lfs": lfs,
+        "etag": etag or sha,
+        "served_sha": served_sha,
+        "git_sha1": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest(),
+      }
       self.blobs[served_sha] = served
     return sha
 
@@ -150,7 +175,7 @@ class HubServer:
     with self.lock:
       return sum(1 for m, _, p in self.requests if m == method and fragment in p)
 
-  def start(self) -> "HubServer":
+  def start(self) -> HubServer:
     for server in (self.hub, self.cdn):
       t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
       t.start()
@@ -167,7 +192,7 @@ class HubServer:
       server.shutdown()
       server.server_close()
 
-  def __enter__(self) -> "HubServer":
+  def __enter__(self) -> HubServer:
     return self.start()
 
   def __exit__(self, *exc) -> None:

@@ -13,6 +13,7 @@ arrays. (The trainer shards records by process instead, which is cheaper but lay
       [--save_steps 3,5 --ckpt_dir C] [--resume_step 3 --ckpt_dir C]
       [--coordinator_address H:P --num_processes N --process_id I]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,6 +48,7 @@ def _args(argv):
 def main(argv=None) -> int:
   args = _args(argv)
   from closp_jax.parallel import distributed
+
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
 
   import jax
@@ -90,8 +92,15 @@ def main(argv=None) -> int:
   model, variables, shardings, optimizer, _ = setup.build_model_and_optimizer(cfg, mesh, args.steps)
   state, state_shardings = setup.create_state(variables, optimizer, shardings, mesh, int(cfg.seed))
   tokenizer = load_tokenizer()
-  it = pipeline.train_iterator(builder, batch_size=args.batch_size, seed=int(cfg.seed), tokenizer=tokenizer,
-                               max_len=int(cfg.data.max_len), shard_by_process=False, read_threads=1)
+  it = pipeline.train_iterator(
+    builder,
+    batch_size=args.batch_size,
+    seed=int(cfg.seed),
+    tokenizer=tokenizer,
+    max_len=int(cfg.data.max_len),
+    shard_by_process=False,
+    read_threads=1,
+  )
   ckpt = ckpt_lib.Checkpointer(args.ckpt_dir, keep=10, async_save=False) if args.ckpt_dir else None
   if args.resume_step:
     # The train state through the trainer's Checkpointer (onto this run's shardings); the data
@@ -117,7 +126,9 @@ def main(argv=None) -> int:
     local = mesh_lib.local_rows({s: {k: batch[s][k] for k in keep} for s in ("s2", "s1")}, mesh)
     state, metrics = compiled[phase](state, mesh_lib.global_batch(local, mesh), table)
     m = jax.device_get(metrics)
-    losses.append([float(m["loss"])] + [float(m[f"loss/{k}"]) for k in sorted(k[5:] for k in m if k.startswith("loss/"))])
+    losses.append(
+      [float(m["loss"])] + [float(m[f"loss/{k}"]) for k in sorted(k[5:] for k in m if k.startswith("loss/"))]
+    )
     if ckpt is not None and step + 1 in save_steps:
       ckpt.save(step + 1, state, it, force=True)
   if ckpt is not None:
@@ -133,9 +144,17 @@ def main(argv=None) -> int:
   total, per_device = mesh_lib.bytes_per_device(state.params, state_shardings.params)
   if distributed.is_main_process():
     tmp = args.out + ".tmp.npz"
-    np.savez(tmp, losses=np.asarray(losses, np.float64), sharded_params=sharded, param_bytes=total,
-             param_bytes_per_device=per_device, mesh=np.asarray([mesh.shape[a] for a in mesh_lib.MESH_AXES]),
-             processes=jax.process_count(), devices=jax.device_count(), **flat)
+    np.savez(
+      tmp,
+      losses=np.asarray(losses, np.float64),
+      sharded_params=sharded,
+      param_bytes=total,
+      param_bytes_per_device=per_device,
+      mesh=np.asarray([mesh.shape[a] for a in mesh_lib.MESH_AXES]),
+      processes=jax.process_count(),
+      devices=jax.device_count(),
+      **flat,
+    )
     os.replace(tmp, args.out)
     print(f"{distributed.describe()}; mesh {dict(mesh.shape)}; losses {[round(l[0], 6) for l in losses]}", flush=True)
   return 0

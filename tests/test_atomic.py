@@ -1,4 +1,5 @@
 """closp_jax.atomic: whole files or none, previous content kept on failure."""
+
 import json
 import os
 

@@ -2,6 +2,7 @@
 
 Timings are never asserted: only the logic around them and that the two sides compute the same thing.
 """
+
 import json
 import os
 import subprocess
@@ -33,6 +34,7 @@ def test_alternate_warms_up_then_reverses_the_order_every_round():
     def call():
       log.append(name)
       clock.now += cost[name]
+
     return call
 
   times = common.alternate({"a": contender("a"), "b": contender("b")}, repeats=4, warmup=2, clock=clock)
@@ -50,10 +52,10 @@ def test_alternate_rejects_bad_arguments():
 
 
 def test_ratio_is_oriented_so_above_one_means_closp_jax_is_better():
-  assert common.oriented_ratio(300.0, 100.0, common.HIGHER) == 3.0   # faster
-  assert common.oriented_ratio(50.0, 100.0, common.HIGHER) == 0.5    # slower
-  assert common.oriented_ratio(10.0, 80.0, common.LOWER) == 8.0      # less memory
-  assert common.oriented_ratio(80.0, 10.0, common.LOWER) == 0.125    # more memory
+  assert common.oriented_ratio(300.0, 100.0, common.HIGHER) == 3.0  # faster
+  assert common.oriented_ratio(50.0, 100.0, common.HIGHER) == 0.5  # slower
+  assert common.oriented_ratio(10.0, 80.0, common.LOWER) == 8.0  # less memory
+  assert common.oriented_ratio(80.0, 10.0, common.LOWER) == 0.125  # more memory
   assert common.oriented_ratio(1.0, 0.0, common.HIGHER) == float("inf")
   with pytest.raises(ValueError, match="better"):
     common.oriented_ratio(1.0, 1.0, "faster")
@@ -62,8 +64,8 @@ def test_ratio_is_oriented_so_above_one_means_closp_jax_is_better():
 def test_timed_row_reports_medians_of_per_round_rates():
   times = {"closp_jax": [2.0, 1.0, 8.0], "reference": [4.0, 16.0, 2.0]}
   row = common.timed_row(times, "closp_jax", "reference", work=16.0, unit="samples/s")
-  assert row["closp_jax"] == 8.0      # rates 8, 16, 2
-  assert row["reference"] == 4.0      # rates 4, 1, 8
+  assert row["closp_jax"] == 8.0  # rates 8, 16, 2
+  assert row["reference"] == 4.0  # rates 4, 1, 8
   assert row["ratio"] == 2.0
   assert row["unit"] == "samples/s"
   assert row["detail"]["closp_jax_repeats"] == [8.0, 16.0, 2.0]
@@ -71,8 +73,10 @@ def test_timed_row_reports_medians_of_per_round_rates():
 
 
 def test_json_rows_have_the_documented_shape(tmp_path):
-  rows = {"train_step_x": common.make_row(120.0, 60.0, "samples/s", common.HIGHER, {"batch": 64}),
-          "loss_memory": common.make_row(5e6, 3e8, "bytes", common.LOWER)}
+  rows = {
+    "train_step_x": common.make_row(120.0, 60.0, "samples/s", common.HIGHER, {"batch": 64}),
+    "loss_memory": common.make_row(5e6, 3e8, "bytes", common.LOWER),
+  }
   path = common.write_json(tmp_path / "out" / "bench.json", rows)
   loaded = json.loads(path.read_text())
   assert set(loaded) == set(rows)
@@ -91,8 +95,10 @@ def test_a_malformed_row_is_named():
 
 
 def test_table_lists_every_row():
-  rows = {"a": common.make_row(2.0, 1.0, "samples/s", common.HIGHER),
-          "b": common.make_row(1.0, 4.0, "bytes", common.LOWER)}
+  rows = {
+    "a": common.make_row(2.0, 1.0, "samples/s", common.HIGHER),
+    "b": common.make_row(1.0, 4.0, "bytes", common.LOWER),
+  }
   table = common.format_table(rows).splitlines()
   assert table[0].startswith("| row") and len(table) == 4
   assert "2.00x" in table[2] and "4.00x" in table[3]
@@ -113,7 +119,7 @@ def test_loss_memory_row_through_the_harness(tmp_path):
   row = json.loads(out.read_text())["loss_memory"]
   assert row == results["loss_memory"]
   assert row["unit"] == "bytes" and row["detail"]["better"] == "lower"
-  assert row["reference"] > row["closp_jax"] > 0       # the ring loss holds less
+  assert row["reference"] > row["closp_jax"] > 0  # the ring loss holds less
   assert row["ratio"] == pytest.approx(row["reference"] / row["closp_jax"])
 
 
@@ -139,15 +145,21 @@ def test_closp_jax_search_agrees_with_faiss():
 
 def _small_model_cfg():
   from closp_jax.models.towers import model_config
-  return model_config(s2_encoder="resnet_tiny", s1_encoder="resnet_tiny",
-                      text=dict(layers=1, intermediate=64, vocab_size=200, max_position=32))
+
+  return model_config(
+    s2_encoder="resnet_tiny",
+    s1_encoder="resnet_tiny",
+    text=dict(layers=1, intermediate=64, vocab_size=200, max_position=32),
+  )
 
 
 def test_embedders_are_compiled_once_per_tower_geometry():
+  import ml_collections
+
+  from closp_jax.models import embed as embed_lib
   from closp_jax.models.towers import CLOSP
   from closp_jax.parallel import mesh as mesh_lib
-  from closp_jax.models import embed as embed_lib
-  import ml_collections
+
   mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
   a, b = CLOSP(_small_model_cfg()), CLOSP(_small_model_cfg())
   assert embed_lib.make_image_embedder(a, mesh, "s2", False) is embed_lib.make_image_embedder(b, mesh, "s2", False)
@@ -156,13 +168,16 @@ def test_embedders_are_compiled_once_per_tower_geometry():
   ids = jnp.asarray(np.random.default_rng(0).integers(1, 200, (3, 8)), jnp.int32)
   mask = jnp.ones((3, 8), jnp.int32)
   variables = jax.jit(lambda r: a.init(r, jnp.zeros((1, 32, 32, 13)), jnp.zeros((1, 32, 32, 2)), ids, mask))(
-      jax.random.key(0))
+    jax.random.key(0)
+  )
   cached = embed_lib._cached_text_encoder(embed_lib._tower_spec(a))
-  np.testing.assert_array_equal(np.asarray(cached(variables, ids, mask)),
-                                np.asarray(embed_lib._text_encoder(b)(variables, ids, mask)))
+  np.testing.assert_array_equal(
+    np.asarray(cached(variables, ids, mask)), np.asarray(embed_lib._text_encoder(b)(variables, ids, mask))
+  )
 
 
 # ---- the PyTorch reference ------------------------------------------------------------------------
+
 
 @pytest.mark.torch
 def test_native_bert_is_transformers_bert():
@@ -170,6 +185,7 @@ def test_native_bert_is_transformers_bert():
   pytest.importorskip("transformers")
   from benchmarks import torch_reference
   from closp_jax.models.towers import model_config
+
   text = model_config().text
   torch.manual_seed(0)
   hf = torch_reference.text_encoder(text, "hf").eval()
@@ -185,14 +201,18 @@ def test_native_bert_is_transformers_bert():
 
 
 def _jax_param_count(cfg, groups=None) -> int:
+  import flax.linen as nn
+
   from closp_jax.models.towers import CLOSP
   from closp_jax.train import setup
-  import flax.linen as nn
+
   model = CLOSP(cfg.model)
-  shapes = jax.eval_shape(lambda r: nn.unbox(model.init(r, *setup.dummy_inputs(cfg), train=False)),
-                          jax.random.key(0))["params"]
-  return sum(int(np.prod(x.shape)) for g, tree in shapes.items() if groups is None or g in groups
-             for x in jax.tree.leaves(tree))
+  shapes = jax.eval_shape(lambda r: nn.unbox(model.init(r, *setup.dummy_inputs(cfg), train=False)), jax.random.key(0))[
+    "params"
+  ]
+  return sum(
+    int(np.prod(x.shape)) for g, tree in shapes.items() if groups is None or g in groups for x in jax.tree.leaves(tree)
+  )
 
 
 @pytest.mark.torch
@@ -200,13 +220,15 @@ def _jax_param_count(cfg, groups=None) -> int:
 def test_reference_trains_the_parameters_closp_jax_trains(variant):
   pytest.importorskip("timm")
   from benchmarks import jax_step, torch_reference
+
   cfg = jax_step.closp_config(variant, run.PAPER_ALL_TRAINED if variant == "paper" else {})
   host = jax_step.synthetic_batch(cfg, 2)
   table = jax_step.text_table(384) if variant == "sample" else None
   step = torch_reference.TorchStep(cfg, host, text_table=table)
   # :sample keeps the text tower frozen (cached embeddings on both sides).
-  trained = None if variant == "paper" else {"s2_encoder", "s1_encoder", "s2_projection", "s1_projection",
-                                              "logit_scale"}
+  trained = (
+    None if variant == "paper" else {"s2_encoder", "s1_encoder", "s2_projection", "s1_projection", "logit_scale"}
+  )
   assert step.num_params() == _jax_param_count(cfg, trained)
   step.run()
   assert np.isfinite(float(step.last_loss))
@@ -217,6 +239,7 @@ def test_reference_clip_loss_is_the_closp_jax_loss():
   torch = pytest.importorskip("torch")
   from benchmarks import torch_reference
   from closp_jax import losses
+
   rng = np.random.default_rng(0)
   x, y = rng.normal(size=(2, 9, 16)).astype(np.float32)
   x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -229,9 +252,11 @@ def test_reference_clip_loss_is_the_closp_jax_loss():
 @pytest.mark.torch
 def test_tiny_resnet_matches_the_closp_jax_layout():
   pytest.importorskip("timm")
+  import flax.linen as nn
+
   from benchmarks import torch_reference
   from closp_jax.models.image import image_encoder
-  import flax.linen as nn
+
   enc = image_encoder("resnet_tiny", 13)
   shapes = jax.eval_shape(lambda r: nn.unbox(enc.init(r, jnp.zeros((1, 120, 120, 13)))), jax.random.key(0))
   jax_count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
@@ -258,8 +283,15 @@ def test_train_step_row_on_a_tiny_batch(tmp_path):
 def test_gpu_script_runs_tiny_on_cpu(tmp_path):
   pytest.importorskip("timm")
   env = dict(os.environ, OUT=str(tmp_path))
-  proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "gpu.py"), "--tiny"], env=env,
-                        cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+  proc = subprocess.run(
+    [sys.executable, os.path.join(REPO, "benchmarks", "gpu.py"), "--tiny"],
+    env=env,
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=900,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads((tmp_path / "gpu.json").read_text())
   for name in ("train_step_rn50_bf16", "train_step_vit_l_bf16"):

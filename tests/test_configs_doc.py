@@ -1,9 +1,11 @@
 """docs/configs.md lists every key of the schema (closp_jax.config.defaults()) and no key it lacks."""
+
 import re
 from pathlib import Path
 
-from closp_jax.config import defaults, load_config
 from conftest import REPO
+
+from closp_jax.config import defaults, load_config
 
 DOC = Path(REPO) / "docs" / "configs.md"
 
@@ -21,7 +23,7 @@ def _schema_keys(node, prefix="") -> set[str]:
 def _documented() -> list[str]:
   """The keys of the 'Every key' table: `a.b`, `a.{x,y}`, `a.<group>` and `model.*` expanded."""
   text = DOC.read_text()
-  table = text[text.index("## Every key"):]
+  table = text[text.index("## Every key") :]
   out = []
   for line in table.splitlines():
     if not line.startswith("| `"):
@@ -55,9 +57,15 @@ def test_every_schema_key_is_documented():
 
 def test_every_documented_key_exists():
   schema = _schema_keys(defaults())
-  stale = [d for d in _documented()
-           if not (d in schema or (d.endswith(".*") and any(k.startswith(d[:-1]) for k in schema))
-                   or (d.endswith(".<group>") and any(k.startswith(d[: -len("<group>")]) for k in schema)))]
+  stale = [
+    d
+    for d in _documented()
+    if not (
+      d in schema
+      or (d.endswith(".*") and any(k.startswith(d[:-1]) for k in schema))
+      or (d.endswith(".<group>") and any(k.startswith(d[: -len("<group>")]) for k in schema))
+    )
+  ]
   assert not stale, f"docs/configs.md lists keys the schema does not have: {stale}"
 
 
@@ -65,6 +73,7 @@ def test_the_recipes_set_only_schema_keys():
   """A recipe cannot add a key (configs are locked); every packaged variant has exactly the schema's keys."""
   from closp_jax.config import packaged_recipes  # pylint: disable=import-outside-toplevel
   from closp_jax.configs.common import VARIANTS  # pylint: disable=import-outside-toplevel
+
   schema = _schema_keys(defaults())
   for recipe in packaged_recipes():
     for variant in VARIANTS:

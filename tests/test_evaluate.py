@@ -1,6 +1,7 @@
 """The evaluation library and binary: rankings and breakdowns vs pytrec_eval on brute-force runs,
 zero-shot AP vs a loop over thresholds, label-built queries, TREC files, report, compare, and
 (slow) a short training run evaluated end to end."""
+
 import json
 import os
 import subprocess
@@ -19,8 +20,15 @@ pytrec_eval = pytest.importorskip("pytrec_eval")
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("nDCG@5", "nDCG@20", "nDCG@1000", "mAP@20", "R@1", "R@10", "P@10")
-TREC = {"nDCG@5": "ndcg_cut_5", "nDCG@20": "ndcg_cut_20", "nDCG@1000": "ndcg_cut_1000",
-        "mAP@20": "map_cut_20", "R@1": "recall_1", "R@10": "recall_10", "P@10": "P_10"}
+TREC = {
+  "nDCG@5": "ndcg_cut_5",
+  "nDCG@20": "ndcg_cut_20",
+  "nDCG@1000": "ndcg_cut_1000",
+  "mAP@20": "map_cut_20",
+  "R@1": "recall_1",
+  "R@10": "recall_10",
+  "P@10": "P_10",
+}
 TREC_MEASURES = {"ndcg_cut.5,20,1000", "map_cut.20", "recall.1,10", "P.10"}
 SOURCES = {"s2": ("benv2s2", "cabuar", "sen2flood"), "s1": ("benv2s1", "mmflood", "sen1flood", "quakeset")}
 
@@ -56,8 +64,7 @@ def brute_force_run(query_emb, emb, keys, k):
 
 def pytrec_means(run, qrels, names=METRICS):
   per_query = pytrec_eval.RelevanceEvaluator(qrels, TREC_MEASURES).evaluate(run)
-  return ({m: float(np.mean([v[TREC[m]] for v in per_query.values()])) for m in names},
-          per_query)
+  return ({m: float(np.mean([v[TREC[m]] for v in per_query.values()])) for m in names}, per_query)
 
 
 def synthetic_case(seed=0, per_source=9, dim=4, num_queries=14):
@@ -70,15 +77,18 @@ def synthetic_case(seed=0, per_source=9, dim=4, num_queries=14):
     labels = (rng.random((n, labels_lib.NUM_CLASSES)) < 0.3).astype(np.float32)
     labels[np.arange(n), rng.integers(0, 9, n)] = 1.0
     embedded[sensor] = {
-        "emb": rng.integers(-2, 3, (n, dim)).astype(np.float32), "key": np.array(keys),
-        "labels": labels, "lonlat": rng.uniform(-20, 20, (n, 2)).astype(np.float32)}
+      "emb": rng.integers(-2, 3, (n, dim)).astype(np.float32),
+      "key": np.array(keys),
+      "labels": labels,
+      "lonlat": rng.uniform(-20, 20, (n, 2)).astype(np.float32),
+    }
   corpus = evaluator.Corpus.from_embedded(embedded)
   query_emb = rng.integers(-2, 3, (num_queries, dim)).astype(np.float32)
   types = queries_rule.QUERY_TYPES
   queries = [{"query_id": f"q{i}", "text": f"query {i}", "type": types[i % 3]} for i in range(num_queries)]
   qrels = {}
   for i in range(num_queries):
-    if i == 0:    # relevant only in S1: skipped by text->s2
+    if i == 0:  # relevant only in S1: skipped by text->s2
       pool = np.flatnonzero(corpus.sensor == "s1")
     elif i == 1:  # judged, but nothing relevant: skipped everywhere
       pool = np.arange(len(corpus))
@@ -167,8 +177,7 @@ def case():
 @pytest.fixture(scope="module")
 def evaluation(case):
   corpus, queries, query_emb, qrels, class_emb = case
-  return evaluator.evaluate_embeddings(corpus, queries, query_emb, qrels, class_emb, k=20,
-                                       metrics=METRICS, block=16)
+  return evaluator.evaluate_embeddings(corpus, queries, query_emb, qrels, class_emb, k=20, metrics=METRICS, block=16)
 
 
 def test_rankings_equal_pytrec_eval_on_brute_force_runs(case, evaluation):
@@ -187,8 +196,11 @@ def test_rankings_equal_pytrec_eval_on_brute_force_runs(case, evaluation):
       members = [q for q in per_query if types[q] == t]
       assert entry["num_queries"] == len(members)
       for m in METRICS:
-        assert entry["metrics"][m] == pytest.approx(np.mean([per_query[q][TREC[m]] for q in members]),
-                                                    abs=1e-6), (name, t, m)
+        assert entry["metrics"][m] == pytest.approx(np.mean([per_query[q][TREC[m]] for q in members]), abs=1e-6), (
+          name,
+          t,
+          m,
+        )
   # q0 (relevant only in S1) is not a text->s2 query; q1 (nothing relevant) is nowhere
   assert "q0" not in evaluation.rankings["text->s2"].qids
   assert "q0" in evaluation.rankings["text->s1"].qids
@@ -225,8 +237,7 @@ def test_zero_shot_map_and_class_query_ndcg(case, evaluation):
     assert z["mAP"] == pytest.approx(np.mean(aps), abs=1e-9)
     assert z["num_classes"] == len(aps)
     runs = brute_force_run(class_emb, sub.emb, sub.keys, 20)
-    qrels = {cls: {str(k): 1 for k in sub.keys[sub.labels[:, c] > 0]}
-             for c, cls in enumerate(labels_lib.CLASSES)}
+    qrels = {cls: {str(k): 1 for k in sub.keys[sub.labels[:, c] > 0]} for c, cls in enumerate(labels_lib.CLASSES)}
     run = {cls: r for cls, r in zip(labels_lib.CLASSES, runs) if qrels[cls]}
     per_query = pytrec_eval.RelevanceEvaluator({c: qrels[c] for c in run}, {"ndcg_cut.20"}).evaluate(run)
     for cls in labels_lib.CLASSES:
@@ -247,8 +258,14 @@ def test_select_is_a_view_for_contiguous_rows(case):
 
 def test_duplicate_keys_are_an_error(case):
   corpus = case[0]
-  embedded = {"s2": {"emb": corpus.emb[:2], "key": np.array(["cabuar_1", "cabuar_1"]),
-                     "labels": corpus.labels[:2], "lonlat": corpus.lonlat[:2]}}
+  embedded = {
+    "s2": {
+      "emb": corpus.emb[:2],
+      "key": np.array(["cabuar_1", "cabuar_1"]),
+      "labels": corpus.labels[:2],
+      "lonlat": corpus.lonlat[:2],
+    }
+  }
   with pytest.raises(ValueError, match="cabuar_1.*twice"):
     evaluator.Corpus.from_embedded(embedded)
 
@@ -275,6 +292,7 @@ def test_files_reproduce_metrics_in_pytrec_eval(case, evaluation, tmp_path):
   text = (out / report.REPORT_FILE).read_text()
   assert "## By source dataset" in text and "| text->all |" in text and "quakeset" in text
   from PIL import Image
+
   with Image.open(out / report.CHART_FILE) as im:
     assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 300
 
@@ -303,14 +321,20 @@ def test_compare_table_lists_differences(evaluation):
 
 def test_queries_from_labels_rule():
   C = {c: i for i, c in enumerate(labels_lib.CLASSES)}
-  rows = ([["Trees", "Water"]] * 4 + [["Trees"]] * 3 + [["Water", "Crops"]] * 3
-          + [["Snow and Ice"]] * 4 + [["Burned Area", "Trees"]] * 2 + [["Crops"]] * 4)
+  rows = (
+    [["Trees", "Water"]] * 4
+    + [["Trees"]] * 3
+    + [["Water", "Crops"]] * 3
+    + [["Snow and Ice"]] * 4
+    + [["Burned Area", "Trees"]] * 2
+    + [["Crops"]] * 4
+  )
   labels = np.zeros((len(rows), labels_lib.NUM_CLASSES), np.float32)
   for i, r in enumerate(rows):
     labels[i, [C[c] for c in r]] = 1
   keys = [f"benv2s2_{i:03d}" for i in range(len(rows))]
   lonlat = np.tile([[10.0, 50.0]], (len(rows), 1))
-  lonlat[::2, 0] = -100.0          # half the corpus elsewhere...
+  lonlat[::2, 0] = -100.0  # half the corpus elsewhere...
   lonlat[10:14] = [[100.0, 30.0]]  # ...and all the snow in one far place
   queries, qrels = queries_rule.queries_from_labels(labels, keys, lonlat, min_support=3)
   texts = [q["text"] for q in queries]
@@ -323,7 +347,7 @@ def test_queries_from_labels_rule():
   assert by_text["trees"]["type"] == "land_cover"
   tw = qrels[by_text["trees. water"]["query_id"]]
   assert tw["benv2s2_000"] == 2 and tw["benv2s2_004"] == 1 and tw["benv2s2_007"] == 1
-  assert "benv2s2_010" not in tw   # no overlap: not judged
+  assert "benv2s2_010" not in tw  # no overlap: not judged
   assert set(qrels[by_text["trees"]["query_id"]].values()) == {2}
   with pytest.raises(ValueError, match=r"\[N, 12\]"):
     queries_rule.queries_from_labels(labels[:, :5], keys)
@@ -335,10 +359,12 @@ def test_assign_types_keeps_known_and_derives_missing():
   keys = [f"k{i}" for i in range(20)]
   lonlat = np.zeros((20, 2), np.float32)
   lonlat[:10, 0] = 120.0
-  queries = [{"query_id": "a", "text": "flooded area", "type": ""},
-             {"query_id": "b", "text": "water", "type": "Location-dependent"},
-             {"query_id": "c", "text": "crops"},
-             {"query_id": "d", "text": "bare", "type": "weird"}]
+  queries = [
+    {"query_id": "a", "text": "flooded area", "type": ""},
+    {"query_id": "b", "text": "water", "type": "Location-dependent"},
+    {"query_id": "c", "text": "crops"},
+    {"query_id": "d", "text": "bare", "type": "weird"},
+  ]
   qrels = {"c": {"k1": 2, "k2": 2, "k3": 1}, "d": {"k1": 1, "k15": 1}}
   typed = queries_rule.assign_types(queries, qrels, keys, lonlat)
   assert [q["type"] for q in typed] == ["crisis", "location", "land_cover", "land_cover"]
@@ -352,8 +378,9 @@ def test_read_user_queries_and_qrels(tmp_path):
   (tmp_path / "q.tsv").write_text("a\ttrees. water\tcrisis\nb\tcrops\n")
   (tmp_path / "q.jsonl").write_text('{"_id": "a", "text": "trees"}\n')
   assert evaluator.read_queries(tmp_path / "q.tsv") == [
-      {"query_id": "a", "text": "trees. water", "type": "crisis"},
-      {"query_id": "b", "text": "crops", "type": ""}]
+    {"query_id": "a", "text": "trees. water", "type": "crisis"},
+    {"query_id": "b", "text": "crops", "type": ""},
+  ]
   assert evaluator.read_queries(tmp_path / "q.jsonl") == [{"query_id": "a", "text": "trees", "type": ""}]
   (tmp_path / "bad.tsv").write_text("a trees\n")
   with pytest.raises(ValueError, match=r"bad.tsv:1: expected 'query_id<TAB>text"):
@@ -374,7 +401,7 @@ def test_resolve_queries_official_labels_and_user(case, tmp_path):
   corpus = case[0]
   with pytest.raises(ValueError, match="go together"):
     evaluator.resolve_queries(tmp_path, corpus, queries_path=tmp_path / "q.tsv")
-  queries, qrels, origin = evaluator.resolve_queries(tmp_path, corpus)   # nothing there: labels
+  queries, qrels, origin = evaluator.resolve_queries(tmp_path, corpus)  # nothing there: labels
   assert origin == "labels" and queries[0]["query_id"] == "L000"
   assert set(qrels) == {q["query_id"] for q in queries}
   (tmp_path / "queries.jsonl").write_text('{"query_id": "x", "text": "burned area"}\n')
@@ -400,8 +427,13 @@ def test_compare_subcommand(evaluation, tmp_path):
     m["rankings"]["text->all"]["metrics"][changed] = base + shift
     (tmp_path / name).mkdir()
     evaluator.write_json(tmp_path / name / evaluator.METRICS_FILE, m)
-  proc = subprocess.run([sys.executable, "-m", "closp_jax.evaluate", "compare", str(tmp_path / "a"),
-                         str(tmp_path / "b")], cwd=REPO, capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, "-m", "closp_jax.evaluate", "compare", str(tmp_path / "a"), str(tmp_path / "b")],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 0, proc.stderr
   assert "geoclosp:sample@untrained" in proc.stdout and "Δ geoclosp:sample@6" in proc.stdout
   row = next(line for line in proc.stdout.splitlines() if line.startswith(f"text->all {changed} "))
@@ -410,8 +442,13 @@ def test_compare_subcommand(evaluation, tmp_path):
   assert d == pytest.approx(0.125, abs=1e-4)
   other = [line for line in proc.stdout.splitlines() if line.startswith(f"text->all {same} ")]
   assert other and float(other[0].split()[-1]) == pytest.approx(0.0, abs=1e-9)
-  proc = subprocess.run([sys.executable, "-m", "closp_jax.evaluate", "compare", str(tmp_path / "none")],
-                        cwd=REPO, capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, "-m", "closp_jax.evaluate", "compare", str(tmp_path / "none")],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert f"error: {tmp_path / 'none'} not found: expected an evaluation output folder" in proc.stderr
 
@@ -429,26 +466,38 @@ def test_judgments_index_drops_outside_docs_and_checks_grades(case):
 
 # --------------------------------------------------------------------------- end to end (slow)
 
-TINY = ["--config.data.name=crisis_landmark/tiny", "--config.data.batch_size=16",
-        "--config.data.eval_batch_size=32"]
+TINY = ["--config.data.name=crisis_landmark/tiny", "--config.data.batch_size=16", "--config.data.eval_batch_size=32"]
 
 
 def _run(args, env, timeout=900):
-  proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=timeout)
+  proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   return proc
 
 
 def _train(config, workdir, env, steps=2):
-  _run(["-m", "closp_jax.main", "--config", config, "--workdir", str(workdir), *TINY,
-        f"--config.train.steps={steps}", "--config.eval.every_steps=0",
-        f"--config.checkpoint.every_steps={steps}", "--config.eval.final=False",
-        "--config.checkpoint.async_save=False"], env)
+  _run(
+    [
+      "-m",
+      "closp_jax.main",
+      "--config",
+      config,
+      "--workdir",
+      str(workdir),
+      *TINY,
+      f"--config.train.steps={steps}",
+      "--config.eval.every_steps=0",
+      f"--config.checkpoint.every_steps={steps}",
+      "--config.eval.final=False",
+      "--config.checkpoint.async_save=False",
+    ],
+    env,
+  )
 
 
 def _config(spec, data_dir):
   from closp_jax.config import load_config
+
   cfg = load_config(spec)
   cfg.unlock()
   cfg.data.name, cfg.data.data_dir = "crisis_landmark/tiny", str(data_dir)
@@ -490,7 +539,14 @@ def test_binary_files_give_metrics_json_in_pytrec_eval(trained_geo):
       assert 0.0 <= entry["metrics"][name] <= 1.0
     assert max(len(v) for v in run.values()) == min(1000, entry["num_docs"])
   assert set(m["rankings"]["text->all"]["by_source"]) == {
-      "benv2s2", "cabuar", "sen2flood", "benv2s1", "mmflood", "sen1flood", "quakeset"}
+    "benv2s2",
+    "cabuar",
+    "sen2flood",
+    "benv2s1",
+    "mmflood",
+    "sen1flood",
+    "quakeset",
+  }
   assert set(m["rankings"]["text->all"]["by_type"]) <= set(queries_rule.QUERY_TYPES)
   assert 0.0 < m["zero_shot"]["text->all"]["mAP"] <= 1.0
   assert (out / "report.md").is_file() and (out / "chart.png").is_file()
@@ -499,9 +555,11 @@ def test_binary_files_give_metrics_json_in_pytrec_eval(trained_geo):
 @pytest.mark.slow
 def test_partial_restore_equals_full_state_restore(trained_geo):
   import jax
+
   from closp_jax import checkpoint as ckpt_lib
   from closp_jax.parallel import mesh as mesh_lib
   from closp_jax.train import setup
+
   root = trained_geo[0]
   cfg = _config("configs/geoclosp.py", root / "data")
   mesh = mesh_lib.make_mesh(cfg.mesh)
@@ -519,8 +577,10 @@ def test_partial_restore_equals_full_state_restore(trained_geo):
   # training moved the parameters away from the init the untrained baseline uses
   _, untrained, label = ckpt_lib.restore_variables(root / "geo", cfg, "untrained", mesh=mesh)
   assert label == "untrained"
-  moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
-           zip(jax.tree.leaves(untrained["params"]), jax.tree.leaves(variables["params"]))]
+  moved = [
+    not np.array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(untrained["params"]), jax.tree.leaves(variables["params"]))
+  ]
   assert any(moved)
   with pytest.raises(ckpt_lib.CheckpointError, match="no checkpoint for step 7"):
     ckpt_lib.restore_variables(root / "geo", cfg, "7", mesh=mesh)
@@ -529,6 +589,7 @@ def test_partial_restore_equals_full_state_restore(trained_geo):
 @pytest.mark.slow
 def test_untrained_baseline_and_compare(trained_geo):
   from closp_jax import evaluate
+
   root, _, out, _ = trained_geo
   cfg = _config("configs/geoclosp.py", root / "data")
   metrics = evaluator.evaluate_checkpoint(cfg, root / "geo", checkpoint="untrained")
@@ -539,31 +600,44 @@ def test_untrained_baseline_and_compare(trained_geo):
   trained = evaluator.load_metrics(out)
   row = next(line for line in text.splitlines() if line.startswith("text->all nDCG@1000 "))
   a, b, d = map(float, row.split()[-3:])
-  want = trained["rankings"]["text->all"]["metrics"]["nDCG@1000"] - metrics["rankings"]["text->all"]["metrics"]["nDCG@1000"]
+  want = (
+    trained["rankings"]["text->all"]["metrics"]["nDCG@1000"] - metrics["rankings"]["text->all"]["metrics"]["nDCG@1000"]
+  )
   assert d == pytest.approx(want, abs=1e-4)
 
 
 @pytest.mark.slow
 def test_two_processes_give_the_same_evaluation(trained_geo, tmp_path):
   import socket
+
   root, env, out, _ = trained_geo
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   code = (
-      "import sys, jax\n"
-      f"jax.distributed.initialize(coordinator_address='127.0.0.1:{port}', num_processes=2, "
-      "process_id=int(sys.argv[1]))\n"
-      "from closp_jax.config import load_config\n"
-      "from closp_jax.retrieval import evaluator\n"
-      "cfg = load_config('configs/geoclosp.py')\n"
-      "cfg.unlock()\n"
-      f"cfg.data.name, cfg.data.data_dir = 'crisis_landmark/tiny', {str(root / 'data')!r}\n"
-      "cfg.data.batch_size, cfg.data.eval_batch_size = 16, 32\n"
-      f"evaluator.evaluate_checkpoint(cfg, {str(root / 'geo')!r}, output={str(tmp_path / 'mp')!r})\n")
+    "import sys, jax\n"
+    f"jax.distributed.initialize(coordinator_address='127.0.0.1:{port}', num_processes=2, "
+    "process_id=int(sys.argv[1]))\n"
+    "from closp_jax.config import load_config\n"
+    "from closp_jax.retrieval import evaluator\n"
+    "cfg = load_config('configs/geoclosp.py')\n"
+    "cfg.unlock()\n"
+    f"cfg.data.name, cfg.data.data_dir = 'crisis_landmark/tiny', {str(root / 'data')!r}\n"
+    "cfg.data.batch_size, cfg.data.eval_batch_size = 16, 32\n"
+    f"evaluator.evaluate_checkpoint(cfg, {str(root / 'geo')!r}, output={str(tmp_path / 'mp')!r})\n"
+  )
   env = {**env, "PYTHONPATH": str(REPO)}
-  procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", code, str(i)],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   logs = [p.communicate(timeout=600)[0] for p in procs]
   assert all(p.returncode == 0 for p in procs), logs[0][-3000:] + logs[1][-3000:]
   assert "2 process(es)" in logs[0]
@@ -587,8 +661,8 @@ def test_rgb_variant_trains_and_evaluates(tmp_path):
 
 def test_eval_batch_check_names_the_flag():
   import jax
-  mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"),
-                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+
+  mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
   evaluator.check_eval_batch(5, mesh)
   with pytest.raises(ValueError, match=r"config.data.eval_batch_size=0 must be a positive multiple of 1"):
     evaluator.check_eval_batch(0, mesh)

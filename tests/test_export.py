@@ -2,6 +2,7 @@
 embeddings in a fresh process without the model code; the torch state dict loads strictly into a
 PyTorch re-creation of the original CLOSP model and gives the same embeddings; inputs are
 normalised as the trainer's pipeline does; errors name what is wrong."""
+
 import json
 import os
 import subprocess
@@ -16,8 +17,8 @@ import pytest
 pytest.importorskip("flatbuffers", reason="jax.export serialization needs the flatbuffers package")
 
 from closp_jax import export as export_lib  # noqa: E402
-from closp_jax.errors import UserError  # noqa: E402
 from closp_jax.data import pipeline  # noqa: E402
+from closp_jax.errors import UserError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 STEP = 7
@@ -28,8 +29,7 @@ def band_stats(seed=0):
   rng = np.random.default_rng(seed)
   s2_mean, s2_std = rng.uniform(300, 2500, 13), rng.uniform(150, 900, 13)
   s2_mean[10], s2_std[10] = 0.0, 0.0
-  return {"s2": {"mean": s2_mean.tolist(), "std": s2_std.tolist()},
-          "s1": {"mean": [0.16, 0.04], "std": [0.17, 0.037]}}
+  return {"s2": {"mean": s2_mean.tolist(), "std": s2_std.tolist()}, "s1": {"mean": [0.16, 0.04], "std": [0.17, 0.037]}}
 
 
 def raw_inputs(n=3, seed=1):
@@ -50,6 +50,7 @@ TEXTS = ["flooded area", "trees. crops. water", "burned area. bare", ""]
 def fresh_config(**data):
   """The sample GeoCLOSP config (resnet_tiny towers, MiniLM text, SatCLIP location)."""
   from closp_jax.config import load_config  # pylint: disable=import-outside-toplevel
+
   cfg = load_config(str(REPO / "configs" / "geoclosp.py"))
   cfg.unlock()
   for k, v in data.items():
@@ -61,7 +62,9 @@ def random_variables(cfg, seed=0):
   """Random variables of the config's model, from its shapes (no init computation): fan-in scaled
   kernels and embeddings, norm scales and BatchNorm variances in [0.5, 1.5], small biases and means."""
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
   from closp_jax.weights.closp_checkpoint import abstract_variables  # pylint: disable=import-outside-toplevel
+
   rng = np.random.default_rng(seed)
   abstract = nn.unbox(abstract_variables(export_lib.model_config_of(cfg)))
 
@@ -74,6 +77,7 @@ def random_variables(cfg, seed=0):
     if len(a.shape) <= 1:
       return (0.1 * rng.normal(size=a.shape)).astype(np.float32)
     return (rng.normal(size=a.shape) / np.sqrt(np.prod(a.shape[:-1]))).astype(np.float32)
+
   variables = {c: jax.tree_util.tree_map_with_path(draw, t) for c, t in abstract.items()}
   variables.setdefault("batch_stats", {})
   return variables
@@ -86,6 +90,7 @@ def make_workdir(workdir: Path, cfg, seed=0):
   from closp_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
   from closp_jax.train import setup  # pylint: disable=import-outside-toplevel
   from closp_jax.train.optimizer import make_optimizer  # pylint: disable=import-outside-toplevel
+
   mesh = mesh_lib.make_mesh(cfg.mesh)
   variables = random_variables(cfg, seed)
   shardings = jax.tree.map(lambda _: mesh_lib.replicated(mesh), variables)
@@ -103,6 +108,7 @@ def reference_embeddings(cfg, variables, stats):
   """The model code on inputs normalised by the trainer's pipeline (closp_jax.data.pipeline)."""
   from closp_jax.data.tokenize import load_tokenizer, tokenize  # pylint: disable=import-outside-toplevel
   from closp_jax.models.towers import CLOSP  # pylint: disable=import-outside-toplevel
+
   model = CLOSP(export_lib.model_config_of(cfg))
   s2, s1, lonlat = raw_inputs()
   fill = {"s2": 0.0, "s1": 1e-6}  # the builder's NaN rule (closp_jax.data.preprocess.NAN_FILL)
@@ -146,8 +152,14 @@ def run_fresh(model_dir: Path, tmp: Path) -> tuple[dict, dict]:
   np.savez(tmp / "inputs.npz", s2=s2, s1=s1, lonlat=lonlat)
   (tmp / "inputs.npz.json").write_text(json.dumps(TEXTS))
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-  proc = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(model_dir), str(tmp / "inputs.npz"),
-                         str(tmp / "out.npz")], capture_output=True, text=True, env=env, timeout=300, check=False)
+  proc = subprocess.run(
+    [sys.executable, "-c", FRESH_PROCESS, str(model_dir), str(tmp / "inputs.npz"), str(tmp / "out.npz")],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   info = json.loads(proc.stdout.strip().splitlines()[-1])
   return dict(np.load(tmp / "out.npz")), info
@@ -167,8 +179,17 @@ def exported(tmp_path_factory):
 def test_folder_layout_and_config(exported):
   cfg, variables, _, out = exported
   names = sorted(p.name for p in out.iterdir())
-  assert names == ["README.md", "closp_torch.safetensors", "config.json", "encode_location.jax", "encode_s1.jax",
-                   "encode_s2.jax", "encode_text.jax", "model.safetensors", "tokenizer"]
+  assert names == [
+    "README.md",
+    "closp_torch.safetensors",
+    "config.json",
+    "encode_location.jax",
+    "encode_s1.jax",
+    "encode_s2.jax",
+    "encode_text.jax",
+    "model.safetensors",
+    "tokenizer",
+  ]
   assert (out / "tokenizer" / "tokenizer.json").is_file() and (out / "tokenizer" / "vocab.txt").is_file()
   assert not [p for p in out.parent.iterdir() if p.name.startswith(".model.tmp")]  # temporary folder renamed
   meta = json.loads((out / "config.json").read_text())
@@ -177,9 +198,12 @@ def test_folder_layout_and_config(exported):
   assert meta["training_config"]["model"]["s2_encoder"] == "resnet_tiny"
   np.testing.assert_allclose(meta["logit_scale"], np.exp(float(variables["params"]["logit_scale"])), rtol=1e-6)
   from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+
   flat = load_file(str(out / "model.safetensors"))
   np.testing.assert_array_equal(flat["params/s2_projection/kernel"], variables["params"]["s2_projection"]["kernel"])
-  np.testing.assert_array_equal(flat["batch_stats/s1_encoder/bn1/mean"], variables["batch_stats"]["s1_encoder"]["bn1"]["mean"])
+  np.testing.assert_array_equal(
+    flat["batch_stats/s1_encoder/bn1/mean"], variables["batch_stats"]["s1_encoder"]["bn1"]["mean"]
+  )
   assert flat["params/logit_scale"].shape == ()
   assert len(flat) == len(jax.tree.leaves(variables))
 
@@ -204,17 +228,19 @@ def test_fresh_process_matches_checkpoint_without_model_code(exported, tmp_path)
 
 def test_batches_are_padded_and_split_consistently(exported):
   from closp_jax.exported import load_exported  # pylint: disable=import-outside-toplevel
+
   *_, out = exported
   m = load_exported(out)
   s2, s1, _ = raw_inputs(n=5, seed=4)
   whole = m.encode_image(s1, "s1")
-  pieces = m.encode_image(s1, "s1", batch_size=2)   # 2 + 2 + 1 (padded to 1)
+  pieces = m.encode_image(s1, "s1", batch_size=2)  # 2 + 2 + 1 (padded to 1)
   np.testing.assert_allclose(pieces, whole, atol=1e-5)
   assert m.encode_image(s2[:0], "s2").shape == (0, 384)
 
 
 def test_input_errors_name_the_problem(exported):
   from closp_jax.exported import ExportedModelError, load_exported  # pylint: disable=import-outside-toplevel
+
   *_, out = exported
   m = load_exported(out)
   with pytest.raises(ExportedModelError, match=r"s1 images have shape \(1, 120, 120, 3\).*VV, VH"):
@@ -231,6 +257,7 @@ def test_input_errors_name_the_problem(exported):
 
 def test_broken_folders_are_named(exported, tmp_path):
   from closp_jax.exported import ExportedModelError, load_exported  # pylint: disable=import-outside-toplevel
+
   with pytest.raises(ExportedModelError, match="config.json not found"):
     load_exported(tmp_path)
   *_, out = exported
@@ -263,9 +290,15 @@ def test_export_errors(exported, tmp_path):
   assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("normalization,rgb", [
-    ({"s2": "scale", "s1": "standardize"}, False), ({"s2": "standardize", "s1": "none"}, False),
-    ({"s2": "none", "s1": "scale"}, False), ({"s2": "scale", "s1": "standardize"}, True)])
+@pytest.mark.parametrize(
+  "normalization,rgb",
+  [
+    ({"s2": "scale", "s1": "standardize"}, False),
+    ({"s2": "standardize", "s1": "none"}, False),
+    ({"s2": "none", "s1": "scale"}, False),
+    ({"s2": "scale", "s1": "standardize"}, True),
+  ],
+)
 def test_input_normalisation_matches_the_pipeline(normalization, rgb):
   """The exported functions' preprocessing is the trainer's (_Normalize, then to_rgb)."""
   cfg = fresh_config(normalization=normalization, rgb=rgb)
@@ -299,14 +332,27 @@ def _original_closp(cfg):
 
   m, t, loc = cfg.model, cfg.model.text, cfg.model.location
   assert m.s2_encoder == m.s1_encoder == "resnet_tiny" and loc.kind == "satclip"
-  text = BertConfig(vocab_size=t.vocab_size, hidden_size=t.hidden, num_hidden_layers=t.layers,
-                    num_attention_heads=t.heads, intermediate_size=t.intermediate, max_position_embeddings=t.max_position,
-                    type_vocab_size=t.type_vocab, layer_norm_eps=t.layer_norm_eps)
+  text = BertConfig(
+    vocab_size=t.vocab_size,
+    hidden_size=t.hidden,
+    num_hidden_layers=t.layers,
+    num_attention_heads=t.heads,
+    intermediate_size=t.intermediate,
+    max_position_embeddings=t.max_position,
+    type_vocab_size=t.type_vocab,
+    layer_norm_eps=t.layer_norm_eps,
+  )
   return authors_closp.GeoCLOSP(
-      text, None, s1_encoder=authors_closp.small_resnet(m.s1_in_chans, m.s1_head_classes),
-      s2_encoder=authors_closp.small_resnet(m.s2_in_chans, m.s2_head_classes), legendre_polys=loc.degree,
-      dim_hidden=loc.hidden, num_layers=loc.layers, dim_out=loc.out,
-      harmonics_calculation=SH_CALCULATION[loc.sh_convention]).eval()
+    text,
+    None,
+    s1_encoder=authors_closp.small_resnet(m.s1_in_chans, m.s1_head_classes),
+    s2_encoder=authors_closp.small_resnet(m.s2_in_chans, m.s2_head_classes),
+    legendre_polys=loc.degree,
+    dim_hidden=loc.hidden,
+    num_layers=loc.layers,
+    dim_out=loc.out,
+    harmonics_calculation=SH_CALCULATION[loc.sh_convention],
+  ).eval()
 
 
 @pytest.mark.torch
@@ -314,6 +360,7 @@ def test_torch_state_dict_loads_into_the_original_model_class(exported):
   torch = pytest.importorskip("torch")
   from safetensors import safe_open  # pylint: disable=import-outside-toplevel
   from safetensors.torch import load_file  # pylint: disable=import-outside-toplevel
+
   cfg, variables, stats, out = exported
   ref = _original_closp(cfg)
   sd = load_file(str(out / "closp_torch.safetensors"))
@@ -330,25 +377,35 @@ def test_torch_state_dict_loads_into_the_original_model_class(exported):
     x = np.where(np.isnan(x), e["nan_fill"], x)
     x = (x - np.asarray(e["shift"], np.float32)) * np.asarray(e["scale"], np.float32)
     return torch.from_numpy(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))))
+
   # The towers of the authors' class on inputs normalised as config.json says (their encode_image would
   # apply their own S2 / 10,000 instead); the text's CLS token and the location as their code computes them.
   unit = lambda x: torch.nn.functional.normalize(x, dim=-1)  # noqa: E731
   with torch.no_grad():
-    got = {"s2": unit(ref.s2_projection(ref.s2_encoder(normalised(s2, "s2")))),
-           "s1": unit(ref.s1_projection(ref.s1_encoder(normalised(s1, "s1")))),
-           "text": unit(ref.encode_text(input_ids=torch.from_numpy(want["ids"]).long(),
-                                        attention_mask=torch.from_numpy(want["mask"]).long())),
-           "location": ref.encode_location(torch.from_numpy(lonlat))}
+    got = {
+      "s2": unit(ref.s2_projection(ref.s2_encoder(normalised(s2, "s2")))),
+      "s1": unit(ref.s1_projection(ref.s1_encoder(normalised(s1, "s1")))),
+      "text": unit(
+        ref.encode_text(
+          input_ids=torch.from_numpy(want["ids"]).long(), attention_mask=torch.from_numpy(want["mask"]).long()
+        )
+      ),
+      "location": ref.encode_location(torch.from_numpy(lonlat)),
+    }
   errors = {k: float(np.abs(v.numpy() - want[k]).max()) for k, v in got.items()}
-  print("closp_torch.safetensors in the authors' class: max abs diff " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+  print(
+    "closp_torch.safetensors in the authors' class: max abs diff "
+    + ", ".join(f"{k} {v:.1e}" for k, v in errors.items())
+  )
   for k, err in errors.items():
     assert err <= 1e-4, f"{k}: max abs difference {err}"
 
 
 def _export_binary(cwd, *args):
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-  return subprocess.run([sys.executable, "-m", "closp_jax.export", *args], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, "-m", "closp_jax.export", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+  )
 
 
 def test_binary_writes_a_folder_from_relative_paths(tmp_path):
@@ -362,7 +419,9 @@ def test_binary_writes_a_folder_from_relative_paths(tmp_path):
   out = tmp_path / "models" / "geo"
   assert f"wrote {out}" in proc.stdout
   from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+
   from closp_jax.exported import load_exported  # pylint: disable=import-outside-toplevel
+
   model = load_exported(out)
   assert model.encode_text(["flooded area"]).shape == (1, int(cfg.model.embed_dim))
   meta = json.loads((out / "config.json").read_text())

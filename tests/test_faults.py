@@ -4,6 +4,7 @@ topology, bad data, untrusted files. Each test provokes the fault and checks wha
 The runs of the training binary that train (kill/resume, non-finite) are marked slow; the error
 paths that stop before compilation run in the default suite.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,20 +20,26 @@ import threading
 import time
 from pathlib import Path
 
+import h5_archive
 import h5py
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-import h5_archive
 from conftest import REPO, run_trainer
 
 # The tiny dataset, a random text tower and short texts: the smallest model that trains every tower.
-TINY = ["--config.data.name=crisis_landmark/tiny", "--config.data.batch_size=16",
-        "--config.data.eval_batch_size=64", "--config.eval.every_steps=0", "--config.eval.final=False",
-        "--config.init.text=", "--config.data.max_len=16", "--config.train.log_every_steps=1",
-        "--config.train.record_data_order=True"]
+TINY = [
+  "--config.data.name=crisis_landmark/tiny",
+  "--config.data.batch_size=16",
+  "--config.data.eval_batch_size=64",
+  "--config.eval.every_steps=0",
+  "--config.eval.final=False",
+  "--config.init.text=",
+  "--config.data.max_len=16",
+  "--config.train.log_every_steps=1",
+  "--config.train.record_data_order=True",
+]
 
 # Runs closp_jax.main with orbax's final rename of every checkpoint paused: the test kills the
 # process while a checkpoint is half-way (its files written under a temporary name, not renamed).
@@ -66,8 +73,9 @@ class Trainer:
     env = dict(os.environ, CLOSP_DATA_DIR=str(data_dir), **(env or {}))
     head = ["-c", driver] if driver else ["-m", "closp_jax.main"]
     cmd = [sys.executable, *head, "--config=configs/geoclosp.py", f"--workdir={workdir}", *TINY, *overrides]
-    self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True, start_new_session=True)
+    self.proc = subprocess.Popen(
+      cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     self.lines: list[str] = []
     self._queue: queue.Queue = queue.Queue()
     threading.Thread(target=self._read, daemon=True).start()
@@ -125,6 +133,7 @@ def trainer(*args, **kwargs):
 
 def steps_in(workdir) -> list[int]:
   from closp_jax.checkpoint import list_steps  # pylint: disable=import-outside-toplevel
+
   return list_steps(Path(workdir) / "checkpoints")
 
 
@@ -132,9 +141,11 @@ def saved_state(workdir, step) -> dict[str, np.ndarray]:
   """Every array of the saved train state (params, BatchNorm statistics, optimizer state, rng), flat."""
   import jax  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   restored = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
-  return {jax.tree_util.keystr(path): np.asarray(leaf)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]}
+  return {
+    jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]
+  }
 
 
 def data_order(workdir) -> dict[int, str]:
@@ -148,8 +159,14 @@ def data_order(workdir) -> dict[int, str]:
 
 
 def run_binary(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "closp_jax.main", *args], cwd=REPO, capture_output=True, text=True,
-                        timeout=timeout, env=dict(os.environ, **(env or {})))
+  return subprocess.run(
+    [sys.executable, "-m", "closp_jax.main", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env=dict(os.environ, **(env or {})),
+  )
 
 
 def assert_user_error(proc, *needles):
@@ -179,16 +196,20 @@ def test_sigterm_and_sigkill_at_any_point_resume_bit_for_bit(tmp_path, tiny_data
     t.wait_for(r"^step 2/12")
     t.signal(signal.SIGTERM)
     assert t.finish() == 75, t.output
-  assert re.search(r"stopped \(SIGTERM\) after step (\d+); checkpoint saved in .*Run the same command again "
-                   r"to resume", t.output), t.output
+  assert re.search(
+    r"stopped \(SIGTERM\) after step (\d+); checkpoint saved in .*Run the same command again "
+    r"to resume",
+    t.output,
+  ), t.output
   stopped_at = int(re.search(r"after step (\d+)", t.output).group(1))
   assert steps_in(resumed)[-1] == stopped_at and 2 <= stopped_at < 12
   start = saved_state(resumed, stopped_at)  # (checkpoint.keep removes it later)
 
   # 2. SIGKILL while the next checkpoint is being written (orbax's final rename held back).
   marker = tmp_path / "writing"
-  with trainer(resumed, tiny_data_dir, *steps, driver=PAUSED_SAVE_DRIVER,
-               env={"CLOSP_TEST_PAUSE_MARKER": str(marker)}) as t:
+  with trainer(
+    resumed, tiny_data_dir, *steps, driver=PAUSED_SAVE_DRIVER, env={"CLOSP_TEST_PAUSE_MARKER": str(marker)}
+  ) as t:
     t.wait_for(rf"resumed from .*/checkpoints/{stopped_at} \(step {stopped_at}\)")
     deadline = time.monotonic() + 600
     while not marker.exists() and time.monotonic() < deadline and t.proc.poll() is None:
@@ -249,12 +270,22 @@ print("AGREED", i, before, "|", stop.agree(), flush=True)
 def test_processes_agree_on_a_signal_only_one_of_them_received():
   """Multi-host: a signal to one process makes every process stop after the same step."""
   import socket  # pylint: disable=import-outside-toplevel
+
   with socket.socket() as sock:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  procs = [subprocess.Popen([sys.executable, "-c", AGREE_SCRIPT, str(port), str(i)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", AGREE_SCRIPT, str(port), str(i)],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=180)[0] for p in procs]
   assert "AGREED 0 None | a stop signal to process 1" in outs[0], outs[0][-2000:]
   assert "AGREED 1 None | SIGTERM" in outs[1], outs[1][-2000:]
@@ -265,11 +296,13 @@ def test_processes_agree_on_a_signal_only_one_of_them_received():
 
 def _small_state(value: float):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   return {"w": jnp.full((64, 64), value, jnp.float32), "step": jnp.asarray(int(value), jnp.int32)}
 
 
 def _saved(directory, steps, async_save=False):
   from closp_jax.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
+
   ckpt = Checkpointer(directory, keep=10, async_save=async_save)
   for s in steps:
     ckpt.save(s, _small_state(s))
@@ -281,24 +314,34 @@ def test_checkpoint_killed_while_written_is_never_restored(tmp_path):
   directory = tmp_path / "checkpoints"
   marker = tmp_path / "writing"
   script = PAUSED_SAVE_DRIVER.split("sys.argv = ")[0] + (
-      "import sys\nsys.path.insert(0, sys.argv[1])\n"
-      "import jax.numpy as jnp\nfrom closp_jax.checkpoint import Checkpointer\n"
-      "ckpt = Checkpointer(sys.argv[2], keep=10, async_save=True)\n"
-      "for s in (1, 2):\n"
-      "  ckpt.save(s, {'w': jnp.full((64, 64), float(s)), 'step': jnp.asarray(s, jnp.int32)})\n"
-      "  if s == 1:\n"
-      "    ckpt.wait()\n"
-      "    os.environ['CLOSP_TEST_PAUSE_MARKER'] = marker\n"
-      "ckpt.wait()\n")
-  script = script.replace('marker = os.environ["CLOSP_TEST_PAUSE_MARKER"]',
-                          'marker = os.environ["CLOSP_TEST_PAUSE_MARKER"]\nos.environ["CLOSP_TEST_PAUSE_MARKER"] = ""')
-  script = script.replace("  async def finalize(self, *args, **kwargs):\n",
-                          "  async def finalize(self, *args, **kwargs):\n"
-                          "    if not os.environ['CLOSP_TEST_PAUSE_MARKER']:\n"
-                          "      return await original(self, *args, **kwargs)\n")
-  proc = subprocess.Popen([sys.executable, "-c", script, REPO, str(directory)], cwd=REPO,
-                          env=dict(os.environ, CLOSP_TEST_PAUSE_MARKER=str(marker)),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    "import sys\nsys.path.insert(0, sys.argv[1])\n"
+    "import jax.numpy as jnp\nfrom closp_jax.checkpoint import Checkpointer\n"
+    "ckpt = Checkpointer(sys.argv[2], keep=10, async_save=True)\n"
+    "for s in (1, 2):\n"
+    "  ckpt.save(s, {'w': jnp.full((64, 64), float(s)), 'step': jnp.asarray(s, jnp.int32)})\n"
+    "  if s == 1:\n"
+    "    ckpt.wait()\n"
+    "    os.environ['CLOSP_TEST_PAUSE_MARKER'] = marker\n"
+    "ckpt.wait()\n"
+  )
+  script = script.replace(
+    'marker = os.environ["CLOSP_TEST_PAUSE_MARKER"]',
+    'marker = os.environ["CLOSP_TEST_PAUSE_MARKER"]\nos.environ["CLOSP_TEST_PAUSE_MARKER"] = ""',
+  )
+  script = script.replace(
+    "  async def finalize(self, *args, **kwargs):\n",
+    "  async def finalize(self, *args, **kwargs):\n"
+    "    if not os.environ['CLOSP_TEST_PAUSE_MARKER']:\n"
+    "      return await original(self, *args, **kwargs)\n",
+  )
+  proc = subprocess.Popen(
+    [sys.executable, "-c", script, REPO, str(directory)],
+    cwd=REPO,
+    env=dict(os.environ, CLOSP_TEST_PAUSE_MARKER=str(marker)),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   try:
     deadline = time.monotonic() + 120
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -309,10 +352,10 @@ def test_checkpoint_killed_while_written_is_never_restored(tmp_path):
   finally:
     if proc.poll() is None:
       proc.kill()
-  assert sorted(p.name for p in directory.iterdir() if not p.name.startswith(".")) == [
-      "1", "2.orbax-checkpoint-tmp"]
+  assert sorted(p.name for p in directory.iterdir() if not p.name.startswith(".")) == ["1", "2.orbax-checkpoint-tmp"]
 
   from closp_jax.checkpoint import Checkpointer, abstract_like  # pylint: disable=import-outside-toplevel
+
   ckpt = Checkpointer(directory, keep=10, async_save=False)
   messages = []
   state, step = ckpt.restore_latest(abstract_like(_small_state(0)), say=messages.append)
@@ -333,6 +376,7 @@ def test_corrupt_or_half_deleted_checkpoints_are_set_aside(tmp_path):
     f.unlink()
 
   from closp_jax.checkpoint import Checkpointer, CheckpointError, abstract_like  # pylint: disable=import-outside-toplevel
+
   ckpt = Checkpointer(directory, keep=10, async_save=False)
   messages = []
   state, step = ckpt.restore_latest(abstract_like(_small_state(0)), say=messages.append)
@@ -358,7 +402,9 @@ def test_corrupt_or_half_deleted_checkpoints_are_set_aside(tmp_path):
 def test_checkpoint_of_another_model_is_an_error_not_damage(tmp_path):
   """A changed config (other shapes or names) must not be mistaken for corruption and moved aside."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   from closp_jax.checkpoint import Checkpointer, CheckpointError, abstract_like  # pylint: disable=import-outside-toplevel
+
   directory = tmp_path / "checkpoints"
   _saved(directory, (1, 2))
   other = {"w": jnp.zeros((32, 64), jnp.float32), "step": jnp.asarray(0, jnp.int32), "extra": jnp.zeros(3)}
@@ -382,10 +428,13 @@ def test_disk_full_during_a_save_names_the_step_and_keeps_the_last_one(tmp_path,
   makes it fail): a CheckpointError names the step, the free space and the latest complete
   checkpoint, which still restores; no half-written folder is left as a step."""
   import errno  # pylint: disable=import-outside-toplevel
+
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   from closp_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   from closp_jax.checkpoint import Checkpointer, CheckpointError, abstract_like  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   rng = np.random.default_rng(0)
   noisy = lambda: {"w": jnp.asarray(rng.standard_normal((300, 1024), np.float32))}  # noqa: E731
   real_save = ocp.CheckpointManager.save
@@ -394,6 +443,7 @@ def test_disk_full_during_a_save_names_the_step_and_keeps_the_last_one(tmp_path,
     if step == 2:
       raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "checkpoints" / "2"))
     return real_save(self, step, *args, **kwargs)
+
   ckpt = Checkpointer(tmp_path / "checkpoints", keep=5, async_save=True)
   first = noisy()
   ckpt.save(1, first)
@@ -424,9 +474,19 @@ def test_disk_full_during_a_save_names_the_step_and_keeps_the_last_one(tmp_path,
 def test_non_finite_loss_stops_or_skips_naming_step_and_terms(tmp_path, tiny_data_dir, policy):
   """lr=1e30 blows the parameters up after step 1: step 2's loss is NaN."""
   workdir = tmp_path / "w"
-  proc = run_trainer(workdir, tiny_data_dir, *TINY, "--config.train.steps=4", "--config.optim.lr=1e30",
-                     "--config.optim.schedule=constant", "--config.checkpoint.every_steps=1", "--config.checkpoint.keep=10",
-                     "--config.checkpoint.async_save=False", f"--config.train.nonfinite={policy}", check=False)
+  proc = run_trainer(
+    workdir,
+    tiny_data_dir,
+    *TINY,
+    "--config.train.steps=4",
+    "--config.optim.lr=1e30",
+    "--config.optim.schedule=constant",
+    "--config.checkpoint.every_steps=1",
+    "--config.checkpoint.keep=10",
+    "--config.checkpoint.async_save=False",
+    f"--config.train.nonfinite={policy}",
+    check=False,
+  )
   if policy == "stop":
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -454,17 +514,27 @@ def test_non_finite_loss_stops_or_skips_naming_step_and_terms(tmp_path, tiny_dat
 
 
 def test_config_values_wrong_types_and_unknown_keys_are_named():
-  proc = run_binary("--config=configs/geoclosp.py", "--config.train.nonfinite=ignore",
-                    "--config.checkpoint.every_steps=0", "--config.optim.lr=-1.0", "--workdir=/tmp/unused")
-  assert_user_error(proc, "config.train.nonfinite='ignore' is not one of 'stop', 'skip'",
-                    "config.checkpoint.every_steps=0 must be >= 1", "config.optim.lr=-1.0",
-                    "--config.KEY=VALUE")
+  proc = run_binary(
+    "--config=configs/geoclosp.py",
+    "--config.train.nonfinite=ignore",
+    "--config.checkpoint.every_steps=0",
+    "--config.optim.lr=-1.0",
+    "--workdir=/tmp/unused",
+  )
+  assert_user_error(
+    proc,
+    "config.train.nonfinite='ignore' is not one of 'stop', 'skip'",
+    "config.checkpoint.every_steps=0 must be >= 1",
+    "config.optim.lr=-1.0",
+    "--config.KEY=VALUE",
+  )
   proc = run_binary("--config=configs/geoclosp.py", "--config.train.steps=ten")
   assert proc.returncode != 0 and "--config.train.steps=ten" in proc.stderr and "int" in proc.stderr
   proc = run_binary("--config=configs/geoclosp.py", "--config.optim.lrate=0.1")
   assert proc.returncode != 0 and "optim.lrate" in proc.stderr and "lr" in proc.stderr
 
   from closp_jax.config import ConfigValueError, load_config, validate  # pylint: disable=import-outside-toplevel
+
   c = load_config("geoclosp:sample")
   with c.unlocked():
     c.loss.weights.s2_text = c.loss.weights.s1_text = 0.0
@@ -478,36 +548,71 @@ def test_config_values_wrong_types_and_unknown_keys_are_named():
 
 
 def test_mesh_that_does_not_match_the_devices(tmp_path, tiny_data_dir):
-  proc = run_binary("--config=configs/geoclosp.py", f"--workdir={tmp_path}", *TINY, "--config.mesh.data=3",
-                    env={"CLOSP_DATA_DIR": tiny_data_dir})
+  proc = run_binary(
+    "--config=configs/geoclosp.py",
+    f"--workdir={tmp_path}",
+    *TINY,
+    "--config.mesh.data=3",
+    env={"CLOSP_DATA_DIR": tiny_data_dir},
+  )
   assert_user_error(proc, "needs 3 devices but this run has 1", "--config.mesh.data=-1")
 
 
 def test_batch_not_divisible_by_the_data_axes(tmp_path, tiny_data_dir):
-  proc = run_binary("--config=configs/geoclosp.py", f"--workdir={tmp_path}", *TINY, "--config.data.batch_size=6",
-                    env={"CLOSP_DATA_DIR": tiny_data_dir,
-                         "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
-  assert_user_error(proc, "config.data.batch_size=6 must be a positive multiple of the data-parallel size 4",
-                    "--config.data.batch_size=8")
+  proc = run_binary(
+    "--config=configs/geoclosp.py",
+    f"--workdir={tmp_path}",
+    *TINY,
+    "--config.data.batch_size=6",
+    env={"CLOSP_DATA_DIR": tiny_data_dir, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+  )
+  assert_user_error(
+    proc,
+    "config.data.batch_size=6 must be a positive multiple of the data-parallel size 4",
+    "--config.data.batch_size=8",
+  )
 
 
 def test_batch_larger_than_the_dataset(tmp_path, tiny_data_dir):
-  proc = run_binary("--config=configs/geoclosp.py", f"--workdir={tmp_path}", *TINY, "--config.data.batch_size=64",
-                    env={"CLOSP_DATA_DIR": tiny_data_dir})
+  proc = run_binary(
+    "--config=configs/geoclosp.py",
+    f"--workdir={tmp_path}",
+    *TINY,
+    "--config.data.batch_size=64",
+    env={"CLOSP_DATA_DIR": tiny_data_dir},
+  )
   assert_user_error(proc, "training samples", "fewer than config.data.batch_size=64", "--config.data.batch_size")
 
 
 def test_missing_or_unknown_dataset(tmp_path):
   empty = tmp_path / "no_data"
-  proc = run_binary("--config=configs/geoclosp.py", f"--workdir={tmp_path / 'w'}", "--config.data.name=crisis_landmark/full",
-                    env={"CLOSP_DATA_DIR": str(empty)})
-  assert_user_error(proc, "crisis_landmark/full converts the official release", "--config.data.manual_dir",
-                    "crisislandmark.h5", "metadata.parquet")
-  proc = run_binary("--config=configs/geoclosp.py", f"--workdir={tmp_path / 'w'}", "--config.data.name=crisis_landmark/full",
-                    f"--config.data.manual_dir={tmp_path / 'nowhere'}", env={"CLOSP_DATA_DIR": str(empty)})
+  proc = run_binary(
+    "--config=configs/geoclosp.py",
+    f"--workdir={tmp_path / 'w'}",
+    "--config.data.name=crisis_landmark/full",
+    env={"CLOSP_DATA_DIR": str(empty)},
+  )
+  assert_user_error(
+    proc,
+    "crisis_landmark/full converts the official release",
+    "--config.data.manual_dir",
+    "crisislandmark.h5",
+    "metadata.parquet",
+  )
+  proc = run_binary(
+    "--config=configs/geoclosp.py",
+    f"--workdir={tmp_path / 'w'}",
+    "--config.data.name=crisis_landmark/full",
+    f"--config.data.manual_dir={tmp_path / 'nowhere'}",
+    env={"CLOSP_DATA_DIR": str(empty)},
+  )
   assert_user_error(proc, f"release folder {tmp_path / 'nowhere'} lacks crisislandmark.h5")
-  proc = run_binary("--config=configs/geoclosp.py", f"--workdir={tmp_path / 'w'}", "--config.data.name=crisis_landmark/smal",
-                    env={"CLOSP_DATA_DIR": str(empty)})
+  proc = run_binary(
+    "--config=configs/geoclosp.py",
+    f"--workdir={tmp_path / 'w'}",
+    "--config.data.name=crisis_landmark/smal",
+    env={"CLOSP_DATA_DIR": str(empty)},
+  )
   assert_user_error(proc, "unknown dataset 'crisis_landmark/smal'", "crisis_landmark/sample")
 
 
@@ -523,10 +628,12 @@ def test_a_read_only_or_full_workdir_is_named_before_any_work(tmp_path, monkeypa
   """The workdir probe's write fails as a read-only or full disk makes it fail (the OSError injected
   into the probe's write): a RunConfigError naming the folder, the OS reason and the fix."""
   import errno  # pylint: disable=import-outside-toplevel
+
   from closp_jax.train.setup import RunConfigError, check_workdir  # pylint: disable=import-outside-toplevel
 
   def refuse(self, data):
     raise OSError(getattr(errno, code), reason, str(self))
+
   monkeypatch.setattr(Path, "write_bytes", refuse)
   with pytest.raises(RunConfigError) as err:
     check_workdir(tmp_path / "run")
@@ -540,7 +647,9 @@ def test_a_read_only_or_full_workdir_is_named_before_any_work(tmp_path, monkeypa
 
 def _build(root, release):
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
   from closp_jax.data import crisis_landmark  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+
   builder = tfds.builder("crisis_landmark/full", data_dir=str(root / "data"))
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(release)))
   return builder
@@ -557,6 +666,7 @@ def _edit_sample(release, shard, key, dataset, edit):
 @pytest.mark.parametrize("fault", ["not_hdf5", "truncated"])
 def test_corrupt_hdf5_shard_names_file_and_key(tmp_path, fault):
   from closp_jax.data.crisis_landmark import ReleaseFileError  # pylint: disable=import-outside-toplevel
+
   release = tmp_path / "release"
   h5_archive.write_archive(release)
   shard = release / "mmflood.h5"
@@ -573,6 +683,7 @@ def test_corrupt_hdf5_shard_names_file_and_key(tmp_path, fault):
 @pytest.mark.parametrize("value,what", [(np.inf, "1 infinite"), (3.0e38, "0 infinite")])
 def test_damaged_pixel_values_name_file_and_key(tmp_path, value, what):
   from closp_jax.data.preprocess import SampleFormatError  # pylint: disable=import-outside-toplevel
+
   release = tmp_path / "release"
   h5_archive.write_archive(release)
   _edit_sample(release, "cabuar.h5", "cabuar_0001", "image", lambda a: a.__setitem__((3, 7, 9), value))
@@ -584,6 +695,7 @@ def test_damaged_pixel_values_name_file_and_key(tmp_path, value, what):
 
 def test_wrong_channel_count_names_file_and_key(tmp_path):
   from closp_jax.data.preprocess import SampleFormatError  # pylint: disable=import-outside-toplevel
+
   with pytest.raises(SampleFormatError) as err:
     h5_archive.build_full(tmp_path, bad_shape_key="benv2s1_0001")
   assert "benv2s1_part1.h5:/benv2s1_0001" in str(err.value) and "(3, 120, 120)" in str(err.value)
@@ -592,10 +704,13 @@ def test_wrong_channel_count_names_file_and_key(tmp_path):
 @pytest.mark.parametrize("coords", ["nan_centre", "far_outside"])
 def test_coordinates_out_of_range_name_file_and_key(tmp_path, coords):
   from closp_jax.data.preprocess import SampleFormatError  # pylint: disable=import-outside-toplevel
+
   release = tmp_path / "release"
   h5_archive.write_archive(release)
+
   def edit(a):
     a[:, 60, 60] = np.nan if coords == "nan_centre" else 4.0e7
+
   _edit_sample(release, "quakeset.h5", "quakeset_0001", "coords", edit)
   with pytest.raises(SampleFormatError) as err:
     _build(tmp_path, release)
@@ -604,13 +719,17 @@ def test_coordinates_out_of_range_name_file_and_key(tmp_path, coords):
 
 def test_empty_labels_name_metadata_file_and_key(tmp_path):
   from closp_jax.data.labels import UnknownLabelError  # pylint: disable=import-outside-toplevel
+
   release = tmp_path / "release"
   h5_archive.write_archive(release)
   table = pq.read_table(release / "metadata.parquet").to_pydict()
   table["labels"][table["key"].index("mmflood_0001")] = []
-  pq.write_table(pa.table({"key": table["key"], "split": table["split"],
-                           "labels": pa.array(table["labels"], pa.list_(pa.string()))}),
-                 release / "metadata.parquet")
+  pq.write_table(
+    pa.table(
+      {"key": table["key"], "split": table["split"], "labels": pa.array(table["labels"], pa.list_(pa.string()))}
+    ),
+    release / "metadata.parquet",
+  )
   with pytest.raises(UnknownLabelError) as err:
     _build(tmp_path, release)
   assert "metadata.parquet" in str(err.value) and "'mmflood_0001' has no labels" in str(err.value)
@@ -628,6 +747,7 @@ def test_nan_pixels_are_replaced_counted_and_logged(tmp_path, capsys):
 
 def test_truncated_array_record_names_the_file(tmp_path, tiny_data_dir):
   from closp_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+
   data_dir = tmp_path / "data"
   shutil.copytree(tiny_data_dir, data_dir)
   builder = pipeline.get_builder("crisis_landmark/tiny", data_dir=str(data_dir), prepare=False)
@@ -665,16 +785,28 @@ class _Payload:
 
 
 def test_exported_model_loader_never_runs_pickled_code(tmp_path):
-  from closp_jax import exported  # pylint: disable=import-outside-toplevel
   import json  # pylint: disable=import-outside-toplevel
+
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
+  from closp_jax import exported  # pylint: disable=import-outside-toplevel
+
   folder = tmp_path / "model"
   folder.mkdir()
   marker = tmp_path / "code_ran"
-  (folder / "config.json").write_text(json.dumps({
-      "format": exported.FORMAT, "version": exported.SUPPORTED_VERSIONS[0], "weights": "model.safetensors",
-      "functions": {"text": "text.jax_exported"}, "sensors": ["s2", "s1"], "text": {"max_len": 16},
-      "embed_dim": 8}))
+  (folder / "config.json").write_text(
+    json.dumps(
+      {
+        "format": exported.FORMAT,
+        "version": exported.SUPPORTED_VERSIONS[0],
+        "weights": "model.safetensors",
+        "functions": {"text": "text.jax_exported"},
+        "sensors": ["s2", "s1"],
+        "text": {"max_len": 16},
+        "embed_dim": 8,
+      }
+    )
+  )
   payload = pickle.dumps({"w": _Payload(marker)})
   (folder / "model.safetensors").write_bytes(payload)
   (folder / "text.jax_exported").write_bytes(payload)

@@ -1,12 +1,13 @@
 """docs/fidelity.md stays true: every `key = value` its tables give for ours is the :paper config's value."""
+
 import ast
 import re
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from closp_jax.config import load_config
-from conftest import REPO
 
 DOC = Path(REPO) / "docs" / "fidelity.md"
 PAIR = re.compile(r"`([a-z0-9_.]+) = ([^`]+)`")
@@ -15,7 +16,7 @@ PAIR = re.compile(r"`([a-z0-9_.]+) = ([^`]+)`")
 def _claims():
   claims = []
   text = DOC.read_text()
-  for line in text[text.index("## Training"):].splitlines():
+  for line in text[text.index("## Training") :].splitlines():
     if not line.startswith("|"):
       continue
     cells = [c.strip() for c in line.strip("|").split("|")]

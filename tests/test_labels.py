@@ -1,4 +1,5 @@
 """Tests for closp_jax.data.labels: CORINE table, text rule, multi-hot."""
+
 import numpy as np
 import pytest
 
@@ -18,13 +19,26 @@ Intertidal flats|Water courses|Water bodies|Coastal lagoons|Estuaries|Sea and oc
 BEN_V1_43 = [" ".join(n.split()) for n in BEN_V1_43.replace("\n", "").split("|")]
 
 BEN_V2_19 = [
-    "Urban fabric", "Industrial or commercial units", "Arable land", "Permanent crops", "Pastures",
-    "Complex cultivation patterns",
-    "Land principally occupied by agriculture, with significant areas of natural vegetation",
-    "Agro-forestry areas", "Broad-leaved forest", "Coniferous forest", "Mixed forest",
-    "Natural grassland and sparsely vegetated areas", "Moors, heathland and sclerophyllous vegetation",
-    "Transitional woodland, shrub", "Beaches, dunes, sands", "Inland wetlands", "Coastal wetlands",
-    "Inland waters", "Marine waters"]
+  "Urban fabric",
+  "Industrial or commercial units",
+  "Arable land",
+  "Permanent crops",
+  "Pastures",
+  "Complex cultivation patterns",
+  "Land principally occupied by agriculture, with significant areas of natural vegetation",
+  "Agro-forestry areas",
+  "Broad-leaved forest",
+  "Coniferous forest",
+  "Mixed forest",
+  "Natural grassland and sparsely vegetated areas",
+  "Moors, heathland and sclerophyllous vegetation",
+  "Transitional woodland, shrub",
+  "Beaches, dunes, sands",
+  "Inland wetlands",
+  "Coastal wetlands",
+  "Inland waters",
+  "Marine waters",
+]
 
 
 def test_classes_order_and_count():
@@ -40,11 +54,20 @@ def test_table_covers_every_bigearthnet_name(name):
   assert len(L.map_labels([name], "benv2s2_x")) == 1
 
 
-@pytest.mark.parametrize("corine,cls", [
-    ("Rice fields", "Flooded Vegetation"), ("Burnt areas", "Burned Area"),
-    ("Agro-forestry areas", "Trees"), ("Sea and ocean", "Water"),
-    ("Mineral extraction sites", "Bare"), ("Urban fabric", "Built"), ("Pastures", "Grass"),
-    ("Transitional woodland, shrub", "Shrub and Scrub"), ("Glaciers and perpetual snow", "Snow and Ice")])
+@pytest.mark.parametrize(
+  "corine,cls",
+  [
+    ("Rice fields", "Flooded Vegetation"),
+    ("Burnt areas", "Burned Area"),
+    ("Agro-forestry areas", "Trees"),
+    ("Sea and ocean", "Water"),
+    ("Mineral extraction sites", "Bare"),
+    ("Urban fabric", "Built"),
+    ("Pastures", "Grass"),
+    ("Transitional woodland, shrub", "Shrub and Scrub"),
+    ("Glaciers and perpetual snow", "Snow and Ice"),
+  ],
+)
 def test_known_entries(corine, cls):
   assert L.CORINE_TO_CLASS[corine] == cls
 
@@ -88,8 +111,9 @@ def test_multihot_and_inverse():
   text = L.labels_to_text(["Rice fields", "Burnt areas", "Sea and ocean"], "k")
   assert text == "water. flooded vegetation. burned area"
   np.testing.assert_array_equal(L.text_to_multihot(text), mh)
-  np.testing.assert_array_equal(L.text_to_multihot("  Flooded Area.water.  "),
-                                np.eye(12, dtype=np.float32)[[3, 9]].sum(0))
+  np.testing.assert_array_equal(
+    L.text_to_multihot("  Flooded Area.water.  "), np.eye(12, dtype=np.float32)[[3, 9]].sum(0)
+  )
 
 
 def test_text_to_multihot_unknown_term():

@@ -1,4 +1,5 @@
 """Launch scripts: shellcheck-clean, and their --dry-run prints the exact commands with what was given."""
+
 import os
 import shutil
 import subprocess
@@ -8,8 +9,9 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU = os.path.join(REPO, "launch", "tpu")
 SCRIPTS = sorted(
-    [os.path.join("launch", "local_multiprocess.sh"), os.path.join("launch", "gpu", "slurm.sbatch")]
-    + [os.path.join("launch", "tpu", f) for f in os.listdir(TPU) if f.endswith(".sh")])
+  [os.path.join("launch", "local_multiprocess.sh"), os.path.join("launch", "gpu", "slurm.sbatch")]
+  + [os.path.join("launch", "tpu", f) for f in os.listdir(TPU) if f.endswith(".sh")]
+)
 CONFIG = "configs/geoclosp.py:pod"
 WORKDIR = "gs://closp-test-bucket/runs/pod-1"
 
@@ -27,7 +29,9 @@ def _commands(stdout: str) -> list[str]:
   return [line[2:] for line in stdout.splitlines() if line.startswith("+ ")]
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed (apt-get install shellcheck)")
+@pytest.mark.skipif(
+  shutil.which("shellcheck") is None, reason="shellcheck is not installed (apt-get install shellcheck)"
+)
 def test_every_script_passes_shellcheck():
   assert len(SCRIPTS) >= 10
   proc = subprocess.run(["shellcheck", "-x", *SCRIPTS], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -45,8 +49,18 @@ def test_every_script_is_executable_and_documents_dry_run():
 
 
 def test_local_multiprocess_dry_run():
-  out = _run("launch/local_multiprocess.sh", "--dry-run", "3", "--port", "4567", "--devices_per_process", "2",
-             "--", f"--config={CONFIG}", "--workdir=/tmp/w x").stdout
+  out = _run(
+    "launch/local_multiprocess.sh",
+    "--dry-run",
+    "3",
+    "--port",
+    "4567",
+    "--devices_per_process",
+    "2",
+    "--",
+    f"--config={CONFIG}",
+    "--workdir=/tmp/w x",
+  ).stdout
   lines = [l for l in out.splitlines() if "closp_jax.main" in l]
   assert len(lines) == 3
   for i, line in enumerate(lines):
@@ -63,15 +77,27 @@ def test_local_multiprocess_rejects_bad_arguments():
   assert proc.returncode == 2 and "unknown option --bogus" in proc.stderr
 
 
-TPU_FLAGS = ["--name", "closp-pod", "--zone", "us-east5-b", "--accelerator_type", "v6e-256",
-             "--config", CONFIG, "--workdir", WORKDIR, "--dry-run"]
+TPU_FLAGS = [
+  "--name",
+  "closp-pod",
+  "--zone",
+  "us-east5-b",
+  "--accelerator_type",
+  "v6e-256",
+  "--config",
+  CONFIG,
+  "--workdir",
+  WORKDIR,
+  "--dry-run",
+]
 
 
 def test_tpu_pod_dry_run_names_everything_in_order():
   out = _run("launch/tpu/pod.sh", *TPU_FLAGS, "--", "--config.train.steps=100").stdout
   cmds = _commands(out)
-  assert cmds[0].startswith("gcloud compute tpus tpu-vm create closp-pod --zone=us-east5-b "
-                            "--accelerator-type=v6e-256 --version=v2-alpha-tpuv6e")
+  assert cmds[0].startswith(
+    "gcloud compute tpus tpu-vm create closp-pod --zone=us-east5-b --accelerator-type=v6e-256 --version=v2-alpha-tpuv6e"
+  )
   assert any(c.startswith("gcloud compute tpus tpu-vm scp") and "--worker=all" in c for c in cmds)
   setup = [c for c in cmds if "remote_setup.sh" in c]
   assert len(setup) == 1 and "--worker=all" in setup[0] and "--mount\\ gs://closp-test-bucket" in setup[0]
@@ -93,15 +119,19 @@ def test_tpu_train_dry_run_names_config_and_workdir():
 
 
 def test_tpu_queued_multislice_create_and_delete():
-  out = _run("launch/tpu/create.sh", "--name", "q", "--zone", "us-west4-a", "--queued", "--slices", "2",
-             "--spot", "--dry-run").stdout
+  out = _run(
+    "launch/tpu/create.sh", "--name", "q", "--zone", "us-west4-a", "--queued", "--slices", "2", "--spot", "--dry-run"
+  ).stdout
   cmds = _commands(out)
-  assert cmds[0] == ("gcloud compute tpus queued-resources create q --zone=us-west4-a "
-                     "--accelerator-type=v5litepod-256 --runtime-version=v2-alpha-tpuv5-lite "
-                     "--node-count=2 --node-prefix=q --spot")
+  assert cmds[0] == (
+    "gcloud compute tpus queued-resources create q --zone=us-west4-a "
+    "--accelerator-type=v5litepod-256 --runtime-version=v2-alpha-tpuv5-lite "
+    "--node-count=2 --node-prefix=q --spot"
+  )
   assert "queued-resources describe q" in cmds[1]
-  out = _run("launch/tpu/train.sh", "--name", "q", "--zone", "z", "--slices", "2", "--workdir", WORKDIR,
-             "--dry-run").stdout
+  out = _run(
+    "launch/tpu/train.sh", "--name", "q", "--zone", "z", "--slices", "2", "--workdir", WORKDIR, "--dry-run"
+  ).stdout
   cmds = _commands(out)
   assert [c.split()[5] for c in cmds] == ["q-0", "q-1"]
   assert all("--config.mesh.slices=2" in c for c in cmds)
@@ -116,23 +146,47 @@ def test_tpu_scripts_refuse_missing_or_local_workdirs():
   assert proc.returncode == 2 and "must be a gs:// path" in proc.stderr
   proc = _run("launch/tpu/create.sh", "--zone", "z", "--dry-run", check=False)
   assert proc.returncode == 2 and "--name is required" in proc.stderr
-  proc = _run("launch/tpu/create.sh", "--name", "n", "--zone", "z", "--accelerator_type", "x-8", "--dry-run",
-              check=False)
+  proc = _run(
+    "launch/tpu/create.sh", "--name", "n", "--zone", "z", "--accelerator_type", "x-8", "--dry-run", check=False
+  )
   assert proc.returncode == 2 and "pass --runtime_version" in proc.stderr
 
 
 def test_remote_scripts_dry_run():
-  out = _run("launch/tpu/remote_train.sh", "--data_dir", "/mnt/gcs/b/tfds", "--log", "l.log", "--pid_file", "p",
-             "--dry-run", "--", f"--config={CONFIG}", "--workdir=/mnt/gcs/b/w").stdout
-  assert ("nohup env CLOSP_DATA_DIR=/mnt/gcs/b/tfds python3 -m closp_jax.main --distributed_auto=true "
-          f"--config={CONFIG} --workdir=/mnt/gcs/b/w > l.log") in out
+  out = _run(
+    "launch/tpu/remote_train.sh",
+    "--data_dir",
+    "/mnt/gcs/b/tfds",
+    "--log",
+    "l.log",
+    "--pid_file",
+    "p",
+    "--dry-run",
+    "--",
+    f"--config={CONFIG}",
+    "--workdir=/mnt/gcs/b/w",
+  ).stdout
+  assert (
+    "nohup env CLOSP_DATA_DIR=/mnt/gcs/b/tfds python3 -m closp_jax.main --distributed_auto=true "
+    f"--config={CONFIG} --workdir=/mnt/gcs/b/w > l.log"
+  ) in out
   out = _run("launch/tpu/remote_setup.sh", "--jax_version", "0.10.2", "--dry-run").stdout
   assert "jax\\[tpu\\]==0.10.2" in out and "-e ." in out
 
 
 def test_slurm_dry_run_outside_an_allocation():
-  out = _run("launch/gpu/slurm.sbatch", "--dry-run", "--nodes", "4", "--config", CONFIG, "--workdir", "/shared/run",
-             "--", "--config.train.steps=7")
+  out = _run(
+    "launch/gpu/slurm.sbatch",
+    "--dry-run",
+    "--nodes",
+    "4",
+    "--config",
+    CONFIG,
+    "--workdir",
+    "/shared/run",
+    "--",
+    "--config.train.steps=7",
+  )
   (cmd,) = _commands(out.stdout)
   assert cmd.startswith("srun --nodes=4 --ntasks-per-node=1 --gpus-per-node=8")
   assert "JAX_COORDINATOR_ADDRESS=node0:61440" in cmd
@@ -145,10 +199,24 @@ def test_slurm_dry_run_inside_an_allocation_uses_the_first_node(tmp_path):
   fake = tmp_path / "scontrol"
   fake.write_text("#!/usr/bin/env bash\nprintf 'gpu017\\ngpu018\\ngpu019\\n'\n")
   fake.chmod(0o755)
-  env = {"PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu[017-019]",
-         "SLURM_JOB_ID": "123456", "SLURM_GPUS_ON_NODE": "4"}
-  out = _run("launch/gpu/slurm.sbatch", "--dry-run", "--per_gpu", "--config", CONFIG, "--workdir", "/shared/r",
-             "--data_dir", "/shared/tfds", env=env)
+  env = {
+    "PATH": f"{tmp_path}:{os.environ['PATH']}",
+    "SLURM_JOB_NODELIST": "gpu[017-019]",
+    "SLURM_JOB_ID": "123456",
+    "SLURM_GPUS_ON_NODE": "4",
+  }
+  out = _run(
+    "launch/gpu/slurm.sbatch",
+    "--dry-run",
+    "--per_gpu",
+    "--config",
+    CONFIG,
+    "--workdir",
+    "/shared/r",
+    "--data_dir",
+    "/shared/tfds",
+    env=env,
+  )
   (cmd,) = _commands(out.stdout)
   port = 61440 + 123456 % 4096
   assert cmd.startswith("srun --nodes=3 --ntasks-per-node=4 --gpus-per-task=1")
@@ -164,14 +232,17 @@ def test_slurm_requeues_a_run_that_stopped_with_exit_75(tmp_path, trainer_exit, 
   script exits with the trainer's status either way."""
   log = tmp_path / "calls.txt"
   (tmp_path / "scontrol").write_text(
-      "#!/usr/bin/env bash\n"
-      f"echo \"scontrol $*\" >> {log}\n"
-      "if [[ $1 == show ]]; then printf 'gpu001\\n'; fi\n")
-  (tmp_path / "srun").write_text(f"#!/usr/bin/env bash\necho \"srun $*\" >> {log}\nexit {trainer_exit}\n")
+    f"#!/usr/bin/env bash\necho \"scontrol $*\" >> {log}\nif [[ $1 == show ]]; then printf 'gpu001\\n'; fi\n"
+  )
+  (tmp_path / "srun").write_text(f'#!/usr/bin/env bash\necho "srun $*" >> {log}\nexit {trainer_exit}\n')
   for name in ("scontrol", "srun"):
     (tmp_path / name).chmod(0o755)
-  env = {"PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu001", "SLURM_JOB_ID": "4242",
-         "SLURM_SUBMIT_DIR": REPO}
+  env = {
+    "PATH": f"{tmp_path}:{os.environ['PATH']}",
+    "SLURM_JOB_NODELIST": "gpu001",
+    "SLURM_JOB_ID": "4242",
+    "SLURM_SUBMIT_DIR": REPO,
+  }
   proc = _run("launch/gpu/slurm.sbatch", "--config", CONFIG, "--workdir", "/shared/r", env=env, check=False)
   assert proc.returncode == trainer_exit
   calls = log.read_text().splitlines()

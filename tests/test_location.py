@@ -1,5 +1,6 @@
 """Location encoders: spherical harmonics vs scipy, SatCLIP's table conventions, SIREN and GeoCLIP
 parity with PyTorch references, and the SatCLIP / GeoCLIP importers."""
+
 import importlib
 import importlib.util
 import math
@@ -15,8 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from closp_jax.models.location import (GeoCLIPLocationEncoder, SatCLIPLocationEncoder, equal_earth,
-                                       spherical_harmonics)
+from closp_jax.models.location import GeoCLIPLocationEncoder, SatCLIPLocationEncoder, equal_earth, spherical_harmonics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +25,7 @@ def scipy_sh(lonlat, degree):
   """Independent reference: real orthonormal harmonics from scipy's lpmv (Condon-Shortley phase
   included), with factorial normalisation, in float64."""
   from scipy.special import lpmv  # pylint: disable=import-outside-toplevel
+
   phi = np.deg2rad(lonlat[:, 0] + 180.0)
   x = np.cos(np.deg2rad(lonlat[:, 1] + 90.0))
   cols = []
@@ -108,8 +109,9 @@ def test_satclip_analytic_table_conventions():
   np.testing.assert_allclose(y23[idx(2, 0)], 2.97249547320451 * c**2 - 0.990831824401503, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(y23[idx(1, 1)], 0.48860251190292 * s * math.cos(ph), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(y23[idx(2, -1)], 1.09254843059208 * s * math.sin(ph) * c, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(y23[idx(3, -1)], 0.304697199642977 * s * (7.5 * c**2 - 1.5) * math.sin(ph),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    y23[idx(3, -1)], 0.304697199642977 * s * (7.5 * c**2 - 1.5) * math.sin(ph), rtol=1e-5, atol=1e-6
+  )
   # 2024 table: orthonormal m = 0 (Yl0_m0 = 0.282094791773878, Yl2_m0 = 0.946 cos^2 - 0.315).
   np.testing.assert_allclose(y24[idx(0, 0)], 0.282094791773878, rtol=1e-6)
   np.testing.assert_allclose(y24[idx(2, 0)], 0.94617469575756 * c**2 - 0.31539156525252, rtol=1e-5, atol=1e-6)
@@ -136,6 +138,7 @@ def test_location_params_have_logical_axes():
 
 
 # ---- SatCLIP SIREN vs a PyTorch reference ---------------------------------------------------------
+
 
 def _torch_siren(degree, hidden, layers, out, seed=0):
   """SatCLIP's SirenNet written from its description: sin(w0 (W x + b)), w0 = 30 first, 1 after,
@@ -167,18 +170,34 @@ def _torch_siren(degree, hidden, layers, out, seed=0):
 def test_satclip_importer_and_parity(tmp_path):
   torch = pytest.importorskip("torch")
   from closp_jax.weights.satclip import load_satclip  # pylint: disable=import-outside-toplevel
+
   ref = _torch_siren(degree=10, hidden=32, layers=2, out=24)
   sd = {f"model.location.{k}": v.double() for k, v in ref.state_dict().items()}
-  sd.update({f"model.nnet.{k[len('nnet.'):]}": v for k, v in ref.state_dict().items()})  # SatCLIP keeps both
+  sd.update({f"model.nnet.{k[len('nnet.') :]}": v for k, v in ref.state_dict().items()})  # SatCLIP keeps both
   sd["model.visual.conv1.weight"] = torch.zeros(4, 13, 3, 3)
-  ckpt = {"hyper_parameters": {"legendre_polys": 10, "capacity": 32, "num_hidden_layers": 2, "embed_dim": 24,
-                               "le_type": "sphericalharmonics", "pe_type": "siren",
-                               "harmonics_calculation": "closed-form"},
-          "state_dict": sd, "epoch": 3}
+  ckpt = {
+    "hyper_parameters": {
+      "legendre_polys": 10,
+      "capacity": 32,
+      "num_hidden_layers": 2,
+      "embed_dim": 24,
+      "le_type": "sphericalharmonics",
+      "pe_type": "siren",
+      "harmonics_calculation": "closed-form",
+    },
+    "state_dict": sd,
+    "epoch": 3,
+  }
   path = tmp_path / "satclip.ckpt"
   torch.save(ckpt, path)
   module, params = load_satclip(path)
-  assert (module.degree, module.hidden, module.layers, module.out, module.sh_convention) == (10, 32, 2, 24, "closed_form")
+  assert (module.degree, module.hidden, module.layers, module.out, module.sh_convention) == (
+    10,
+    32,
+    2,
+    24,
+    "closed_form",
+  )
   pts = _points(seed=3)
   with torch.no_grad():
     want = ref.nnet(torch.tensor(scipy_sh(pts, 10), dtype=torch.float32)).numpy()
@@ -208,6 +227,7 @@ def test_siren_dropout_only_in_train_mode():
 
 # ---- GeoCLIP --------------------------------------------------------------------------------------
 
+
 def _geoclip_torch_module(monkeypatch):
   """The geoclip package's PyTorch LocationEncoder (shipped weights) without importing the package
   __init__ (it needs pandas, which the --no-deps install leaves out): only its `misc` is replaced."""
@@ -224,8 +244,12 @@ def _geoclip_torch_module(monkeypatch):
   misc.file_dir = str(root / "model")
   for name, mod in (("geoclip", pkg), ("geoclip.model", sub), ("geoclip.model.misc", misc)):
     monkeypatch.setitem(sys.modules, name, mod)
-  for name in ("geoclip.model.location_encoder", "geoclip.model.rff", "geoclip.model.rff.layers",
-               "geoclip.model.rff.functional"):
+  for name in (
+    "geoclip.model.location_encoder",
+    "geoclip.model.rff",
+    "geoclip.model.rff.layers",
+    "geoclip.model.rff.functional",
+  ):
     monkeypatch.delitem(sys.modules, name, raising=False)
   return importlib.import_module("geoclip.model.location_encoder")
 
@@ -236,6 +260,7 @@ def test_geoclip_matches_the_package_module_on_its_shipped_weights(monkeypatch):
   le = _geoclip_torch_module(monkeypatch)
   ref = le.LocationEncoder().eval()  # loads geoclip/model/weights/location_encoder_weights.pth
   from closp_jax.weights.geoclip_import import load_geoclip_location  # pylint: disable=import-outside-toplevel
+
   module, variables = load_geoclip_location()
   assert set(variables) == {"params", "batch_stats"}
   rng = np.random.default_rng(0)
@@ -247,8 +272,9 @@ def test_geoclip_matches_the_package_module_on_its_shipped_weights(monkeypatch):
   assert got.shape == want.shape == (128, 512)
   assert np.abs(want).max() > 0.01
   assert np.abs(got - want).max() <= 1e-4
-  np.testing.assert_allclose(np.asarray(equal_earth(jnp.asarray(lat, jnp.float32), jnp.asarray(lon, jnp.float32))),
-                             want_xy, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(equal_earth(jnp.asarray(lat, jnp.float32), jnp.asarray(lon, jnp.float32))), want_xy, atol=1e-6
+  )
 
 
 def test_geoclip_fourier_matrices_are_not_parameters():

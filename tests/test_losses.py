@@ -1,4 +1,5 @@
 """Contrastive losses against NumPy references, and the shard_map ring against the dense loss."""
+
 import os
 import subprocess
 import sys
@@ -85,10 +86,10 @@ def test_softmax_gradient_matches_finite_differences():
 def test_dispatch_and_errors():
   rng = np.random.default_rng(4)
   x, y = jnp.float32(_unit_rows(rng, 6, 4)), jnp.float32(_unit_rows(rng, 6, 4))
-  assert float(losses.contrastive_loss(x, y, 5.0)) == float(
-      losses.softmax_contrastive_loss(x, y, 5.0))
+  assert float(losses.contrastive_loss(x, y, 5.0)) == float(losses.softmax_contrastive_loss(x, y, 5.0))
   assert float(losses.contrastive_loss(x, y, 5.0, -1.0, kind="sigmoid")) == float(
-      losses.sigmoid_contrastive_loss(x, y, 5.0, -1.0))
+    losses.sigmoid_contrastive_loss(x, y, 5.0, -1.0)
+  )
   with pytest.raises(ValueError, match="kind='sigmoid' needs logit_bias"):
     losses.contrastive_loss(x, y, 5.0, kind="sigmoid")
   with pytest.raises(ValueError, match="takes no logit_bias"):
@@ -164,26 +165,26 @@ _SHARDED_CHECK = textwrap.dedent("""
 
 
 def test_ring_equals_dense_on_8_devices():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-  proc = subprocess.run([sys.executable, "-c", _SHARDED_CHECK], env=env, capture_output=True,
-                        text=True, timeout=600, check=False)
+  env = dict(
+    os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO)
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", _SHARDED_CHECK], env=env, capture_output=True, text=True, timeout=600, check=False
+  )
   assert proc.returncode == 0 and "SHARDED-OK" in proc.stdout, proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("kind,args", [("softmax", (4.0,)), ("sigmoid", (4.0, -2.0))])
 def test_ring_on_a_single_device_mesh(kind, args):
   """n = 1: no hop in the loop, only the local block; still equal to the dense loss."""
-  mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=jax.devices()[:1])
+  mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
   rng = np.random.default_rng(6)
   x, y = jnp.float32(_unit_rows(rng, 6, 4)), jnp.float32(_unit_rows(rng, 6, 4))
   argnums = tuple(range(2 + len(args)))
-  vd, gd = jax.value_and_grad(lambda *a: losses.contrastive_loss(*a, kind=kind), argnums)(
-      x, y, *args)
-  vr, gr = jax.value_and_grad(
-      lambda *a: losses.contrastive_loss(*a, kind=kind, mesh=mesh, chunked=True), argnums)(
-          x, y, *args)
+  vd, gd = jax.value_and_grad(lambda *a: losses.contrastive_loss(*a, kind=kind), argnums)(x, y, *args)
+  vr, gr = jax.value_and_grad(lambda *a: losses.contrastive_loss(*a, kind=kind, mesh=mesh, chunked=True), argnums)(
+    x, y, *args
+  )
   np.testing.assert_allclose(float(vr), float(vd), rtol=1e-6)
   for a, b in zip(gr, gd):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=2e-7)

@@ -1,4 +1,5 @@
 """Ranking metrics against trec_eval (pytrec_eval), ir_measures and hand computations; TREC I/O."""
+
 import math
 
 import numpy as np
@@ -10,8 +11,7 @@ from closp_jax.retrieval import metrics, trec
 pytrec_eval = pytest.importorskip("pytrec_eval")
 ir_measures = pytest.importorskip("ir_measures")
 
-METRICS = ("nDCG@1", "nDCG@5", "nDCG@10", "nDCG@100", "mAP@5", "mAP@100", "R@1", "R@10",
-           "R@100", "P@1", "P@10")
+METRICS = ("nDCG@1", "nDCG@5", "nDCG@10", "nDCG@100", "mAP@5", "mAP@100", "R@1", "R@10", "R@100", "P@1", "P@10")
 TREC_NAMES = {"nDCG": "ndcg_cut", "mAP": "map_cut", "R": "recall", "P": "P"}
 
 
@@ -69,8 +69,10 @@ def test_equals_ir_measures_aggregate():
   ours, per_query = metrics.evaluate_run(run, qrels, names, missing_queries="zero")
   assert "only_in_qrels" in per_query
   theirs = ir_measures.calc_aggregate(
-      [ir_measures.nDCG @ 10, ir_measures.nDCG @ 100, ir_measures.AP @ 100, ir_measures.R @ 10,
-       ir_measures.P @ 10], qrels, run)
+    [ir_measures.nDCG @ 10, ir_measures.nDCG @ 100, ir_measures.AP @ 100, ir_measures.R @ 10, ir_measures.P @ 10],
+    qrels,
+    run,
+  )
   got = {str(m): v for m, v in theirs.items()}
   for name, key in zip(names, ("nDCG@10", "nDCG@100", "AP@100", "R@10", "P@10")):
     assert ours[name] == pytest.approx(got[key], abs=1e-6), name
@@ -101,8 +103,7 @@ def test_list_and_dict_runs_agree_and_input_order_is_ignored():
     items = list(entries.items())
     rng.shuffle(items)
     as_lists[qid] = items
-  assert metrics.evaluate_run(run, qrels, METRICS) == metrics.evaluate_run(as_lists, qrels,
-                                                                           METRICS)
+  assert metrics.evaluate_run(run, qrels, METRICS) == metrics.evaluate_run(as_lists, qrels, METRICS)
 
 
 def test_queries_without_relevant_docs_and_missing_queries():
@@ -112,8 +113,7 @@ def test_queries_without_relevant_docs_and_missing_queries():
   assert set(per_query) == {"a", "b"}  # 'c' not in the run, 'empty' has no judgment
   assert per_query["b"] == {"nDCG@10": 0.0, "P@1": 0.0}
   assert mean["P@1"] == pytest.approx(0.5)
-  mean_c, per_query_c = metrics.evaluate_run(run, qrels, ("nDCG@10", "P@1"),
-                                             missing_queries="zero")
+  mean_c, per_query_c = metrics.evaluate_run(run, qrels, ("nDCG@10", "P@1"), missing_queries="zero")
   assert set(per_query_c) == {"a", "b", "c"} and per_query_c["c"]["nDCG@10"] == 0.0
   assert mean_c["P@1"] == pytest.approx(1 / 3)
 
@@ -145,12 +145,10 @@ def test_run_file_reproduces_our_numbers_with_external_tools(tmp_path):
   qids = [f"query{i}" for i in range(num_q)]
   index = np.stack([rng.choice(corpus, k, replace=False) for _ in range(num_q)])
   # float32 values that a short decimal would merge, plus exact ties.
-  scores = (np.float32(0.3) + rng.integers(0, 6, (num_q, k)).astype(np.float32)
-            * np.float32(1e-7)).astype(np.float32)
+  scores = (np.float32(0.3) + rng.integers(0, 6, (num_q, k)).astype(np.float32) * np.float32(1e-7)).astype(np.float32)
   scores[:, -3:] = -np.inf  # padding as topk_search returns it
   doc_ids = doc_names[index]
-  qrels = {q: {doc_names[j]: int(rng.integers(0, 4)) for j in rng.choice(corpus, 15, replace=False)}
-           for q in qids}
+  qrels = {q: {doc_names[j]: int(rng.integers(0, 4)) for j in rng.choice(corpus, 15, replace=False)} for q in qids}
   ours, _ = metrics.evaluate_run(trec.make_run(qids, doc_ids, scores), qrels, METRICS)
 
   run_path, qrels_path = tmp_path / "run.trec", tmp_path / "sub" / "qrels.txt"
@@ -213,9 +211,9 @@ def test_trec_readers_and_writers_reject_bad_input(tmp_path):
 
 # --------------------------------------------------------------------------- fusion of sensors
 
+from closp_jax.data import labels as labels_lib  # noqa: E402
 from closp_jax.errors import UserError  # noqa: E402
 from closp_jax.retrieval import evaluator, ranking  # noqa: E402
-from closp_jax.data import labels as labels_lib  # noqa: E402
 
 
 def _unit(x):
@@ -251,20 +249,20 @@ def test_fuse_scores_against_brute_force_statistics():
     pairs = reference.astype(np.float64) @ emb[s].T.astype(np.float64)
     np.testing.assert_allclose(ref[s], (top[s] - pairs.mean()) / pairs.std(), atol=1e-9)
     np.testing.assert_allclose(rrf[s][0], 1.0 / (60 + np.arange(1, 21)))
-    for fused in (z, ref, rrf):   # every method keeps each sensor's own order
+    for fused in (z, ref, rrf):  # every method keeps each sensor's own order
       assert np.all(np.diff(fused[s], axis=1) <= 0)
 
 
 def test_merge_ranked_raw_is_the_ranking_over_the_union_with_its_tie_rule():
   rng = np.random.default_rng(3)
-  s2 = np.round(rng.uniform(size=(4, 6)), 1)       # coarse values: ties within and across sensors
+  s2 = np.round(rng.uniform(size=(4, 6)), 1)  # coarse values: ties within and across sensors
   s1 = np.round(rng.uniform(size=(4, 5)), 1)
   full = np.concatenate([s2, s1], axis=1)
   order2, order1 = np.argsort(-s2, 1, kind="stable"), np.argsort(-s1, 1, kind="stable")
   fused = {"s2": np.take_along_axis(s2, order2, 1), "s1": np.take_along_axis(s1, order1, 1)}
   index = {"s2": order2, "s1": order1 + 6}
   scores, rows, which = ranking.merge_ranked(fused, index, k=7)
-  want = np.argsort(-full, axis=1, kind="stable")[:, :7]   # S2 rows first among equal scores
+  want = np.argsort(-full, axis=1, kind="stable")[:, :7]  # S2 rows first among equal scores
   np.testing.assert_array_equal(rows, want)
   np.testing.assert_array_equal(scores, np.take_along_axis(full, want, 1))
   np.testing.assert_array_equal(which, (want >= 6).astype(int))
@@ -292,9 +290,12 @@ def _fusion_corpus(seed=0, **case):
   embedded = {}
   for s, src in (("s2", "benv2s2"), ("s1", "benv2s1")):
     n = len(emb[s])
-    embedded[s] = {"emb": emb[s], "key": np.array([f"{src}_{i:07d}" for i in range(n)]),
-                   "labels": np.eye(labels_lib.NUM_CLASSES, dtype=np.float32)[rng.integers(0, 3, n)],
-                   "lonlat": np.zeros((n, 2), np.float32)}
+    embedded[s] = {
+      "emb": emb[s],
+      "key": np.array([f"{src}_{i:07d}" for i in range(n)]),
+      "labels": np.eye(labels_lib.NUM_CLASSES, dtype=np.float32)[rng.integers(0, 3, n)],
+      "lonlat": np.zeros((n, 2), np.float32),
+    }
   corpus = evaluator.Corpus.from_embedded(embedded)
   qs = [{"query_id": f"q{i}", "text": f"q{i}", "type": "land_cover"} for i in range(len(queries))]
   # relevant: the 8 best S2 documents of each query by score, and 8 random S1 ones
@@ -313,8 +314,7 @@ def test_evaluate_embeddings_fusion_raw_is_the_papers_ranking_and_fused_matches_
   judged = evaluator.Judgments(qrels, corpus).restrict(corpus)
   direct = evaluator.rank_corpus("text->all", corpus, [q["query_id"] for q in qs], queries, judged, k=k)
   assert raw.rankings["text->all"].mean == direct.mean
-  via_merge = evaluator.rank_fused("text->all", corpus, [q["query_id"] for q in qs], queries, judged,
-                                   fusion="raw", k=k)
+  via_merge = evaluator.rank_fused("text->all", corpus, [q["query_id"] for q in qs], queries, judged, fusion="raw", k=k)
   np.testing.assert_array_equal(via_merge.doc_keys, direct.doc_keys)
   assert raw.metrics["rankings"]["text->all"]["fusion"] == "raw"
   for method in ("zscore", "reference", "rrf"):
@@ -329,7 +329,7 @@ def test_evaluate_embeddings_fusion_raw_is_the_papers_ranking_and_fused_matches_
         if method == "zscore":
           sc = (sc - sc.mean()) / sc.std()
         elif method == "reference":
-          pairs = queries.astype(np.float64) @ part.emb.T.astype(np.float64)   # reference: the queries
+          pairs = queries.astype(np.float64) @ part.emb.T.astype(np.float64)  # reference: the queries
           sc = (sc - pairs.mean()) / pairs.std()
         else:
           sc = 1.0 / (60 + np.argsort(np.argsort(-sc, kind="stable"), kind="stable") + 1)
@@ -353,6 +353,8 @@ def test_fusion_recovers_the_sensor_that_raw_scores_bury():
   raw = evaluator.evaluate_embeddings(corpus, qs, queries, qrels, k=30, fusion="raw")
   z = evaluator.evaluate_embeddings(corpus, qs, queries, qrels, k=30, fusion="zscore")
   top_raw = raw.rankings["text->all"].doc_keys[:, :8]
-  assert np.mean([str(d).startswith("benv2s1") for d in top_raw.ravel()]) > 0.9   # S1 crowds the top
-  assert z.metrics["rankings"]["text->all"]["metrics"]["nDCG@10"] > \
-      raw.metrics["rankings"]["text->all"]["metrics"]["nDCG@10"] + 0.2
+  assert np.mean([str(d).startswith("benv2s1") for d in top_raw.ravel()]) > 0.9  # S1 crowds the top
+  assert (
+    z.metrics["rankings"]["text->all"]["metrics"]["nDCG@10"]
+    > raw.metrics["rankings"]["text->all"]["metrics"]["nDCG@10"] + 0.2
+  )

@@ -5,6 +5,7 @@ Processes are real: launch/local_multiprocess.sh starts them with a loopback coo
 test: 2 processes x 4 devices for 5 steps give the same losses and parameters (1e-5) as
 1 process x 8 devices, and a checkpoint written by the 2 processes resumes on 1.
 """
+
 import json
 import os
 import subprocess
@@ -26,25 +27,34 @@ DRIVER = os.path.join(REPO, "tests", "sharded_train_driver.py")
 def test_single_process_starts_nothing():
   assert distributed.plan(environ={}) == distributed.Plan("single", None)
   assert not distributed.plan(environ={}).starts
-  assert distributed.plan(auto=False, environ={"SLURM_JOB_ID": "1", "SLURM_NTASKS": "4",
-                                               "SLURM_PROCID": "0"}).source == "single"
+  assert (
+    distributed.plan(auto=False, environ={"SLURM_JOB_ID": "1", "SLURM_NTASKS": "4", "SLURM_PROCID": "0"}).source
+    == "single"
+  )
 
 
 def test_flags_give_an_explicit_plan_with_detection_off():
   p = distributed.plan("10.0.0.1:1234", 4, 3, environ={"SLURM_JOB_ID": "7"})
   assert p.source == "flags"
-  assert p.kwargs == {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 3,
-                      "cluster_detection_method": "deactivate"}
+  assert p.kwargs == {
+    "coordinator_address": "10.0.0.1:1234",
+    "num_processes": 4,
+    "process_id": 3,
+    "cluster_detection_method": "deactivate",
+  }
   assert distributed.plan("h:1", 1, 0, environ={}).source == "single"
 
 
-@pytest.mark.parametrize("args,match", [
+@pytest.mark.parametrize(
+  "args,match",
+  [
     (("h:1", 2, None), "needs all of --coordinator_address, --num_processes, --process_id"),
     ((None, 2, 0), "--coordinator_address"),
     (("h:1", 2, 2), r"--process_id=2 must be in \[0, --num_processes=2\)"),
     (("hostonly", 2, 0), "expected host:port"),
     (("h:1", "two", 0), "--num_processes='two': expected an integer"),
-])
+  ],
+)
 def test_bad_flags_are_named(args, match):
   with pytest.raises(distributed.DistributedConfigError, match=match):
     distributed.plan(*args, environ={})
@@ -59,8 +69,15 @@ def test_environment_plan():
 
 
 def _slurm_env(**extra):
-  env = {"SLURM_JOB_ID": "123456", "SLURM_NTASKS": "16", "SLURM_PROCID": "9", "SLURM_LOCALID": "1",
-         "SLURM_NODEID": "1", "SLURM_STEP_NODELIST": "gpu[017-018]", "SLURM_STEP_TASKS_PER_NODE": "8(x2)"}
+  env = {
+    "SLURM_JOB_ID": "123456",
+    "SLURM_NTASKS": "16",
+    "SLURM_PROCID": "9",
+    "SLURM_LOCALID": "1",
+    "SLURM_NODEID": "1",
+    "SLURM_STEP_NODELIST": "gpu[017-018]",
+    "SLURM_STEP_TASKS_PER_NODE": "8(x2)",
+  }
   env.update(extra)
   return env
 
@@ -68,18 +85,32 @@ def _slurm_env(**extra):
 def test_slurm_one_process_per_gpu():
   p = distributed.plan(environ=_slurm_env())
   assert p.source == "slurm"
-  assert p.kwargs == {"coordinator_address": f"gpu017:{123456 % 4096 + 61440}", "num_processes": 16,
-                      "process_id": 9, "cluster_detection_method": "deactivate", "local_device_ids": [1]}
+  assert p.kwargs == {
+    "coordinator_address": f"gpu017:{123456 % 4096 + 61440}",
+    "num_processes": 16,
+    "process_id": 9,
+    "cluster_detection_method": "deactivate",
+    "local_device_ids": [1],
+  }
   # srun --gpus-per-task=1 already shows each task its one GPU: nothing to restrict.
   assert "local_device_ids" not in distributed.plan(environ=_slurm_env(CUDA_VISIBLE_DEVICES="5")).kwargs
 
 
 def test_slurm_one_process_per_node_sees_all_its_gpus():
-  env = _slurm_env(SLURM_NTASKS="2", SLURM_PROCID="1", SLURM_LOCALID="0", SLURM_STEP_TASKS_PER_NODE="1(x2)",
-                   JAX_COORDINATOR_ADDRESS="gpu017:5555")
+  env = _slurm_env(
+    SLURM_NTASKS="2",
+    SLURM_PROCID="1",
+    SLURM_LOCALID="0",
+    SLURM_STEP_TASKS_PER_NODE="1(x2)",
+    JAX_COORDINATOR_ADDRESS="gpu017:5555",
+  )
   p = distributed.plan(environ=env)
-  assert p.kwargs == {"coordinator_address": "gpu017:5555", "num_processes": 2, "process_id": 1,
-                      "cluster_detection_method": "deactivate"}
+  assert p.kwargs == {
+    "coordinator_address": "gpu017:5555",
+    "num_processes": 2,
+    "process_id": 1,
+    "cluster_detection_method": "deactivate",
+  }
   assert distributed.plan(environ=_slurm_env(SLURM_NTASKS="1")).source == "single"
 
 
@@ -90,10 +121,12 @@ def test_cloud_tpu_plans_let_jax_detect():
   assert distributed.plan(environ={"MEGASCALE_COORDINATOR_ADDRESS": "c:8080"}).source == "auto"
 
 
-@pytest.mark.parametrize("nodelist", ["node001", "node001,host2", "node[001-015],host2",
-                                      "node[001,007-015],host2", "a-b[9-12]"])
+@pytest.mark.parametrize(
+  "nodelist", ["node001", "node001,host2", "node[001-015],host2", "node[001,007-015],host2", "a-b[9-12]"]
+)
 def test_first_host_agrees_with_jax_slurm_detection(nodelist, monkeypatch):
   from jax._src.clusters.slurm_cluster import SlurmCluster
+
   monkeypatch.setenv("SLURM_STEP_NODELIST", nodelist)
   monkeypatch.setenv("SLURM_JOB_ID", "77")
   expected = SlurmCluster.get_coordinator_address(timeout_secs=None, override_coordinator_port=None)
@@ -115,7 +148,7 @@ def test_slurm_tasks_on_a_node(spec, node, tasks):
 
 # --------------------------------------------------------------------------- two real processes
 
-_TWO_PROCESS_SCRIPT = r'''
+_TWO_PROCESS_SCRIPT = r"""
 import argparse, json, os, sys
 sys.path.insert(0, {repo!r})
 p = argparse.ArgumentParser()
@@ -151,9 +184,9 @@ mgr.close()
 if jax.process_index() == 0:
   with open(a.out, "w") as f:
     json.dump(out, f)
-'''
+"""
 
-_ONE_PROCESS_RESTORE = r'''
+_ONE_PROCESS_RESTORE = r"""
 import json, sys
 sys.path.insert(0, {repo!r})
 import grain, orbax.checkpoint as ocp
@@ -162,12 +195,23 @@ it = iter(grain.MapDataset.range(1000).batch(4).to_iter_dataset())
 mgr = ocp.CheckpointManager({ckpt!r}, item_names=("data",), item_handlers={{"data": data_checkpoint.DataIteratorHandler()}})
 mgr.restore(3, args=ocp.args.Composite(data=data_checkpoint.DataRestore(it)))
 print("NEXT" + json.dumps(next(it).tolist()))
-'''
+"""
 
 
 def _launch(nproc, script, *args, timeout=600, devices=4):
-  cmd = ["bash", LAUNCH, str(nproc), "--devices_per_process", str(devices), "--python", sys.executable,
-         "--script", str(script), "--", *map(str, args)]
+  cmd = [
+    "bash",
+    LAUNCH,
+    str(nproc),
+    "--devices_per_process",
+    str(devices),
+    "--python",
+    sys.executable,
+    "--script",
+    str(script),
+    "--",
+    *map(str, args),
+  ]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
   if proc.returncode:
     raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -189,9 +233,14 @@ def test_two_processes_build_global_batches_and_their_data_state_resumes_on_one(
   saved = sorted(f for f in os.listdir(ckpt / "3" / "data") if f.endswith(".json"))
   assert saved == ["process_0-of-2.json", "process_1-of-2.json"]
 
-  proc = subprocess.run([sys.executable, "-c", _ONE_PROCESS_RESTORE.format(repo=REPO, ckpt=str(ckpt))],
-                        cwd=REPO, capture_output=True, text=True, timeout=300,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  proc = subprocess.run(
+    [sys.executable, "-c", _ONE_PROCESS_RESTORE.format(repo=REPO, ckpt=str(ckpt))],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert json.loads(proc.stdout.split("NEXT", 1)[1]) == [12, 13, 14, 15]
   assert "written by 2 process(es), resumed by 1" in proc.stdout
@@ -199,6 +248,7 @@ def test_two_processes_build_global_batches_and_their_data_state_resumes_on_one(
 
 def test_differing_process_states_are_refused(tmp_path):
   from closp_jax.parallel import data_checkpoint
+
   (tmp_path / "process_0-of-2.json").write_text(json.dumps({"next_index": 3}))
   (tmp_path / "process_1-of-2.json").write_text(json.dumps({"next_index": 4}))
   with pytest.raises(data_checkpoint.DataStateError, match="Resume with 2 processes"):
@@ -213,19 +263,37 @@ def test_differing_process_states_are_refused(tmp_path):
 
 def test_a_failing_process_stops_the_others(tmp_path):
   script = tmp_path / "fail.py"
-  script.write_text("import sys, time\n"
-                    "pid = [a for a in sys.argv if a.startswith('--process_id=')][0].split('=')[1]\n"
-                    "sys.exit(3) if pid == '1' else time.sleep(120)\n")
-  proc = subprocess.run(["bash", LAUNCH, "2", "--python", sys.executable, "--script", str(script)],
-                        cwd=REPO, capture_output=True, text=True, timeout=60)
+  script.write_text(
+    "import sys, time\n"
+    "pid = [a for a in sys.argv if a.startswith('--process_id=')][0].split('=')[1]\n"
+    "sys.exit(3) if pid == '1' else time.sleep(120)\n"
+  )
+  proc = subprocess.run(
+    ["bash", LAUNCH, "2", "--python", sys.executable, "--script", str(script)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert proc.returncode == 3
   assert "process 1 exited with status 3" in proc.stderr
 
 
 # --------------------------------------------------------------------------- training, 2 x 4 vs 1 x 8
 
-TRAIN = ["--steps", "5", "--batch_size", "16", "--mesh", "4,2,1", "--rules", "fsdp", "--chunked",
-         "--adam_eps", "1e-6"]  # eps: see tests/test_sharding.py
+TRAIN = [
+  "--steps",
+  "5",
+  "--batch_size",
+  "16",
+  "--mesh",
+  "4,2,1",
+  "--rules",
+  "fsdp",
+  "--chunked",
+  "--adam_eps",
+  "1e-6",
+]  # eps: see tests/test_sharding.py
 
 
 @pytest.mark.slow
@@ -233,15 +301,33 @@ def test_two_processes_train_like_one_and_their_checkpoint_resumes_on_one(tiny_d
   env8 = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
 
   def one_process(out, *args):
-    proc = subprocess.run([sys.executable, DRIVER, "--data_dir", tiny_data_dir, "--out", str(out), *args],
-                          env=env8, cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+      [sys.executable, DRIVER, "--data_dir", tiny_data_dir, "--out", str(out), *args],
+      env=env8,
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
   one_process(tmp_path / "one.npz", *TRAIN)
   ckpt = tmp_path / "ckpt"
-  _launch(2, DRIVER, "--data_dir", tiny_data_dir, "--out", tmp_path / "two.npz", *TRAIN,
-          "--ckpt_dir", ckpt, "--save_steps", "3,5", timeout=1200)
+  _launch(
+    2,
+    DRIVER,
+    "--data_dir",
+    tiny_data_dir,
+    "--out",
+    tmp_path / "two.npz",
+    *TRAIN,
+    "--ckpt_dir",
+    ckpt,
+    "--save_steps",
+    "3,5",
+    timeout=1200,
+  )
   one, two = dict(np.load(tmp_path / "one.npz")), dict(np.load(tmp_path / "two.npz"))
   assert (int(two["processes"]), int(two["devices"])) == (2, 8)
   assert (int(one["processes"]), int(one["devices"])) == (1, 8)
@@ -252,8 +338,21 @@ def test_two_processes_train_like_one_and_their_checkpoint_resumes_on_one(tiny_d
     np.testing.assert_allclose(two[k], one[k], rtol=0, atol=1e-5, err_msg=k)
 
   # The 2-process checkpoint of step 3, resumed by 1 process on a data-parallel mesh.
-  proc = one_process(tmp_path / "resumed.npz", *TRAIN[:4], "--mesh", "8,1,1", "--rules", "dp", "--chunked",
-                     "--adam_eps", "1e-6", "--ckpt_dir", str(ckpt), "--resume_step", "3")
+  proc = one_process(
+    tmp_path / "resumed.npz",
+    *TRAIN[:4],
+    "--mesh",
+    "8,1,1",
+    "--rules",
+    "dp",
+    "--chunked",
+    "--adam_eps",
+    "1e-6",
+    "--ckpt_dir",
+    str(ckpt),
+    "--resume_step",
+    "3",
+  )
   assert "written by 2 process(es), resumed by 1" in proc.stdout
   resumed = dict(np.load(tmp_path / "resumed.npz"))
   np.testing.assert_allclose(resumed["losses"], two["losses"][3:], rtol=0, atol=1e-5)
@@ -263,18 +362,36 @@ def test_two_processes_train_like_one_and_their_checkpoint_resumes_on_one(tiny_d
 
 # --------------------------------------------------------------------------- the trainer itself
 
-TRAINER = ["--config=configs/geoclosp.py", "--config.data.name=crisis_landmark/tiny", "--config.data.batch_size=16",
-           "--config.data.eval_batch_size=64", "--config.eval.every_steps=0", "--config.eval.final=False",
-           "--config.checkpoint.every_steps=2", "--config.checkpoint.async_save=False",
-           "--config.init.text=", "--config.model.text.layers=1", "--config.train.log_every_steps=1"]
+TRAINER = [
+  "--config=configs/geoclosp.py",
+  "--config.data.name=crisis_landmark/tiny",
+  "--config.data.batch_size=16",
+  "--config.data.eval_batch_size=64",
+  "--config.eval.every_steps=0",
+  "--config.eval.final=False",
+  "--config.checkpoint.every_steps=2",
+  "--config.checkpoint.async_save=False",
+  "--config.init.text=",
+  "--config.model.text.layers=1",
+  "--config.train.log_every_steps=1",
+]
 
 
 @pytest.mark.slow
 def test_trainer_on_two_processes_resumes_on_one(tiny_data_dir, tmp_path):
   workdir = tmp_path / "run"
   env = dict(os.environ, CLOSP_DATA_DIR=tiny_data_dir)
-  cmd = ["bash", LAUNCH, "2", "--python", sys.executable, "--", *TRAINER, f"--workdir={workdir}",
-         "--config.train.steps=4"]
+  cmd = [
+    "bash",
+    LAUNCH,
+    "2",
+    "--python",
+    sys.executable,
+    "--",
+    *TRAINER,
+    f"--workdir={workdir}",
+    "--config.train.steps=4",
+  ]
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
   log = proc.stdout + proc.stderr
@@ -283,8 +400,14 @@ def test_trainer_on_two_processes_resumes_on_one(tiny_data_dir, tmp_path):
   assert saved == ["process_0-of-2.json", "process_1-of-2.json"]
 
   env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  proc = subprocess.run([sys.executable, "-m", "closp_jax.main", *TRAINER, f"--workdir={workdir}",
-                         "--config.train.steps=6"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  proc = subprocess.run(
+    [sys.executable, "-m", "closp_jax.main", *TRAINER, f"--workdir={workdir}", "--config.train.steps=6"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
   log = proc.stdout + proc.stderr
   assert "resumed from" in log and "written by 2 process(es), resumed by 1" in log

@@ -3,6 +3,7 @@
 whose embeddings equal those of a PyTorch re-creation of that class (tests/authors_closp.py) with
 the same random weights; the kornia resize and SatCLIP harmonics of the authors' code are matched;
 bad checkpoints are one-line errors naming the file; `evaluate --model` evaluates an export folder."""
+
 import hashlib
 import json
 import os
@@ -19,9 +20,9 @@ pytest.importorskip("timm")
 pytest.importorskip("transformers")
 pytest.importorskip("flatbuffers", reason="jax.export serialization needs the flatbuffers package")
 
+import authors_closp as A  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import authors_closp as A  # noqa: E402
 from closp_jax import official  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -34,14 +35,24 @@ TEXTS = ["flooded area", "trees. crops. water", "burned area. bare. shrub and sc
 def minilm_config():
   """all-MiniLM-L6-v2's geometry (the authors' text model), random weights."""
   from transformers import BertConfig  # pylint: disable=import-outside-toplevel
-  return BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                    intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2)
+
+  return BertConfig(
+    vocab_size=30522,
+    hidden_size=384,
+    num_hidden_layers=6,
+    num_attention_heads=12,
+    intermediate_size=1536,
+    max_position_embeddings=512,
+    type_vocab_size=2,
+  )
 
 
 def minilm_tokenizer():
   """The authors' tokenizer: transformers' AutoTokenizer of all-MiniLM-L6-v2."""
   from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
+
   from closp_jax.weights.locate import find_minilm_folder  # pylint: disable=import-outside-toplevel
+
   return AutoTokenizer.from_pretrained(str(find_minilm_folder(None)))
 
 
@@ -67,9 +78,11 @@ def authors_checkpoint(variant, path, seed=0):
 def authors_embeddings(model, s2, s1, lonlat):
   """Unit vectors as the authors' code computes them (encode_image / encode_text, then F.normalize)."""
   with torch.no_grad():
-    out = {"s2": F.normalize(model.encode_image(torch.from_numpy(s2)), dim=-1).numpy(),
-           "s1": F.normalize(model.encode_image(torch.from_numpy(s1)), dim=-1).numpy(),
-           "text": F.normalize(model.encode_text(TEXTS), dim=-1).numpy()}
+    out = {
+      "s2": F.normalize(model.encode_image(torch.from_numpy(s2)), dim=-1).numpy(),
+      "s1": F.normalize(model.encode_image(torch.from_numpy(s1)), dim=-1).numpy(),
+      "text": F.normalize(model.encode_text(TEXTS), dim=-1).numpy(),
+    }
     if isinstance(model, A.GeoCLOSP):
       out["location"] = model.encode_location(torch.from_numpy(lonlat)).numpy()
   return out
@@ -77,9 +90,13 @@ def authors_embeddings(model, s2, s1, lonlat):
 
 def export_embeddings(folder, s2, s1, lonlat):
   from closp_jax.exported import load_exported  # pylint: disable=import-outside-toplevel
+
   m = load_exported(folder)
-  out = {"s2": m.encode_image(s2, "s2", layout="NCHW"), "s1": m.encode_image(s1, "s1", layout="NCHW"),
-         "text": m.encode_text(TEXTS)}
+  out = {
+    "s2": m.encode_image(s2, "s2", layout="NCHW"),
+    "s1": m.encode_image(s1, "s1", layout="NCHW"),
+    "text": m.encode_text(TEXTS),
+  }
   if m.has_location:
     out["location"] = m.encode_location(lonlat)
   return out, m
@@ -97,17 +114,21 @@ def assert_parity(variant, want, got):
 
 def run_binary(*args, env=None, timeout=900):
   env = dict(env or os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-  return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=REPO,
-                        timeout=timeout, check=False)
+  return subprocess.run(
+    [sys.executable, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout, check=False
+  )
 
 
 # ---- the authors' preprocessing, checked against closp-jax's ----------------------------------
+
 
 def test_kornia_resize_is_bilinear_with_aligned_corners():
   """K.Resize(224) of kornia 0.8.1 (the authors' pin) = interpolate(bilinear, align_corners=True) =
   closp-jax's resize with resize_align_corners; the half-pixel resize is another function."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   from closp_jax.models.towers import resize_bilinear_align_corners  # pylint: disable=import-outside-toplevel
+
   s2 = raw_inputs(n=2, seed=4)[0]
   ref = A.val_transform(torch.from_numpy(s2), "s2", vit=True).numpy()
   assert ref.shape == (2, 13, 224, 224)
@@ -117,7 +138,8 @@ def test_kornia_resize_is_bilinear_with_aligned_corners():
     K = None
   if K is not None:  # the authors' own transform (closp.py:101-110)
     kornia_out = K.AugmentationSequential(K.Normalize(mean=0, std=10000), K.Resize(224), data_keys=["image"])(
-        torch.from_numpy(s2)).numpy()
+      torch.from_numpy(s2)
+    ).numpy()
     np.testing.assert_allclose(kornia_out, ref, rtol=0, atol=1e-7)
   x = np.transpose(s2, (0, 2, 3, 1)) / np.float32(10000)
   got = np.transpose(np.asarray(resize_bilinear_align_corners(jnp.asarray(x), (224, 224))), (0, 3, 1, 2))
@@ -130,6 +152,7 @@ def test_the_authors_analytic_harmonics_are_closp_jax_analytic_2023():
   """Their default 'analytic' table (SatCLIP's generator) is closp-jax's 'analytic_2023' convention;
   their 'closed-form' recurrence is 'closed_form'."""
   from closp_jax.models.location import spherical_harmonics  # pylint: disable=import-outside-toplevel
+
   lonlat = raw_inputs(n=64, seed=5)[2]
   analytic = A.SphericalHarmonics(10, "analytic")(torch.from_numpy(lonlat)).numpy()
   closed = A.SphericalHarmonics(10, "closed-form")(torch.from_numpy(lonlat)).numpy()
@@ -142,14 +165,23 @@ def test_the_authors_analytic_harmonics_are_closp_jax_analytic_2023():
 
 # ---- small towers: the class, the resize and the heads, quickly -------------------------------
 
+
 def small_geoclosp(seed=0):
   """The authors' GeoCLOSP class around small towers: ViTs made for 120 px (S2 with a 1000-way head,
   S1 without, as CLOSP-VS), a 2-layer BERT, SatCLIP L = 10 with a narrow SIREN. Not a released layout."""
   from transformers import BertConfig  # pylint: disable=import-outside-toplevel
+
   torch.manual_seed(seed)
   text = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
-  model = A.GeoCLOSP(text, None, s1_encoder=A.small_vit(2), s2_encoder=A.small_vit(13, num_classes=1000),
-                     dim_hidden=32, dim_out=24, tokenizer=minilm_tokenizer())
+  model = A.GeoCLOSP(
+    text,
+    None,
+    s1_encoder=A.small_vit(2),
+    s2_encoder=A.small_vit(13, num_classes=1000),
+    dim_hidden=32,
+    dim_out=24,
+    tokenizer=minilm_tokenizer(),
+  )
   return A.randomize_(model, seed + 1).eval()
 
 
@@ -167,6 +199,7 @@ def test_small_towers_from_120px_match_the_authors_class(small_checkpoint):
   from closp_jax.data.tokenize import load_tokenizer, tokenize  # pylint: disable=import-outside-toplevel
   from closp_jax.models.towers import CLOSP  # pylint: disable=import-outside-toplevel
   from closp_jax.weights.closp_checkpoint import infer_model_config, load_closp_checkpoint  # pylint: disable=import-outside-toplevel
+
   model, path = small_checkpoint
   cfg = infer_model_config(path, text_heads=2)
   assert (cfg.s2_encoder, cfg.s1_encoder, cfg.s2_head_classes, cfg.s1_head_classes) == ("vit_tiny", "vit_tiny", 1000, 0)
@@ -180,30 +213,38 @@ def test_small_towers_from_120px_match_the_authors_class(small_checkpoint):
   np.testing.assert_array_equal(mask, enc["attention_mask"])
   net = CLOSP(cfg)
   nhwc = lambda x: np.transpose(x, (0, 2, 3, 1))  # noqa: E731
-  got = {"s2": net.apply(variables, nhwc(s2) / np.float32(10000), method=net.encode_s2),
-         "s1": net.apply(variables, nhwc(s1), method=net.encode_s1),
-         "text": net.apply(variables, ids, mask, method=net.encode_text),
-         "location": net.apply(variables, lonlat, method=net.encode_location)}
+  got = {
+    "s2": net.apply(variables, nhwc(s2) / np.float32(10000), method=net.encode_s2),
+    "s1": net.apply(variables, nhwc(s1), method=net.encode_s1),
+    "text": net.apply(variables, ids, mask, method=net.encode_text),
+    "location": net.apply(variables, lonlat, method=net.encode_location),
+  }
   assert_parity("small GeoCLOSP (ViT towers)", want, {k: np.asarray(v) for k, v in got.items()})
   # The half-pixel resize would not do: the S2 tower then differs beyond the tolerance.
   half = CLOSP(infer_model_config(path, text_heads=2, resize_align_corners=False))
-  err = np.abs(np.asarray(half.apply(variables, nhwc(s2) / np.float32(10000), method=half.encode_s2)) - want["s2"]).max()
+  err = np.abs(
+    np.asarray(half.apply(variables, nhwc(s2) / np.float32(10000), method=half.encode_s2)) - want["s2"]
+  ).max()
   assert err > 10 * TOLERANCE
 
 
 # ---- errors ---------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def closp_rn_zeros(tmp_path_factory):
   """A CLOSP-RN-shaped checkpoint (zeros, the real tensor names and shapes) as safetensors."""
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
   from closp_jax.models.towers import model_config
-  from closp_jax.weights.registry import RELEASED_LAYOUTS as PAPER_MODELS  # pylint: disable=import-outside-toplevel
   from closp_jax.weights import convert  # pylint: disable=import-outside-toplevel
   from closp_jax.weights.closp_checkpoint import abstract_variables, export_closp_state_dict  # pylint: disable=import-outside-toplevel
+  from closp_jax.weights.registry import RELEASED_LAYOUTS as PAPER_MODELS  # pylint: disable=import-outside-toplevel
+
   cfg = model_config(**PAPER_MODELS["CLOSP-RN"])
-  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                       convert.unflatten_tree(convert.flatten_tree(abstract_variables(cfg))))
+  zeros = jax.tree.map(
+    lambda s: np.zeros(s.shape, s.dtype), convert.unflatten_tree(convert.flatten_tree(abstract_variables(cfg)))
+  )
   path = tmp_path_factory.mktemp("zeros") / "closp_rn.safetensors"
   save_file({k: np.ascontiguousarray(v) for k, v in export_closp_state_dict(zeros, cfg).items()}, str(path))
   return path
@@ -217,16 +258,25 @@ def test_variants_are_identified_from_the_tensors(closp_rn_zeros, small_checkpoi
   with pytest.raises(official.OfficialCheckpointError) as e:
     official.official_config(sd, str(closp_rn_zeros), variant="CLOSP-VS")
   msg = str(e.value)
-  assert "\n" not in msg and str(closp_rn_zeros) in msg and "holds a CLOSP-RN checkpoint" in msg \
-      and "not --variant CLOSP-VS" in msg
+  assert (
+    "\n" not in msg
+    and str(closp_rn_zeros) in msg
+    and "holds a CLOSP-RN checkpoint" in msg
+    and "not --variant CLOSP-VS" in msg
+  )
   with pytest.raises(official.OfficialCheckpointError, match="expected one of CLOSP-RN, CLOSP-VS"):
     official.official_config(sd, "x", variant="CLOSP-XL")
   # The small ViT model is the authors' class, but no released layout.
   with pytest.raises(official.OfficialCheckpointError) as e:
     official.export_official(small_checkpoint[1], closp_rn_zeros.parent / "m")
   msg = str(e.value)
-  assert "\n" not in msg and str(small_checkpoint[1]) in msg and "vit_tiny" in msg \
-      and "match none of the released variants" in msg and "CLOSP-RN (s2 resnet50" in msg
+  assert (
+    "\n" not in msg
+    and str(small_checkpoint[1]) in msg
+    and "vit_tiny" in msg
+    and "match none of the released variants" in msg
+    and "CLOSP-RN (s2 resnet50" in msg
+  )
   assert not (closp_rn_zeros.parent / "m").exists()
 
 
@@ -242,15 +292,20 @@ def test_registry_names_resolve_through_the_hub_cache(closp_rn_zeros, tmp_path, 
   sd, files, name = official.read_checkpoint("closp/closp-rn")
   assert name == "closp/closp-rn" and files == [snapshot / "model.safetensors"]
   assert official.official_config(sd, str(files[0]))[0] == "CLOSP-RN"
-  with pytest.raises(official.OfficialCheckpointError, match="closp/closp-rn is the released CLOSP-RN, not --variant CLOSP-VL"):
+  with pytest.raises(
+    official.OfficialCheckpointError, match="closp/closp-rn is the released CLOSP-RN, not --variant CLOSP-VL"
+  ):
     official.load_official("closp/closp-rn", variant="CLOSP-VL")
   monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_hub"))
-  with pytest.raises(official.OfficialCheckpointError, match="closp/closp-rn: .*not on this machine.*weights fetch closp/closp-rn"):
+  with pytest.raises(
+    official.OfficialCheckpointError, match="closp/closp-rn: .*not on this machine.*weights fetch closp/closp-rn"
+  ):
     official.read_checkpoint("closp/closp-rn")
 
 
 def test_bad_checkpoints_are_one_line_errors_naming_the_file(tmp_path):
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
   cases = {}
   save_file({"encoder.weight": np.zeros((2, 2), np.float32)}, str(tmp_path / "other.safetensors"))
   cases["other.safetensors"] = "not a CLOSP checkpoint"
@@ -267,18 +322,38 @@ def test_bad_checkpoints_are_one_line_errors_naming_the_file(tmp_path):
 
 
 def test_binary_errors(closp_rn_zeros, tmp_path):
-  proc = run_binary("-m", "closp_jax.export", "--from-official", str(closp_rn_zeros), "--variant", "GeoCLOSP-RN",
-                    "--out", str(tmp_path / "m"))
+  proc = run_binary(
+    "-m",
+    "closp_jax.export",
+    "--from-official",
+    str(closp_rn_zeros),
+    "--variant",
+    "GeoCLOSP-RN",
+    "--out",
+    str(tmp_path / "m"),
+  )
   assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
-  assert proc.stderr.startswith("error: ") and "holds a CLOSP-RN checkpoint" in proc.stderr \
-      and "not --variant GeoCLOSP-RN" in proc.stderr
-  proc = run_binary("-m", "closp_jax.export", "--from-official", str(closp_rn_zeros), "--workdir", str(tmp_path),
-                    "--out", str(tmp_path / "m"))
+  assert (
+    proc.stderr.startswith("error: ")
+    and "holds a CLOSP-RN checkpoint" in proc.stderr
+    and "not --variant GeoCLOSP-RN" in proc.stderr
+  )
+  proc = run_binary(
+    "-m",
+    "closp_jax.export",
+    "--from-official",
+    str(closp_rn_zeros),
+    "--workdir",
+    str(tmp_path),
+    "--out",
+    str(tmp_path / "m"),
+  )
   assert proc.returncode == 1 and "pass --workdir (a training run) or --from-official" in proc.stderr
   assert not (tmp_path / "m").exists()
 
 
 # ---- the released layouts at their real geometries ------------------------------------------------
+
 
 def test_closp_rn_through_the_binary(tmp_path):
   """CLOSP-RN (ResNet-50 towers with their 1000-way fc, MiniLM geometry): the export binary's folder
@@ -308,6 +383,7 @@ def test_geoclosp_rn_from_a_hub_style_folder(tmp_path):
   """GeoCLOSP-RN saved as a Hugging Face model folder (config.json + model.safetensors, tensors under
   a `model.` prefix): S2, S1, text and location embeddings equal the authors'."""
   from safetensors.torch import save_file  # pylint: disable=import-outside-toplevel
+
   model = authors_checkpoint("GeoCLOSP-RN", tmp_path / "best_model.pth")
   folder = tmp_path / "GeoCLOSP-RN"
   folder.mkdir()
@@ -330,8 +406,12 @@ def test_closp_vs_resizes_as_the_authors(tmp_path):
   got, exported = export_embeddings(out, s2, s1, lonlat)
   assert_parity("CLOSP-VS", authors_embeddings(model, s2, s1, lonlat), got)
   mc = exported.config["model_config"]
-  assert (mc["image_size"], mc["resize_align_corners"], mc["s2_head_classes"], mc["s1_head_classes"]) == \
-      (224, True, 1000, 0)
+  assert (mc["image_size"], mc["resize_align_corners"], mc["s2_head_classes"], mc["s1_head_classes"]) == (
+    224,
+    True,
+    1000,
+    0,
+  )
 
 
 @pytest.mark.slow
@@ -352,13 +432,16 @@ def test_closp_vl(tmp_path):
 
 # ---- evaluate --model ---------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_export(tiny_data_dir, tmp_path_factory):
   """(workdir config, workdir, export folder) of a random sample-config model whose S1 is standardised
   with the tiny dataset's statistics, exported from its workdir."""
+  from test_export import fresh_config, make_workdir  # pylint: disable=import-outside-toplevel
+
   from closp_jax import export as export_lib  # pylint: disable=import-outside-toplevel
   from closp_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-  from test_export import fresh_config, make_workdir  # pylint: disable=import-outside-toplevel
+
   tmp = tmp_path_factory.mktemp("tiny_export")
   cfg = fresh_config(name="crisis_landmark/tiny", data_dir=tiny_data_dir, eval_batch_size=64)
   make_workdir(tmp / "workdir", cfg)
@@ -370,6 +453,7 @@ def tiny_export(tiny_data_dir, tmp_path_factory):
 def test_evaluate_model_equals_the_workdir_evaluation(tiny_export, tiny_data_dir, tmp_path):
   """The export folder evaluated on its own gives the workdir evaluation's numbers and files."""
   from closp_jax.retrieval import evaluator  # pylint: disable=import-outside-toplevel
+
   cfg, workdir, out = tiny_export
   got = evaluator.evaluate_exported(out, data="crisis_landmark/tiny", data_dir=tiny_data_dir)
   folder = out / "eval" / "crisis_landmark" / "tiny"
@@ -391,8 +475,17 @@ def test_evaluate_model_equals_the_workdir_evaluation(tiny_export, tiny_data_dir
 def test_evaluate_binary_with_model(tiny_export, tiny_data_dir, tmp_path):
   _, _, out = tiny_export
   env = dict(os.environ, CLOSP_DATA_DIR=tiny_data_dir)
-  proc = run_binary("-m", "closp_jax.evaluate", "--model", str(out), "--data", "crisis_landmark/tiny",
-                    "--out", str(tmp_path / "ev"), env=env)
+  proc = run_binary(
+    "-m",
+    "closp_jax.evaluate",
+    "--model",
+    str(out),
+    "--data",
+    "crisis_landmark/tiny",
+    "--out",
+    str(tmp_path / "ev"),
+    env=env,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "text->all" in proc.stdout
   metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())

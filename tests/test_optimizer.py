@@ -1,4 +1,5 @@
 """Schedules, per-tower freeze gates and the weight-decay mask of the trainer's optimizer."""
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -10,19 +11,42 @@ from closp_jax.train import optimizer as opt_lib
 
 
 def _cfg(**kw):
-  c = ml_collections.ConfigDict(dict(
-      name="adamw", lr=1e-2, schedule="constant", warmup_steps=0, end_lr_factor=0.0, pct_start=0.3,
-      div_factor=25.0, final_div_factor=1e4, cycle_momentum=False, base_momentum=0.85, max_momentum=0.95,
-      b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1, decay="matrices", grad_clip=0.0,
-      grad_accum_steps=1, multipliers={}, freeze_towers=("enc",), freeze_steps=0, frozen=()))
+  c = ml_collections.ConfigDict(
+    dict(
+      name="adamw",
+      lr=1e-2,
+      schedule="constant",
+      warmup_steps=0,
+      end_lr_factor=0.0,
+      pct_start=0.3,
+      div_factor=25.0,
+      final_div_factor=1e4,
+      cycle_momentum=False,
+      base_momentum=0.85,
+      max_momentum=0.95,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.1,
+      decay="matrices",
+      grad_clip=0.0,
+      grad_accum_steps=1,
+      multipliers={},
+      freeze_towers=("enc",),
+      freeze_steps=0,
+      frozen=(),
+    )
+  )
   c.update(kw)
   return c
 
 
 def _params():
-  return {"enc": {"conv": {"kernel": jnp.ones((3, 4))}, "norm": {"scale": jnp.ones(4), "bias": jnp.ones(4)}},
-          "proj": {"kernel": jnp.ones((4, 2)), "bias": jnp.ones(2)},
-          "logit_scale": jnp.zeros([])}
+  return {
+    "enc": {"conv": {"kernel": jnp.ones((3, 4))}, "norm": {"scale": jnp.ones(4), "bias": jnp.ones(4)}},
+    "proj": {"kernel": jnp.ones((4, 2)), "bias": jnp.ones(2)},
+    "logit_scale": jnp.zeros([]),
+  }
 
 
 @pytest.mark.torch
@@ -31,8 +55,9 @@ def test_one_cycle_matches_torch_onecyclelr():
   total, peak = 97, 1e-6
   p = torch.nn.Parameter(torch.zeros(1))
   opt = torch.optim.AdamW([p], lr=peak)
-  sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peak, total_steps=total, pct_start=0.3,
-                                              anneal_strategy="cos", cycle_momentum=False)
+  sched = torch.optim.lr_scheduler.OneCycleLR(
+    opt, max_lr=peak, total_steps=total, pct_start=0.3, anneal_strategy="cos", cycle_momentum=False
+  )
   expected = []
   for i in range(total):
     expected.append(opt.param_groups[0]["lr"])
@@ -46,14 +71,24 @@ def test_one_cycle_matches_torch_onecyclelr():
 
 # The authors' schedule: OneCycleLR(max_lr=1e-6, pct_start=0.1, div_factor=1e6, final_div_factor=1e6)
 # with its default momentum cycling of AdamW's beta1 (0.95 -> 0.85 -> 0.95).
-PAPER_ONE_CYCLE = dict(schedule="one_cycle", lr=1e-6, pct_start=0.1, div_factor=1e6, final_div_factor=1e6,
-                       cycle_momentum=True, base_momentum=0.85, max_momentum=0.95, weight_decay=0.01,
-                       decay="all")
+PAPER_ONE_CYCLE = dict(
+  schedule="one_cycle",
+  lr=1e-6,
+  pct_start=0.1,
+  div_factor=1e6,
+  final_div_factor=1e6,
+  cycle_momentum=True,
+  base_momentum=0.85,
+  max_momentum=0.95,
+  weight_decay=0.01,
+  decay="all",
+)
 
 
 def _torch_one_cycle(torch, total, opt):
-  return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-6, total_steps=total, pct_start=0.1,
-                                             div_factor=1e6, final_div_factor=1e6)
+  return torch.optim.lr_scheduler.OneCycleLR(
+    opt, max_lr=1e-6, total_steps=total, pct_start=0.1, div_factor=1e6, final_div_factor=1e6
+  )
 
 
 @pytest.mark.torch
@@ -88,8 +123,7 @@ def test_paper_lr_and_beta1_per_step_match_torch(total):
 
 
 def _torch_params(torch, tree):
-  return {k: torch.nn.Parameter(torch.tensor(np.asarray(v, np.float64)))
-          for k, v in _flat_items(tree)}
+  return {k: torch.nn.Parameter(torch.tensor(np.asarray(v, np.float64))) for k, v in _flat_items(tree)}
 
 
 def _flat_items(tree, prefix=""):
@@ -112,15 +146,20 @@ def test_updates_follow_torch_adam_and_adamw_with_one_cycle(name, freeze_steps):
   try:
     total = 12
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), _params())
-    cfg = _cfg(**{**PAPER_ONE_CYCLE, "lr": 1e-2, "weight_decay": 0.1}, name=name, freeze_towers=("enc",),
-               freeze_steps=freeze_steps)
+    cfg = _cfg(
+      **{**PAPER_ONE_CYCLE, "lr": 1e-2, "weight_decay": 0.1},
+      name=name,
+      freeze_towers=("enc",),
+      freeze_steps=freeze_steps,
+    )
     tx = opt_lib.make_optimizer(cfg, params, total)
     state = tx.init(params)
     tparams = _torch_params(torch, params)
     cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
     opt = cls(list(tparams.values()), lr=1e-2, weight_decay=0.1)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=total, pct_start=0.1,
-                                                div_factor=1e6, final_div_factor=1e6)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+      opt, max_lr=1e-2, total_steps=total, pct_start=0.1, div_factor=1e6, final_div_factor=1e6
+    )
     rng = np.random.default_rng(0)
     for i in range(total):
       grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape)), params)
@@ -132,8 +171,9 @@ def test_updates_follow_torch_adam_and_adamw_with_one_cycle(name, freeze_steps):
       updates, state = tx.update(grads, state, params)
       params = optax.apply_updates(params, updates)
       for k, v in _flat_items(params):
-        np.testing.assert_allclose(np.asarray(v), tparams[k].detach().numpy(), rtol=1e-10, atol=1e-14,
-                                   err_msg=f"{k} after update {i}")
+        np.testing.assert_allclose(
+          np.asarray(v), tparams[k].detach().numpy(), rtol=1e-10, atol=1e-14, err_msg=f"{k} after update {i}"
+        )
   finally:
     jax.config.update("jax_enable_x64", False)
 

@@ -1,4 +1,5 @@
 """grain train/eval iterators over crisis_landmark/full built from a tiny h5py release."""
+
 import json
 import os
 import subprocess
@@ -6,10 +7,10 @@ import sys
 import textwrap
 
 import grain
+import h5_archive
 import numpy as np
 import pytest
 
-import h5_archive
 from closp_jax.data import crisis_landmark, pipeline
 from closp_jax.data.tokenize import load_tokenizer, tokenize
 
@@ -56,6 +57,7 @@ def test_tokenize_reference_ids(tok):
 def test_tokenize_matches_transformers_incl_truncation(tok):
   transformers = pytest.importorskip("transformers")
   from closp_jax.weights.locate import find_minilm_folder
+
   hf = transformers.AutoTokenizer.from_pretrained(str(find_minilm_folder()))
   texts = ["flooded area. built", "snow and ice", " ".join(["shrub and scrub."] * 30)]
   ref = hf(texts, padding="max_length", truncation=True, max_length=64, return_tensors="np")
@@ -151,30 +153,34 @@ def test_orbax_grain_checkpoint_roundtrip(built, tok, tmp_path):
 
 def test_epoch_covers_longer_sensor_once_and_cycles_shorter(built, tok):
   builder, _ = built
-  it = pipeline.train_iterator(builder, batch_size=1, seed=0, tokenizer=tok, augment=False,
-                               num_epochs=2)
+  it = pipeline.train_iterator(builder, batch_size=1, seed=0, tokenizer=tok, augment=False, num_epochs=2)
   steps = list(it)
   n2, n1 = (pipeline.split_size(builder, "train", s) for s in ("s2", "s1"))
   assert (n2, n1) == (4, 5)
   assert len(steps) == 2 * max(n2, n1) == 2 * pipeline.steps_per_epoch(builder, 1)
   for epoch in range(2):
-    chunk = steps[epoch * 5:(epoch + 1) * 5]
+    chunk = steps[epoch * 5 : (epoch + 1) * 5]
     s1 = [tuple(np.round(s["s1"]["lonlat"][0], 4)) for s in chunk]
     assert sorted(s1) == sorted(_by_lonlat(_records(builder, "train", "s1")))
   s2_all = [tuple(np.round(s["s2"]["lonlat"][0], 4)) for s in steps]
   assert set(s2_all[:4]) == set(_by_lonlat(_records(builder, "train", "s2")))
   # Reshuffled every epoch.
-  assert [s["s1"]["lonlat"][0].tolist() for s in steps[:5]] != [
-      s["s1"]["lonlat"][0].tolist() for s in steps[5:]]
+  assert [s["s1"]["lonlat"][0].tolist() for s in steps[:5]] != [s["s1"]["lonlat"][0].tolist() for s in steps[5:]]
 
 
 def test_normalisation_scale_and_standardize(built, tok):
   builder, _ = built
   stats = pipeline.band_stats(builder)
   for mode in ("scale", "standardize", "none"):
-    it = pipeline.train_iterator(builder, batch_size=2, seed=0, tokenizer=tok, augment=False,
-                                 normalization={"s2": mode, "s1": mode},
-                                 scale_divisor={"s2": 10000.0, "s1": 4.0})
+    it = pipeline.train_iterator(
+      builder,
+      batch_size=2,
+      seed=0,
+      tokenizer=tok,
+      augment=False,
+      normalization={"s2": mode, "s1": mode},
+      scale_divisor={"s2": 10000.0, "s1": 4.0},
+    )
     step = next(it)
     for sensor in ("s2", "s1"):
       recs = _by_lonlat(_records(builder, "train", sensor))
@@ -190,11 +196,11 @@ def test_normalisation_scale_and_standardize(built, tok):
           want = (raw - mean) / np.where(std > 0, std, 1.0)
         np.testing.assert_allclose(step[sensor]["image"][i], want, rtol=1e-5, atol=1e-5)
   # S1 "none" leaves S1 exactly as stored (the authors' input); S2 keeps its default (scale).
-  step = next(pipeline.train_iterator(builder, batch_size=2, seed=0, tokenizer=tok, augment=False,
-                                      normalization={"s1": "none"}))
+  step = next(
+    pipeline.train_iterator(builder, batch_size=2, seed=0, tokenizer=tok, augment=False, normalization={"s1": "none"})
+  )
   recs = _by_lonlat(_records(builder, "train", "s1"))
-  np.testing.assert_array_equal(
-      step["s1"]["image"][0], recs[tuple(np.round(step["s1"]["lonlat"][0], 4))]["image"])
+  np.testing.assert_array_equal(step["s1"]["image"][0], recs[tuple(np.round(step["s1"]["lonlat"][0], 4))]["image"])
 
 
 def _d4(image):
@@ -214,8 +220,7 @@ def test_augmentation_is_flips_and_rotations(built, tok, mode):
   """flips_rot90 draws from the 8 symmetries of the square; flips (the authors') only from the 4
   flip combinations, and over enough draws uses each of them."""
   builder, _ = built
-  it = pipeline.train_iterator(builder, batch_size=2, seed=0, tokenizer=tok, augment=mode,
-                               normalization={"s1": "none"})
+  it = pipeline.train_iterator(builder, batch_size=2, seed=0, tokenizer=tok, augment=mode, normalization={"s1": "none"})
   seen_rotation_only = 0
   used = set()
   for step in _take(it, 24):
@@ -237,15 +242,19 @@ def test_augmentation_is_flips_and_rotations(built, tok, mode):
 
 def test_rgb_baseline_channels(built, tok):
   builder, _ = built
-  step = next(pipeline.train_iterator(builder, batch_size=2, seed=0, tokenizer=tok, augment=False,
-                                      rgb=True, normalization={"s1": "none"}))
+  step = next(
+    pipeline.train_iterator(
+      builder, batch_size=2, seed=0, tokenizer=tok, augment=False, rgb=True, normalization={"s1": "none"}
+    )
+  )
   s2 = _by_lonlat(_records(builder, "train", "s2"))
   raw = s2[tuple(np.round(step["s2"]["lonlat"][0], 4))]["image"] / 10000.0
   np.testing.assert_allclose(step["s2"]["image"][0], raw[..., [3, 2, 1]], rtol=1e-6)
   s1 = _by_lonlat(_records(builder, "train", "s1"))
   raw = s1[tuple(np.round(step["s1"]["lonlat"][0], 4))]["image"]
-  np.testing.assert_allclose(step["s1"]["image"][0],
-                             np.stack([raw[..., 0], raw[..., 1], raw[..., 0] - raw[..., 1]], -1))
+  np.testing.assert_allclose(
+    step["s1"]["image"][0], np.stack([raw[..., 0], raw[..., 1], raw[..., 0] - raw[..., 1]], -1)
+  )
 
 
 def test_batch_larger_than_split_is_an_error(built, tok):
@@ -269,7 +278,7 @@ def test_eval_visits_every_sample_once_in_order(built, tok, split, sensor):
   mask = np.concatenate([b["mask"] for b in batches])
   assert mask.dtype == bool and keys.dtype.kind == "U"
   assert keys[mask].tolist() == [r["key"].decode() for r in records]
-  assert (keys[~mask] == "").all() and mask[:len(records)].all()
+  assert (keys[~mask] == "").all() and mask[: len(records)].all()
   last = batches[-1]
   assert last["image"].shape[0] == 3
   assert not last["image"][~last["mask"]].any()
@@ -280,8 +289,9 @@ def test_eval_visits_every_sample_once_in_order(built, tok, split, sensor):
 def test_eval_standardized_matches_train_stats(built, tok):
   builder, _ = built
   stats = pipeline.band_stats(builder)
-  batch = next(pipeline.eval_iterator(builder, "test", "s2", batch_size=4, tokenizer=tok,
-                                      normalization={"s2": "standardize"}))
+  batch = next(
+    pipeline.eval_iterator(builder, "test", "s2", batch_size=4, tokenizer=tok, normalization={"s2": "standardize"})
+  )
   raw = _records(builder, "test", "s2")[0]["image"].astype(np.float64)
   std = np.array(stats["s2"]["std"])
   want = (raw - np.array(stats["s2"]["mean"])) / np.where(std > 0, std, 1.0)
@@ -306,7 +316,7 @@ class _FakeShard:
 
 def test_process_shares_split_eval_and_train(built, tok, monkeypatch):
   builder, _ = built
-  records = _records(builder, "train", "s1")   # 5 records over 2 processes
+  records = _records(builder, "train", "s1")  # 5 records over 2 processes
   keys, steps, lonlats = [], set(), []
   for index in range(2):
     monkeypatch.setattr(grain.sharding, "ShardByJaxProcess", _FakeShard(index, 2))
@@ -316,9 +326,9 @@ def test_process_shares_split_eval_and_train(built, tok, monkeypatch):
     it = pipeline.train_iterator(builder, batch_size=1, seed=0, tokenizer=tok, num_epochs=1)
     lonlats.append({tuple(np.round(s["s1"]["lonlat"][0], 4)) for s in it})
   assert keys == [r["key"].decode() for r in records]
-  assert steps == {2}                        # ceil(ceil(5 / 2) / 2) on both
-  assert not lonlats[0] & lonlats[1]          # disjoint shares
-  assert len(lonlats[0]) == len(lonlats[1]) == 2   # 5 // 2 each (remainder dropped)
+  assert steps == {2}  # ceil(ceil(5 / 2) / 2) on both
+  assert not lonlats[0] & lonlats[1]  # disjoint shares
+  assert len(lonlats[0]) == len(lonlats[1]) == 2  # 5 // 2 each (remainder dropped)
 
 
 # --------------------------------------------------------------------------- builder access
@@ -336,8 +346,8 @@ def test_get_builder_reuses_prepared_and_refuses_missing(built, tmp_path):
 
 def test_sample_config_runs_the_same_conversion(tmp_path, tok, capsys):
   config = crisis_landmark.CrisisLandmarkConfig(
-      name="sample_tiny", synthetic=True, num_s2=24, num_s1=24, seed=0,
-      validation_min_per_sensor=4)
+    name="sample_tiny", synthetic=True, num_s2=24, num_s1=24, seed=0, validation_min_per_sensor=4
+  )
   builder = pipeline.get_builder("crisis_landmark", data_dir=tmp_path, config=config)
   out = capsys.readouterr().out
   assert "crisis_landmark/sample_tiny train:" in out and "validation" in out
@@ -358,8 +368,7 @@ def test_sample_config_runs_the_same_conversion(tmp_path, tok, capsys):
 def test_worker_processes_give_the_same_batches(built, tok):
   builder, _ = built
   plain = _take(pipeline.train_iterator(builder, batch_size=2, seed=7, tokenizer=tok), 4)
-  workers = _take(pipeline.train_iterator(builder, batch_size=2, seed=7, tokenizer=tok,
-                                          worker_count=2), 4)
+  workers = _take(pipeline.train_iterator(builder, batch_size=2, seed=7, tokenizer=tok, worker_count=2), 4)
   assert _equal(plain, workers)
 
 
@@ -380,6 +389,7 @@ _TWO_PROCESS_SCRIPT = textwrap.dedent("""
 
 def _free_port() -> int:
   import socket
+
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
@@ -389,12 +399,18 @@ def test_two_jax_processes_share_the_data(built, tmp_path):
   builder, _ = built
   script = tmp_path / "proc.py"
   script.write_text(_TWO_PROCESS_SCRIPT)
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
-         "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "JAX_PLATFORMS": "cpu"}
   port = str(_free_port())
-  procs = [subprocess.Popen([sys.executable, str(script), str(i), str(builder.data_dir_root), port],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-           for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, str(script), str(i), str(builder.data_dir_root), port],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=env,
+    )
+    for i in range(2)
+  ]
   outs = []
   for p in procs:
     stdout, stderr = p.communicate(timeout=240)

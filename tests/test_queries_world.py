@@ -1,5 +1,6 @@
 """The synthetic archive's query set: balanced over the three types, typed by the evaluation's
 grid-cell rule from the judgments, location-dependent because of the world's geography."""
+
 import collections
 import json
 
@@ -12,7 +13,7 @@ from closp_jax.data import synthetic as S
 from closp_jax.data import synthetic_world as W
 from closp_jax.retrieval import queries_rule
 
-SAMPLE = dict(num_s2=4000, num_s1=4000, seed=0)   # crisis_landmark/sample's archive
+SAMPLE = dict(num_s2=4000, num_s1=4000, seed=0)  # crisis_landmark/sample's archive
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,9 @@ def test_sample_has_at_least_25_queries_of_each_type(sample):
 def test_types_are_the_evaluation_rule_applied_to_the_judgments(sample):
   _, test, queries, judged = sample
   emptied = [{**q, "type": ""} for q in queries]
-  retyped = queries_rule.assign_types(emptied, judged, [r.key for r in test],
-                                      np.array([r.lonlat for r in test], np.float32))
+  retyped = queries_rule.assign_types(
+    emptied, judged, [r.key for r in test], np.array([r.lonlat for r in test], np.float32)
+  )
   assert [q["type"] for q in retyped] == [q["type"] for q in queries]
 
 
@@ -58,7 +60,7 @@ def test_location_queries_crowd_into_the_places_that_hold_the_rare_classes(sampl
     share, lift = n / len(best), (n / len(best)) / (corpus_cells[top] / len(test))
     if q["type"] == "location":
       assert share >= 0.5 and lift >= 3, q
-      assert confined & set(q["text"].split(". ")), q   # a class the world confines to a few places
+      assert confined & set(q["text"].split(". ")), q  # a class the world confines to a few places
       home = collections.Counter(place[k] for k in best).most_common(1)[0][0]
       assert not home.startswith(("Southwest coast", "Lakeland", "Danube", "Plateau")), (q, home)
     elif q["type"] == "land_cover":
@@ -74,7 +76,7 @@ def test_crisis_queries_name_a_crisis_and_find_it_only_at_its_events(sample):
   for q in crisis:
     assert queries_rule.names_crisis(q["text"])
     best = [k for k, g in judged[q["query_id"]].items() if g == 2]
-    if "burned area" in q["text"]:   # Portugal's CORINE burnt areas are the other fire-prone place
+    if "burned area" in q["text"]:  # Portugal's CORINE burnt areas are the other fire-prone place
       assert all(place[k] in events or "Portugal" in place[k] for k in best)
     else:
       assert all(place[k] in events for k in best), q
@@ -94,21 +96,35 @@ def test_plan_records_is_what_the_archive_writes(tmp_path):
 
 def test_balanced_rule_selects_per_type():
   C = {c: i for i, c in enumerate(L.CLASSES)}
-  rows = ([["Trees", "Water"]] * 6 + [["Trees", "Crops"]] * 8 + [["Trees"]] * 6 + [["Crops", "Water"]] * 5
-          + [["Snow and Ice", "Bare"]] * 5 + [["Snow and Ice"]] * 1 + [["Flooded Area", "Crops"]] * 5)
+  rows = (
+    [["Trees", "Water"]] * 6
+    + [["Trees", "Crops"]] * 8
+    + [["Trees"]] * 6
+    + [["Crops", "Water"]] * 5
+    + [["Snow and Ice", "Bare"]] * 5
+    + [["Snow and Ice"]] * 1
+    + [["Flooded Area", "Crops"]] * 5
+  )
   labels = np.zeros((len(rows), L.NUM_CLASSES), np.float32)
   for i, r in enumerate(rows):
     labels[i, [C[c] for c in r]] = 1
   keys = [f"k{i:02d}" for i in range(len(rows))]
   lonlat = np.tile([[10.0, 50.0]], (len(rows), 1))
-  lonlat[::2, 0] = -100.0                 # the rest of the corpus is spread over two cells...
-  lonlat[25:31] = [[100.0, 30.0]]         # ...and all the snow lies in a third
+  lonlat[::2, 0] = -100.0  # the rest of the corpus is spread over two cells...
+  lonlat[25:31] = [[100.0, 30.0]]  # ...and all the snow lies in a third
   queries, qrels = queries_rule.queries_from_labels(labels, keys, lonlat, per_type=3, min_support=5)
   got = [(q["text"], q["type"]) for q in queries]
   # per type: single classes first (class order), then combinations by frequency; at most 3 each
-  assert got == [("trees", "land_cover"), ("crops", "land_cover"), ("water", "land_cover"),
-                 ("flooded area", "crisis"), ("crops. flooded area", "crisis"),
-                 ("bare", "location"), ("snow and ice", "location"), ("bare. snow and ice", "location")]
+  assert got == [
+    ("trees", "land_cover"),
+    ("crops", "land_cover"),
+    ("water", "land_cover"),
+    ("flooded area", "crisis"),
+    ("crops. flooded area", "crisis"),
+    ("bare", "location"),
+    ("snow and ice", "location"),
+    ("bare. snow and ice", "location"),
+  ]
   assert [q["query_id"] for q in queries] == [f"L{i:03d}" for i in range(8)]
   tw = qrels[queries[0]["query_id"]]
   assert set(tw.values()) == {2} and len(tw) == 20

@@ -6,6 +6,7 @@ the installed package's test suite. Everything else runs with its relative paths
 (absl takes the last value of a flag, so an appended flag wins). `closp-search serve` is started, asked
 one query over HTTP and stopped.
 """
+
 import os
 import re
 import shlex
@@ -18,16 +19,21 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 README = Path(REPO) / "README.md"
 
 SHRINK = {
-    "closp-train": ["--config.data.name=crisis_landmark/tiny", "--config.data.batch_size=16",
-                    "--config.data.eval_batch_size=64", "--config.train.steps=4", "--config.eval.every_steps=2",
-                    "--config.checkpoint.every_steps=2", "--config.checkpoint.async_save=False"],
-    "closp-search index": ["--data", "crisis_landmark/tiny"],
+  "closp-train": [
+    "--config.data.name=crisis_landmark/tiny",
+    "--config.data.batch_size=16",
+    "--config.data.eval_batch_size=64",
+    "--config.train.steps=4",
+    "--config.eval.every_steps=2",
+    "--config.checkpoint.every_steps=2",
+    "--config.checkpoint.async_save=False",
+  ],
+  "closp-search index": ["--data", "crisis_landmark/tiny"],
 }
 
 
@@ -52,7 +58,7 @@ def readme_commands() -> list[str]:
 def _shrunk(command: str) -> str:
   words = shlex.split(command)
   for key, extra in SHRINK.items():
-    if " ".join(words[:len(key.split())]) == key:
+    if " ".join(words[: len(key.split())]) == key:
       return command + " " + " ".join(shlex.quote(e) for e in extra)
   return command
 
@@ -72,8 +78,16 @@ def _serve(command: str, cwd: Path, env: dict) -> str:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   command += f" --port {port}"
-  proc = subprocess.Popen(command, shell=True, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, start_new_session=True)
+  proc = subprocess.Popen(
+    command,
+    shell=True,
+    cwd=cwd,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    start_new_session=True,
+  )
   try:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -92,7 +106,9 @@ def _serve(command: str, cwd: Path, env: dict) -> str:
 
 @pytest.mark.slow
 def test_every_readme_command_runs_in_order(tmp_path, tiny_data_dir):
-  env = dict(os.environ, CLOSP_DATA_DIR=tiny_data_dir, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+  env = dict(
+    os.environ, CLOSP_DATA_DIR=tiny_data_dir, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+  )
   ran = []
   for command in readme_commands():
     if " serve" in command:
@@ -104,6 +120,8 @@ def test_every_readme_command_runs_in_order(tmp_path, tiny_data_dir):
       continue  # a viewer; the summaries it would show are checked in tests/test_train.py
     full = _shrunk(command)
     proc = subprocess.run(full, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, f"README command failed ({proc.returncode}): {full}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, (
+      f"README command failed ({proc.returncode}): {full}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    )
     ran.append(command)
   assert any(c.startswith("closp-train") for c in ran) and any("closp-export" in c for c in ran)

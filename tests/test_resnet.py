@@ -1,4 +1,5 @@
 """ResNet encoders: factory contract, logical axes, BatchNorm modes and sharding, parity with timm."""
+
 import json
 import os
 import subprocess
@@ -52,8 +53,7 @@ def test_tiny_shapes_any_size_and_channel_check():
 def test_every_param_has_logical_axes():
   _, variables, _ = _init("resnet_tiny", 13)
   boxed = jax.tree_util.tree_leaves(variables["params"], is_leaf=lambda v: isinstance(v, jax.Array))
-  flat = jax.tree_util.tree_flatten_with_path(
-      variables["params"], is_leaf=lambda v: hasattr(v, "names"))[0]
+  flat = jax.tree_util.tree_flatten_with_path(variables["params"], is_leaf=lambda v: hasattr(v, "names"))[0]
   assert len(flat) == len(boxed) > 0
   for path, leaf in flat:
     name = jax.tree_util.keystr(path)
@@ -82,8 +82,13 @@ def test_batch_mode_trains_stats_and_frozen_mode_never_does():
   mean0 = variables["batch_stats"]["bn1"]["mean"]
   mean1 = upd["batch_stats"]["bn1"]["mean"]
   # momentum 0.9 towards the batch mean of the stem output (per channel)
-  stem = model.apply(variables, x, train=True, mutable=["batch_stats", "intermediates"],
-                     capture_intermediates=lambda m, _: m.scope.path == ("conv1",))[1]
+  stem = model.apply(
+    variables,
+    x,
+    train=True,
+    mutable=["batch_stats", "intermediates"],
+    capture_intermediates=lambda m, _: m.scope.path == ("conv1",),
+  )[1]
   conv_out = stem["intermediates"]["conv1"]["__call__"][0]
   np.testing.assert_allclose(mean1, 0.9 * mean0 + 0.1 * conv_out.mean(axis=(0, 1, 2)), atol=1e-6)
 
@@ -127,9 +132,13 @@ _SHARDED = textwrap.dedent("""
 
 
 def test_train_mode_batchnorm_is_synchronised_over_a_sharded_batch():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                         os.environ.get("PYTHONPATH", "")]))
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    PYTHONPATH=os.pathsep.join(
+      [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH", "")]
+    ),
+  )
   res = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True, timeout=300)
   assert res.returncode == 0, res.stderr[-3000:]
   got = json.loads(res.stdout.strip().splitlines()[-1])
@@ -139,9 +148,11 @@ def test_train_mode_batchnorm_is_synchronised_over_a_sharded_batch():
 
 # ---- parity with timm (independent PyTorch reference) --------------------------------------------
 
+
 def _randomize(module, seed=0):
   """Random weights and BatchNorm statistics with O(1) activations (fan-in scaled)."""
   import torch  # pylint: disable=import-outside-toplevel
+
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for k, t in module.state_dict().items():
@@ -160,6 +171,7 @@ def _timm_tiny(in_chans):
   """resnet_tiny built from timm parts: timm's ResNet hard-codes a 64-wide stem, so swap it for 16."""
   import torch  # pylint: disable=import-outside-toplevel
   from timm.models.resnet import BasicBlock, ResNet  # pylint: disable=import-outside-toplevel
+
   m = ResNet(block=BasicBlock, layers=[1, 1, 1, 1], channels=(16, 32, 64, 128), in_chans=in_chans, num_classes=0)
   m.conv1 = torch.nn.Conv2d(in_chans, 16, 7, stride=2, padding=3, bias=False)
   m.bn1 = torch.nn.BatchNorm2d(16)
@@ -169,6 +181,7 @@ def _timm_tiny(in_chans):
 
 def _timm(name, in_chans):
   import timm  # pylint: disable=import-outside-toplevel
+
   if name == "resnet_tiny":
     return _timm_tiny(in_chans)
   return timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=0)
@@ -181,6 +194,7 @@ def test_eval_parity_with_timm(name, in_chans):
   torch = pytest.importorskip("torch")
   pytest.importorskip("timm")
   from closp_jax.weights.timm_import import load_timm_resnet  # pylint: disable=import-outside-toplevel
+
   ref_model = _randomize(_timm(name, in_chans), seed=in_chans).eval()
   sd = {k: v.numpy() for k, v in ref_model.state_dict().items()}
   x = np.random.RandomState(in_chans).randn(2, 120, 120, in_chans).astype(np.float32)
@@ -188,8 +202,9 @@ def test_eval_parity_with_timm(name, in_chans):
     ref = ref_model(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
   params, batch_stats = load_timm_resnet(sd, name)
   model = image_encoder(name, in_chans)
-  out = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(
-      {"params": params, "batch_stats": batch_stats}, x))
+  out = np.asarray(
+    jax.jit(lambda v, x: model.apply(v, x, train=False))({"params": params, "batch_stats": batch_stats}, x)
+  )
   assert out.shape == ref.shape == (2, num_features(name))
   assert ref.std() > 0.1  # not a degenerate comparison
   assert np.abs(out - ref).max() <= 1e-4
@@ -202,6 +217,7 @@ def test_train_mode_parity_with_timm():
   torch = pytest.importorskip("torch")
   pytest.importorskip("timm")
   from closp_jax.weights.timm_import import load_timm_resnet  # pylint: disable=import-outside-toplevel
+
   ref_model = _randomize(_timm("resnet_tiny", 13)).train()
   sd = {k: v.numpy().copy() for k, v in ref_model.state_dict().items()}
   x = np.random.RandomState(3).randn(4, 64, 64, 13).astype(np.float32)
@@ -212,8 +228,9 @@ def test_train_mode_parity_with_timm():
   out, upd = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"])
   assert np.abs(np.asarray(out) - ref).max() <= 1e-4
   new = ref_model.state_dict()
-  np.testing.assert_allclose(upd["batch_stats"]["layer2_0"]["bn1"]["mean"], new["layer2.0.bn1.running_mean"].numpy(),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    upd["batch_stats"]["layer2_0"]["bn1"]["mean"], new["layer2.0.bn1.running_mean"].numpy(), atol=1e-5
+  )
   n = 4 * 8 * 8  # values per channel at layer2.0.bn1: 64 px -> stem 16 px -> stride-2 conv1 of layer2: 8 px
   old_var = sd["layer2.0.bn1.running_var"]
   batch_var_flax = (np.asarray(upd["batch_stats"]["layer2_0"]["bn1"]["var"]) - 0.9 * old_var) / 0.1

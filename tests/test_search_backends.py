@@ -2,6 +2,7 @@
 with and without filters; IVF-PQ and HNSW find most of the exact top-k on clustered data and
 return exact scores; narrow filters fall back to exact; errors name the fix. faiss is a declared
 test dependency: in CI its absence fails these tests instead of skipping them."""
+
 import json
 import os
 import sys
@@ -12,8 +13,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from closp_jax.search_lib import backends  # noqa: E402
 from index_scale import clustered_unit_vectors  # noqa: E402
+
+from closp_jax.search_lib import backends  # noqa: E402
 
 
 def need_faiss():
@@ -50,10 +52,10 @@ def test_exact_engines_agree_with_numpy(data, monkeypatch):
     s, r = b.search(queries, 50)
     np.testing.assert_array_equal(r, want_r, err_msg=engine)
     np.testing.assert_allclose(s, want_s, atol=2e-6, err_msg=engine)
-    s, r = b.search(queries[:3], 50, mask)          # 6,667 rows allowed: gathered and scored exactly
+    s, r = b.search(queries[:3], 50, mask)  # 6,667 rows allowed: gathered and scored exactly
     np.testing.assert_array_equal(r, mask_r[:3], err_msg=engine)
     with monkeypatch.context() as m:
-      m.setattr(backends, "SUBSET_EXACT", 100)      # wide filters: faiss's ID selector / topk_search's mask
+      m.setattr(backends, "SUBSET_EXACT", 100)  # wide filters: faiss's ID selector / topk_search's mask
       s, r = b.search(queries[:3], 50, mask)
     np.testing.assert_array_equal(r, mask_r[:3], err_msg=engine)
     np.testing.assert_allclose(s, mask_s[:3], atol=2e-6, err_msg=engine)
@@ -67,7 +69,7 @@ def test_exact_engines_agree_with_numpy(data, monkeypatch):
 def test_exact_ties_list_the_lower_row_first():
   need_faiss()
   emb = np.zeros((10, 8), np.float16)
-  emb[:, 0] = 1.0                       # every row ties
+  emb[:, 0] = 1.0  # every row ties
   for engine in ("faiss", "jax"):
     _, r = backends.ExactBackend(emb, engine=engine).search(np.eye(8, dtype=np.float32)[:1], 4)
     assert list(r[0]) == [0, 1, 2, 3], engine
@@ -85,7 +87,9 @@ def test_faiss_flat_holds_the_stored_bytes(data):
 def test_approximate_indexes_recall_exact_scores_and_filters(data, tmp_path, kind, monkeypatch):
   need_faiss()
   emb, queries = data
-  path = backends.build_ann(tmp_path, emb, kind, backends.AnnParams(nlist=64 if kind == "ivfpq" else 0, train_size=10000))
+  path = backends.build_ann(
+    tmp_path, emb, kind, backends.AnnParams(nlist=64 if kind == "ivfpq" else 0, train_size=10000)
+  )
   meta = json.loads((tmp_path / f"ann-{kind}.json").read_text())
   assert path.is_file() and meta["count"] == len(emb) and meta["type"] == kind
   b = backends.open_backend(tmp_path, emb, kind)
@@ -111,8 +115,11 @@ def test_approximate_indexes_recall_exact_scores_and_filters(data, tmp_path, kin
 def test_backend_errors_name_the_fix(data, tmp_path):
   need_faiss()
   emb, _ = data
-  with pytest.raises(backends.BackendError, match=r"ann-hnsw.faiss not found: build it with `closp-search index "
-                     r"--index_type hnsw"):
+  with pytest.raises(
+    backends.BackendError,
+    match=r"ann-hnsw.faiss not found: build it with `closp-search index "
+    r"--index_type hnsw",
+  ):
     backends.open_backend(tmp_path, emb, "hnsw")
   with pytest.raises(backends.BackendError, match="unknown --index_type 'lsh'"):
     backends.open_backend(tmp_path, emb, "lsh")

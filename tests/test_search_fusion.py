@@ -1,4 +1,5 @@
 """Fused text->all in the search library: each sensor's list mapped onto one scale, then merged."""
+
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,17 @@ def _index(n_s2=40, n_s1=50, dim=16, seed=0) -> SearchIndex:
   emb = np.concatenate([s2, s1])
   emb /= np.linalg.norm(emb, axis=1, keepdims=True)
   n = n_s2 + n_s1
-  meta = {"key": np.array([f"s2_{i}" for i in range(n_s2)] + [f"s1_{i}" for i in range(n_s1)]),
-          "sensor": np.array(["s2"] * n_s2 + ["s1"] * n_s1), "source": np.array(["x"] * n),
-          "lon": np.zeros(n), "lat": np.zeros(n), "timestamp": np.array([""] * n),
-          "labels": np.empty(n, object), "record": np.arange(n), "path": np.array([""] * n)}
+  meta = {
+    "key": np.array([f"s2_{i}" for i in range(n_s2)] + [f"s1_{i}" for i in range(n_s1)]),
+    "sensor": np.array(["s2"] * n_s2 + ["s1"] * n_s1),
+    "source": np.array(["x"] * n),
+    "lon": np.zeros(n),
+    "lat": np.zeros(n),
+    "timestamp": np.array([""] * n),
+    "labels": np.empty(n, object),
+    "record": np.arange(n),
+    "path": np.array([""] * n),
+  }
   meta["labels"][:] = [[] for _ in range(n)]
   return SearchIndex(folder=Path("."), manifest={}, embeddings=emb.astype(np.float16), meta=meta)
 

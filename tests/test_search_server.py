@@ -4,17 +4,15 @@ thumbnails is served, the server writes only into its cache folder, 50 concurren
 answers without errors, and the page works in headless Chromium (type a query, see the grid and
 the markers, set and draw a box, open a result, more like this), with screenshots kept in
 tests/output/search_page/."""
+
 import concurrent.futures
 import csv
 import io
 import json
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-
 from search_helpers import OUTPUT, Server, browser_or_skip, export_fresh_model, tiny_index
 
 pytest.importorskip("flask", reason="the search server needs flask (the 'search' extra)")
@@ -32,6 +30,7 @@ def sample(tmp_path_factory, tiny_data_dir):
 @pytest.fixture(scope="module")
 def client(sample):
   from closp_jax.search_lib import server  # pylint: disable=import-outside-toplevel
+
   cache = sample["tmp"] / "cache"
   service = server.SearchService(sample["index"], sample["model"], cache_dir=cache, max_k=50, tiles=None)
   app = server.create_app(service)
@@ -89,6 +88,7 @@ def test_similar_downloads_and_thumbnails(client, sample):
   assert [r["key"] for r in rows] == want[:3] and set(rows[0]) >= {"score", "lon", "lat", "labels", "thumbnail"}
   # Thumbnails: S2 true colour and S1 false colour PNGs, rendered once into the cache folder.
   from PIL import Image  # pylint: disable=import-outside-toplevel
+
   for sensor in ("s2", "s1"):
     r = get_json(c, f"/api/search?q=trees&k=1&sensor={sensor}")["results"][0]
     png = c.get(r["thumbnail"])
@@ -100,7 +100,9 @@ def test_similar_downloads_and_thumbnails(client, sample):
   assert written and all(p.parent == cache / "thumbnails" and p.suffix == ".png" for p in written)
 
 
-@pytest.mark.parametrize("url,status,message", [
+@pytest.mark.parametrize(
+  "url,status,message",
+  [
     ("/api/search?q=&k=5", 400, "q is empty"),
     ("/api/search?q=%20%20&k=5", 400, "q is empty"),
     ("/api/search?k=5", 400, "q is empty"),
@@ -117,17 +119,32 @@ def test_similar_downloads_and_thumbnails(client, sample):
     ("/api/similar?k=5", 400, "key is empty"),
     ("/api/search?q=" + "x" * 3000, 414, "query string over"),
     ("/api/search?q=" + "x" * 600, 400, "at most 500"),
-])
+  ],
+)
 def test_bad_input_is_a_4xx_with_one_line(client, url, status, message):
   c, _, _ = client
   body = get_json(c, url, status)
   assert message in body["error"] and "\n" not in body["error"]
 
 
-@pytest.mark.parametrize("url", ["/static/../server.py", "/static/%2e%2e/server.py", "/static/..%2fserver.py",
-                                 "/static/vendor/../../index.py", "/static//etc/passwd", "/thumbnails/../index.json",
-                                 "/thumbnails/99999.png", "/thumbnails/-1.png", "/thumbnails/1.jpg",
-                                 "/thumbnails/1.png.png", "/index.json", "/embeddings.npy", "/etc/passwd"])
+@pytest.mark.parametrize(
+  "url",
+  [
+    "/static/../server.py",
+    "/static/%2e%2e/server.py",
+    "/static/..%2fserver.py",
+    "/static/vendor/../../index.py",
+    "/static//etc/passwd",
+    "/thumbnails/../index.json",
+    "/thumbnails/99999.png",
+    "/thumbnails/-1.png",
+    "/thumbnails/1.jpg",
+    "/thumbnails/1.png.png",
+    "/index.json",
+    "/embeddings.npy",
+    "/etc/passwd",
+  ],
+)
 def test_nothing_outside_the_page_and_thumbnails_is_served(client, url):
   c, _, _ = client
   assert c.get(url).status_code == 404
@@ -135,8 +152,11 @@ def test_nothing_outside_the_page_and_thumbnails_is_served(client, url):
 
 def test_tile_host_is_the_only_other_image_source(sample):
   from closp_jax.search_lib import server  # pylint: disable=import-outside-toplevel
-  for tiles, want in ((server.OSM_TILES, "img-src 'self' data: https://tile.openstreetmap.org;"),
-                      ("https://{s}.tiles.example.org/{z}/{x}/{y}.png", "img-src 'self' data: https://*.tiles.example.org;")):
+
+  for tiles, want in (
+    (server.OSM_TILES, "img-src 'self' data: https://tile.openstreetmap.org;"),
+    ("https://{s}.tiles.example.org/{z}/{x}/{y}.png", "img-src 'self' data: https://*.tiles.example.org;"),
+  ):
     service = server.SearchService(sample["index"], sample["model"], cache_dir=sample["tmp"] / "c2", tiles=tiles)
     csp = server.create_app(service).test_client().get("/").headers["Content-Security-Policy"]
     assert want in csp and "script-src 'self';" in csp
@@ -148,8 +168,13 @@ def test_page_files_methods_and_headers(client):
   assert page.status_code == 200 and b'id="map"' in page.get_data()
   assert "script-src 'self'" in page.headers["Content-Security-Policy"]
   assert page.headers["X-Content-Type-Options"] == "nosniff"
-  for f in ("app.js", "app.css", "vendor/leaflet/leaflet.js", "vendor/leaflet-draw/leaflet.draw.js",
-            "world/countries-110m.geojson"):
+  for f in (
+    "app.js",
+    "app.css",
+    "vendor/leaflet/leaflet.js",
+    "vendor/leaflet-draw/leaflet.draw.js",
+    "world/countries-110m.geojson",
+  ):
     assert c.get(f"/static/{f}").status_code == 200, f
   assert c.post("/api/search?q=water").status_code == 405
   assert c.post("/api/search", data=b"x" * 5000).status_code in (405, 413)
@@ -166,8 +191,14 @@ def live(sample):
   """The binary, `closp-search serve`, on 127.0.0.1 with tiles pointing at a local URL that fails
   (the page must fall back to the bundled outline); stops itself after 15 minutes at the latest."""
   cache = sample["tmp"] / "live_cache"
-  server = Server(sample["index"].folder, cache, "--tiles", "http://127.0.0.1:9/tiles/{z}/{x}/{y}.png",
-                  data_dir=sample["data_dir"], stop_after=900)
+  server = Server(
+    sample["index"].folder,
+    cache,
+    "--tiles",
+    "http://127.0.0.1:9/tiles/{z}/{x}/{y}.png",
+    data_dir=sample["data_dir"],
+    stop_after=900,
+  )
   yield server
   server.stop()
 
@@ -224,8 +255,7 @@ def _answers(driver) -> int:
 def _answered(driver, before: int, what: str):
   """Waits until the page answers a search after the `before`-th one, without error."""
   _wait(driver, f"return Number(document.body.dataset.answers || 0) > {before}", what=what)
-  assert driver.execute_script("return document.body.dataset.state") == "done", \
-      driver.find_element("id", "status").text
+  assert driver.execute_script("return document.body.dataset.state") == "done", driver.find_element("id", "status").text
 
 
 def _shot(driver, path):
@@ -240,10 +270,14 @@ def test_page_in_headless_chromium(live, sample):
   out.mkdir(parents=True, exist_ok=True)
   from selenium.webdriver.common.action_chains import ActionChains  # pylint: disable=import-outside-toplevel
   from selenium.webdriver.common.by import By  # pylint: disable=import-outside-toplevel
+
   try:
     driver.get(live.url + "/")
-    _wait(driver, "return document.body.dataset.ready === '1' && document.body.dataset.outline === 'ready'",
-          what="the page and the world outline")
+    _wait(
+      driver,
+      "return document.body.dataset.ready === '1' && document.body.dataset.outline === 'ready'",
+      what="the page and the world outline",
+    )
     # The tiles fail (nothing listens there): the bundled outline is the map.
     _wait(driver, "return document.body.dataset.basemap === 'outline'", what="the offline outline")
     _shot(driver, out / "01-start.png")
@@ -256,8 +290,11 @@ def test_page_in_headless_chromium(live, sample):
     n = _answers(driver)
     driver.find_element(By.ID, "search").click()
     _answered(driver, n, "results")
-    _wait(driver, "return Array.from(document.querySelectorAll('.result img')).every(i => i.complete && "
-                  "i.naturalWidth === 120)", what="thumbnails")
+    _wait(
+      driver,
+      "return Array.from(document.querySelectorAll('.result img')).every(i => i.complete && i.naturalWidth === 120)",
+      what="thumbnails",
+    )
     cards = driver.find_elements(By.CSS_SELECTOR, ".result")
     markers = driver.find_elements(By.CSS_SELECTOR, ".leaflet-marker-icon.rank-marker")
     assert len(cards) == 12 and len(markers) == 12
@@ -274,11 +311,15 @@ def test_page_in_headless_chromium(live, sample):
     driver.find_element(By.ID, "search").click()
     _answered(driver, n, "boxed results")
     assert driver.find_elements(By.CSS_SELECTOR, ".result")
-    got = driver.execute_script("return Array.from(document.querySelectorAll('.leaflet-marker-icon.rank-marker'))"
-                                ".map(m => m.dataset.key)")
+    got = driver.execute_script(
+      "return Array.from(document.querySelectorAll('.leaflet-marker-icon.rank-marker')).map(m => m.dataset.key)"
+    )
     rows = {k: i for i, k in enumerate(idx.meta["key"])}
-    assert got and all(box[0] - 0.01 <= idx.meta["lon"][rows[k]] <= box[2] + 0.01 and
-                       box[1] - 0.01 <= idx.meta["lat"][rows[k]] <= box[3] + 0.01 for k in got)
+    assert got and all(
+      box[0] - 0.01 <= idx.meta["lon"][rows[k]] <= box[2] + 0.01
+      and box[1] - 0.01 <= idx.meta["lat"][rows[k]] <= box[3] + 0.01
+      for k in got
+    )
     assert driver.find_elements(By.CSS_SELECTOR, "path.leaflet-interactive, path[stroke='#e65100']")
     _shot(driver, out / "03-box-typed.png")
     # Draw a box with the rectangle tool: the box field follows the drawing and the search reruns.
@@ -287,17 +328,20 @@ def test_page_in_headless_chromium(live, sample):
     size = map_el.size
     before = driver.find_element(By.ID, "bbox").get_attribute("value")
     n = _answers(driver)
-    ActionChains(driver).move_to_element_with_offset(map_el, -size["width"] // 4, -size["height"] // 4) \
-        .click_and_hold().move_by_offset(size["width"] // 3, size["height"] // 3).pause(0.2).release().perform()
+    ActionChains(driver).move_to_element_with_offset(
+      map_el, -size["width"] // 4, -size["height"] // 4
+    ).click_and_hold().move_by_offset(size["width"] // 3, size["height"] // 3).pause(0.2).release().perform()
     _answered(driver, n, "results in a drawn box")
     drawn = driver.find_element(By.ID, "bbox").get_attribute("value")
     assert drawn and drawn != before
     minlon, minlat, maxlon, maxlat = map(float, drawn.split(","))
     assert minlon < maxlon and minlat < maxlat
-    got = driver.execute_script("return Array.from(document.querySelectorAll('.leaflet-marker-icon.rank-marker'))"
-                                ".map(m => m.dataset.key)")
-    assert all(minlon <= idx.meta["lon"][rows[k]] <= maxlon and minlat <= idx.meta["lat"][rows[k]] <= maxlat
-               for k in got)
+    got = driver.execute_script(
+      "return Array.from(document.querySelectorAll('.leaflet-marker-icon.rank-marker')).map(m => m.dataset.key)"
+    )
+    assert all(
+      minlon <= idx.meta["lon"][rows[k]] <= maxlon and minlat <= idx.meta["lat"][rows[k]] <= maxlat for k in got
+    )
     _shot(driver, out / "04-box-drawn.png")
     # Clear the box, search again, open a result: its details; then more like this.
     n = _answers(driver)
@@ -328,8 +372,11 @@ def test_page_in_headless_chromium(live, sample):
     _wait(driver, f"return Number(document.body.dataset.answers) > {n}", what="the error")
     assert driver.execute_script("return document.body.dataset.state") == "error"
     assert "expected MINLON,MINLAT,MAXLON,MAXLAT" in driver.find_element(By.ID, "status").text
-    logs = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and "127.0.0.1:9/" not in e["message"]
-            and "/api/search" not in e["message"]]
+    logs = [
+      e
+      for e in driver.get_log("browser")
+      if e["level"] == "SEVERE" and "127.0.0.1:9/" not in e["message"] and "/api/search" not in e["message"]
+    ]
     assert not logs, logs
   finally:
     driver.quit()

@@ -1,4 +1,5 @@
 """Building a run from the config: pretrained tower weights, shardings, batch checks."""
+
 import jax
 import numpy as np
 import pytest
@@ -71,7 +72,7 @@ def test_mesh_that_does_not_match_the_devices_is_refused():
 def test_resolve_steps_from_epochs_and_one_epoch_freeze():
   cfg = load_config("closp:paper")
   cfg.unlock()
-  cfg.optim.freeze_steps = -1   # the authors' earlier train.py: unfreeze after the first epoch
+  cfg.optim.freeze_steps = -1  # the authors' earlier train.py: unfreeze after the first epoch
   out = setup.resolve_steps(cfg, {"s2": 640, "s1": 700})
   assert out.train.steps_per_epoch == 11  # ceil(700 / 64)
   assert out.train.steps == 30 * 11

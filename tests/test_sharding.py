@@ -9,6 +9,7 @@ few weights with gradients at rounding level for the first steps, and with eps=1
 those rounding differences (a different summation order on 8 devices) into full learning-rate
 steps of either sign. With eps=1e-6 every real gradient is still normalised the Adam way.
 """
+
 import json
 import os
 import subprocess
@@ -24,13 +25,18 @@ DRIVER = os.path.join(REPO, "tests", "sharded_train_driver.py")
 
 
 def _env(devices: int) -> dict:
-  return dict(os.environ, JAX_PLATFORMS="cpu",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
 def run_driver(devices: int, out, *args, timeout=900) -> dict:
-  proc = subprocess.run([sys.executable, DRIVER, "--out", str(out), *args], env=_env(devices), cwd=REPO,
-                        capture_output=True, text=True, timeout=timeout)
+  proc = subprocess.run(
+    [sys.executable, DRIVER, "--out", str(out), *args],
+    env=_env(devices),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
   if proc.returncode:
     raise AssertionError(f"driver failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
   return dict(np.load(out))
@@ -142,8 +148,9 @@ print("RESULT" + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def eight_device_checks():
-  proc = subprocess.run([sys.executable, "-c", _EIGHT_DEVICE_CHECKS], env=_env(8), cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, "-c", _EIGHT_DEVICE_CHECKS], env=_env(8), cwd=REPO, capture_output=True, text=True, timeout=600
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   return json.loads(proc.stdout.split("RESULT", 1)[1])
 
@@ -158,10 +165,10 @@ def test_fsdp_rules_shard_large_tensors_and_keep_the_position_table_whole(eight_
   assert r["word_embeddings"] == ["P(None, 'fsdp')"]
   assert r["indivisible"] == []
   total, per = r["vit_fsdp8"]
-  assert r["vit_dp"] == [total, total]     # data parallel: every device holds everything
-  assert per < total / 6                   # FSDP over 8: close to 1/8 (small tensors stay whole)
+  assert r["vit_dp"] == [total, total]  # data parallel: every device holds everything
+  assert per < total / 6  # FSDP over 8: close to 1/8 (small tensors stay whole)
   total, per = r["resnet50_fsdp"]
-  assert per < total / 3                   # ResNet-50 towers over fsdp=4
+  assert per < total / 3  # ResNet-50 towers over fsdp=4
 
 
 def test_process_rows_and_global_batch_on_one_process(eight_device_checks):
@@ -200,8 +207,9 @@ def one_device_run(tiny_data_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mesh,rules", [("8,1,1", "dp"), ("1,8,1", "fsdp"), ("4,2,1", "fsdp")],
-                         ids=["data8", "fsdp8", "data4xfsdp2"])
+@pytest.mark.parametrize(
+  "mesh,rules", [("8,1,1", "dp"), ("1,8,1", "fsdp"), ("4,2,1", "fsdp")], ids=["data8", "fsdp8", "data4xfsdp2"]
+)
 def test_five_steps_on_eight_devices_match_one_device(one_device_run, tiny_data_dir, tmp_path, mesh, rules):
   run = run_driver(8, tmp_path / "run.npz", "--data_dir", tiny_data_dir, "--mesh", mesh, "--rules", rules, *TRAIN)
   assert list(run["mesh"]) == [int(v) for v in mesh.split(",")]

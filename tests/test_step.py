@@ -1,10 +1,12 @@
 """The train step in-process: dropout keys, deterministic evaluation, the objective's terms,
 alternating per-sensor updates."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import REPO
 
 from closp_jax.config import load_config
 from closp_jax.models.towers import CLOSP
@@ -12,7 +14,6 @@ from closp_jax.parallel import mesh as mesh_lib
 from closp_jax.train import setup
 from closp_jax.train import step as step_lib
 from closp_jax.train.optimizer import TorchAdamState
-from conftest import REPO
 
 B = 8
 
@@ -43,11 +44,11 @@ def batch(seed=0):
   out = {}
   for sensor, chans in (("s2", 13), ("s1", 2)):
     out[sensor] = {
-        "image": rng.normal(size=(B, 32, 32, chans)).astype(np.float32),
-        "input_ids": rng.integers(1, 1000, size=(B, 8)).astype(np.int32),
-        "attention_mask": np.ones((B, 8), np.int32),
-        "lonlat": np.stack([rng.uniform(-180, 180, B), rng.uniform(-60, 60, B)], -1).astype(np.float32),
-        "text_id": np.arange(B, dtype=np.int32),
+      "image": rng.normal(size=(B, 32, 32, chans)).astype(np.float32),
+      "input_ids": rng.integers(1, 1000, size=(B, 8)).astype(np.int32),
+      "attention_mask": np.ones((B, 8), np.int32),
+      "lonlat": np.stack([rng.uniform(-180, 180, B), rng.uniform(-60, 60, B)], -1).astype(np.float32),
+      "text_id": np.arange(B, dtype=np.int32),
     }
   return out
 
@@ -93,8 +94,7 @@ def test_dropout_masks_follow_the_run_key_and_the_step():
 
 
 def test_without_dropout_the_key_does_not_matter():
-  cfg = small_config(**{"model.text.dropout": 0.0, "model.location.dropout": 0.0,
-                        "model.location.enabled": False})
+  cfg = small_config(**{"model.text.dropout": 0.0, "model.location.dropout": 0.0, "model.location.enabled": False})
   _, state_a, fn = build(cfg, seed=1)
   _, state_b, _ = build(cfg, seed=2)
   b = batch()
@@ -106,8 +106,7 @@ def test_evaluation_is_deterministic_whatever_the_key():
   model, state, _ = build(cfg)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   b = batch()
-  runs = [step_lib.compute_terms(model, variables, b, cfg, train=False, key=jax.random.key(k))[0]
-          for k in (0, 1)]
+  runs = [step_lib.compute_terms(model, variables, b, cfg, train=False, key=jax.random.key(k))[0] for k in (0, 1)]
   for k in runs[0]:
     assert float(runs[0][k]) == float(runs[1][k])
 
@@ -126,8 +125,13 @@ def test_geoclosp_objective_is_the_authors_mean_of_cross_entropies(directions):
   authors' train.py does it: per sensor the mean over the logit matrices it returns of
   CrossEntropy(logits, arange) -- (img->txt, txt->img, loc->img, img->loc) divided by 4, or, in the
   earlier version, the first three divided by 4 -- then the mean over the two sensors."""
-  cfg = small_config(**{"loss.location_directions": directions, "model.temperature.learnable": False,
-                        "model.temperature.init_scale": 3.0})
+  cfg = small_config(
+    **{
+      "loss.location_directions": directions,
+      "model.temperature.learnable": False,
+      "model.temperature.init_scale": 3.0,
+    }
+  )
   model, state, _ = build(cfg)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   b = batch()
@@ -135,10 +139,13 @@ def test_geoclosp_objective_is_the_authors_mean_of_cross_entropies(directions):
   got = float(step_lib.objective(terms, step_lib.loss_weights(cfg)))
   per_sensor = []
   for sensor in ("s2", "s1"):
-    img = np.asarray(model.apply(variables, b[sensor]["image"],
-                                 method=model.encode_s2 if sensor == "s2" else model.encode_s1), np.float64)
-    txt = np.asarray(model.apply(variables, b[sensor]["input_ids"], b[sensor]["attention_mask"],
-                                 method=model.encode_text), np.float64)
+    img = np.asarray(
+      model.apply(variables, b[sensor]["image"], method=model.encode_s2 if sensor == "s2" else model.encode_s1),
+      np.float64,
+    )
+    txt = np.asarray(
+      model.apply(variables, b[sensor]["input_ids"], b[sensor]["attention_mask"], method=model.encode_text), np.float64
+    )
     loc = np.asarray(model.apply(variables, b[sensor]["lonlat"], method=model.encode_location), np.float64)
     s = float(scale)
     ces = [_ce(s * img @ txt.T), _ce(s * txt @ img.T), _ce(s * loc @ img.T)]
@@ -151,16 +158,29 @@ def test_geoclosp_objective_is_the_authors_mean_of_cross_entropies(directions):
 def test_alternate_updates_are_an_s2_update_then_an_s1_update():
   """One 'alternate' step equals two joint steps, the first with only the S2 terms, the second with
   only the S1 terms, sharing the optimizer state (Adam's count goes 1, 2) and one learning rate."""
-  alt = small_config(**{"train.sensor_updates": "alternate", "model.location.enabled": False,
-                        "loss.weights.s2_location": 0.0, "loss.weights.s1_location": 0.0})
+  alt = small_config(
+    **{
+      "train.sensor_updates": "alternate",
+      "model.location.enabled": False,
+      "loss.weights.s2_location": 0.0,
+      "loss.weights.s1_location": 0.0,
+    }
+  )
   _, state, fn = build(alt)
   b = batch()
   after, metrics = fn(state, b, jnp.zeros((1, 1)))
 
   def only(sensor):
     other = "s1" if sensor == "s2" else "s2"
-    return small_config(**{"model.location.enabled": False, "loss.weights.s2_location": 0.0,
-                           "loss.weights.s1_location": 0.0, f"loss.weights.{other}_text": 0.0})
+    return small_config(
+      **{
+        "model.location.enabled": False,
+        "loss.weights.s2_location": 0.0,
+        "loss.weights.s1_location": 0.0,
+        f"loss.weights.{other}_text": 0.0,
+      }
+    )
+
   _, ref, _ = build(only("s2"))
   for sensor in ("s2", "s1"):
     _, _, fn_ref = build(only(sensor))
@@ -184,18 +204,27 @@ def test_gradient_accumulation_is_one_update_on_the_mean_gradient_of_the_micro_b
   """grad_accum_steps=2: one update from the mean of the gradients of rows 0,2,4,... and rows 1,3,5,...
   (each its own contrastive set); Adam's step count advances once. Checked against gradients taken
   directly from compute_terms on those two halves, then the optimizer applied by hand."""
-  cfg = small_config(**{"optim.grad_accum_steps": 2, "model.location.enabled": False,
-                        "loss.weights.s2_location": 0.0, "loss.weights.s1_location": 0.0,
-                        "model.text.dropout": 0.0, "optim.freeze_towers": ()})
+  cfg = small_config(
+    **{
+      "optim.grad_accum_steps": 2,
+      "model.location.enabled": False,
+      "loss.weights.s2_location": 0.0,
+      "loss.weights.s1_location": 0.0,
+      "model.text.dropout": 0.0,
+      "optim.freeze_towers": (),
+    }
+  )
   model, state, fn = build(cfg)
   b = batch()
   after, metrics = fn(state, b, jnp.zeros((1, 1)))
   weights = step_lib.loss_weights(cfg)
 
   def loss(params, half):
-    terms, _, _ = step_lib.compute_terms(model, {"params": params, "batch_stats": state.batch_stats}, half, cfg,
-                                         train=True)
+    terms, _, _ = step_lib.compute_terms(
+      model, {"params": params, "batch_stats": state.batch_stats}, half, cfg, train=True
+    )
     return step_lib.objective(terms, weights)
+
   halves = [jax.tree.map(lambda x, i=i: x[i::2], b) for i in range(2)]
   grads = [jax.grad(loss)(state.params, h) for h in halves]
   mean = jax.tree.map(lambda a, c: (a + c) / 2, *grads)
@@ -218,10 +247,17 @@ def test_a_tower_unfreezes_at_the_configured_update_with_accumulation_on():
   """freeze_steps=2 with grad_accum_steps=2: the phases of updates 0 and 1 keep the S2 tower frozen
   and update 2's trains it; run through the step, the tower does not move in updates 0-1 and moves in
   update 2, and the learning rate of each update is the schedule's at that update."""
-  cfg = small_config(**{"optim.grad_accum_steps": 2, "optim.freeze_towers": ("s2_encoder",),
-                        "optim.freeze_steps": 2, "model.location.enabled": False,
-                        "loss.weights.s2_location": 0.0, "loss.weights.s1_location": 0.0,
-                        "model.text.dropout": 0.0})
+  cfg = small_config(
+    **{
+      "optim.grad_accum_steps": 2,
+      "optim.freeze_towers": ("s2_encoder",),
+      "optim.freeze_steps": 2,
+      "model.location.enabled": False,
+      "loss.weights.s2_location": 0.0,
+      "loss.weights.s1_location": 0.0,
+      "model.text.dropout": 0.0,
+    }
+  )
   model, state, _ = build(cfg)
   optimizer = setup.make_optimizer(cfg.optim, state.params, 10)
   groups = sorted(state.params)
@@ -245,16 +281,28 @@ def test_a_training_step_updates_both_towers_batchnorm_statistics():
   """Train-mode BatchNorm moves the running statistics of the S2 and of the S1 tower (flax returns the
   whole batch_stats collection from each tower's pass; the S1 pass must not put back a stale copy of
   the S2 statistics), and they move to what the S2 tower alone computes for that batch."""
-  cfg = small_config(**{"model.location.enabled": False, "loss.weights.s2_location": 0.0,
-                        "loss.weights.s1_location": 0.0, "model.text.dropout": 0.0})
+  cfg = small_config(
+    **{
+      "model.location.enabled": False,
+      "loss.weights.s2_location": 0.0,
+      "loss.weights.s1_location": 0.0,
+      "model.text.dropout": 0.0,
+    }
+  )
   model, state, fn = build(cfg)
   b = batch()
   after, _ = fn(state, b, jnp.zeros((1, 1)))
-  _, alone = model.apply({"params": state.params, "batch_stats": state.batch_stats}, b["s2"]["image"], train=True,
-                         method=model.encode_s2, mutable=["batch_stats"])
+  _, alone = model.apply(
+    {"params": state.params, "batch_stats": state.batch_stats},
+    b["s2"]["image"],
+    train=True,
+    method=model.encode_s2,
+    mutable=["batch_stats"],
+  )
   for tower in ("s2_encoder", "s1_encoder"):
     before, now = jax.tree.leaves(state.batch_stats[tower]), jax.tree.leaves(after.batch_stats[tower])
     assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(before, now)), tower
-  for got, want in zip(jax.tree.leaves(after.batch_stats["s2_encoder"]),
-                       jax.tree.leaves(alone["batch_stats"]["s2_encoder"])):
+  for got, want in zip(
+    jax.tree.leaves(after.batch_stats["s2_encoder"]), jax.tree.leaves(alone["batch_stats"]["s2_encoder"])
+  ):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)

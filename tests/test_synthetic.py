@@ -1,4 +1,5 @@
 """Tests for the synthetic CrisisLandMark writer (closp_jax.data.synthetic and helpers)."""
+
 import collections
 import datetime as dt
 import json
@@ -17,12 +18,22 @@ from closp_jax.data import synthetic as S
 from closp_jax.data import synthetic_render as R
 from closp_jax.data import synthetic_world as W
 
-SHARDS = {"benv2s2_part1.h5", "benv2s2_part2.h5", "benv2s2_part3.h5", "benv2s2_part4.h5",
-          "benv2s1_part1.h5", "benv2s1_part2.h5", "benv2s1_part3.h5", "benv2s1_part4.h5",
-          "cabuar.h5", "sen12flood.h5", "mmflood.h5", "quakeset.h5"}
+SHARDS = {
+  "benv2s2_part1.h5",
+  "benv2s2_part2.h5",
+  "benv2s2_part3.h5",
+  "benv2s2_part4.h5",
+  "benv2s1_part1.h5",
+  "benv2s1_part2.h5",
+  "benv2s1_part3.h5",
+  "benv2s1_part4.h5",
+  "cabuar.h5",
+  "sen12flood.h5",
+  "mmflood.h5",
+  "quakeset.h5",
+}
 # The release's layout: 12 S2 bands, every S1 source (VV, VH).
-CHANNELS = {"benv2s2": 12, "cabuar": 12, "sen2flood": 12, "benv2s1": 2, "mmflood": 2,
-            "sen1flood": 2, "quakeset": 2}
+CHANNELS = {"benv2s2": 12, "cabuar": 12, "sen2flood": 12, "benv2s1": 2, "mmflood": 2, "sen1flood": 2, "quakeset": 2}
 
 
 def _epsg(attrs):
@@ -82,9 +93,8 @@ def test_sample_dtypes_shapes_attrs(samples):
     assert geo.is_utm_epsg(_epsg(attrs)), (key, attrs["crs"])
     # timestamp: float32 (1) seconds since 1970 (the card's type), at the scene's date
     assert attrs["timestamp"].dtype == np.float32 and attrs["timestamp"].shape == (1,)
-    moment = dt.datetime.fromtimestamp(float(attrs["timestamp"][0]), tz=dt.timezone.utc)
-    assert dt.datetime(2015, 1, 1, tzinfo=dt.timezone.utc) < moment < dt.datetime(
-        2025, 1, 1, tzinfo=dt.timezone.utc), (key, moment)
+    moment = dt.datetime.fromtimestamp(float(attrs["timestamp"][0]), tz=dt.UTC)
+    assert dt.datetime(2015, 1, 1, tzinfo=dt.UTC) < moment < dt.datetime(2025, 1, 1, tzinfo=dt.UTC), (key, moment)
     labels = [str(x) for x in attrs["labels"]]
     assert labels
     table = L.CORINE_TO_CLASS if source.startswith("benv2") else {c: c for c in L.CLASSES}
@@ -104,8 +114,9 @@ def test_sample_dtypes_shapes_attrs(samples):
 
 
 def _inside(lon, lat, places, margin=0.05):
-  return any(p.lon[0] - margin <= lon <= p.lon[1] + margin and
-             p.lat[0] - margin <= lat <= p.lat[1] + margin for p in places)
+  return any(
+    p.lon[0] - margin <= lon <= p.lon[1] + margin and p.lat[0] - margin <= lat <= p.lat[1] + margin for p in places
+  )
 
 
 def test_crs_projects_centre_into_intended_region(samples):
@@ -122,8 +133,13 @@ def test_crs_projects_centre_into_intended_region(samples):
 
 
 def test_crisis_labels_follow_their_source(samples):
-  event = {"cabuar": "Burned Area", "sen2flood": "Flooded Area", "sen1flood": "Flooded Area",
-           "mmflood": "Flooded Area", "quakeset": "Earthquake Damage"}
+  event = {
+    "cabuar": "Burned Area",
+    "sen2flood": "Flooded Area",
+    "sen1flood": "Flooded Area",
+    "mmflood": "Flooded Area",
+    "quakeset": "Earthquake Damage",
+  }
   for key, (_, _, attrs) in samples.items():
     source = key.rsplit("_", 1)[0]
     classes = L.map_labels([str(x) for x in attrs["labels"]], key)
@@ -175,8 +191,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
   a = S.write_archive(tmp_path / "a", 6, 6, seed=11)
   b = S.write_archive(tmp_path / "b", 6, 6, seed=11)
   c = S.write_archive(tmp_path / "c", 6, 6, seed=12)
-  with h5py.File(a / S.MASTER_FILE) as fa, h5py.File(b / S.MASTER_FILE) as fb, \
-       h5py.File(c / S.MASTER_FILE) as fc:
+  with h5py.File(a / S.MASTER_FILE) as fa, h5py.File(b / S.MASTER_FILE) as fb, h5py.File(c / S.MASTER_FILE) as fc:
     assert sorted(fa) == sorted(fb) == sorted(fc)
     for key in fa:
       assert fa[key]["image"][()].tobytes() == fb[key]["image"][()].tobytes(), key
@@ -246,10 +261,25 @@ def test_upsample_matches_interpolation_matrix():
 def _pure_scene(label, source="benv2s2", lat=47.0, month=7):
   """One-region scene of `label` (CORINE or class name) in mid-season."""
   day = dt.date(2017, month, 15)
-  return R.Scene(key=f"{source}_0", source=source, labels=[label], recipes=[W.RECIPES[label]],
-                 areas=np.ones(1), place="test", lon=8.0, lat=lat, epsg=32632, x=4e5, y=5.2e6,
-                 timestamp=day.isoformat(), event=False, greenness=0.9, moisture=0.5,
-                 incidence=37.0, nan_pixels=False)
+  return R.Scene(
+    key=f"{source}_0",
+    source=source,
+    labels=[label],
+    recipes=[W.RECIPES[label]],
+    areas=np.ones(1),
+    place="test",
+    lon=8.0,
+    lat=lat,
+    epsg=32632,
+    x=4e5,
+    y=5.2e6,
+    timestamp=day.isoformat(),
+    event=False,
+    greenness=0.9,
+    moisture=0.5,
+    incidence=37.0,
+    nan_pixels=False,
+  )
 
 
 def _band_medians(rng, labels):
@@ -267,18 +297,24 @@ def _db_medians(rng, labels, repeats=9):
 
 def test_optical_physics():
   rng = np.random.default_rng(5)
-  names = ["Water bodies", "Broad-leaved forest", "Continuous urban fabric", "Burnt areas",
-           "Glaciers and perpetual snow", "Non-irrigated arable land"]
+  names = [
+    "Water bodies",
+    "Broad-leaved forest",
+    "Continuous urban fabric",
+    "Burnt areas",
+    "Glaciers and perpetual snow",
+    "Non-irrigated arable land",
+  ]
   med = _band_medians(rng, names)
   b3, b4, b8, b11, b12 = 2, 3, 7, 10, 11
   nd = lambda a, b: (a - b) / (a + b)
   for n in names:
     assert np.all(med[n] >= 0)
-  assert nd(med["Broad-leaved forest"][b8], med["Broad-leaved forest"][b4]) > 0.6   # NDVI
+  assert nd(med["Broad-leaved forest"][b8], med["Broad-leaved forest"][b4]) > 0.6  # NDVI
   assert med["Water bodies"][b8] < 0.03 and med["Water bodies"][b11] < 0.02
-  assert nd(med["Water bodies"][b3], med["Water bodies"][b8]) > 0.3                   # NDWI
+  assert nd(med["Water bodies"][b3], med["Water bodies"][b8]) > 0.3  # NDWI
   assert med["Continuous urban fabric"][b11] > med["Continuous urban fabric"][b8]
-  assert nd(med["Burnt areas"][b8], med["Burnt areas"][b12]) < 0                     # NBR
+  assert nd(med["Burnt areas"][b8], med["Burnt areas"][b12]) < 0  # NBR
   assert nd(med["Glaciers and perpetual snow"][b3], med["Glaciers and perpetual snow"][b11]) > 0.6
   assert med["Broad-leaved forest"][b8] > 3 * med["Water bodies"][b8]
   # Stored in the release's order B1-B8, B8A, B9, B11, B12: the NIR plateau (B8A, index 8) stays
@@ -301,8 +337,7 @@ def test_radar_physics_and_speckle():
   patch = img[40:80, 40:80]
   enl = patch.mean() ** 2 / patch.var()
   assert 2.5 < enl < 6.0, enl  # few-look gamma speckle
-  swapped = R.render_s1(np.random.default_rng(1), [_pure_scene("Coniferous forest", "benv2s1")],
-                        ("VH", "VV"))[0]
+  swapped = R.render_s1(np.random.default_rng(1), [_pure_scene("Coniferous forest", "benv2s1")], ("VH", "VV"))[0]
   assert np.median(swapped[0]) < np.median(swapped[1])  # stored (VH, VV): VH first
 
 
@@ -398,13 +433,13 @@ def test_sar_is_harder_than_optical_but_not_chance(probe_data):
 
 def test_snowline_falls_with_latitude_and_drops_in_the_local_winter():
   assert 5000 < W.snowline_m(0.0) < 5700
-  assert 2800 < W.snowline_m(46.3) < 3200          # the Alps
-  assert 900 < W.snowline_m(68.0) < 1300           # Lapland
+  assert 2800 < W.snowline_m(46.3) < 3200  # the Alps
+  assert 900 < W.snowline_m(68.0) < 1300  # Lapland
   lats = np.arange(0, 80, 5.0)
   assert np.all(np.diff([W.snowline_m(x) for x in lats]) < 0)
   assert W.snowline_m(-30.0) == W.snowline_m(30.0)
   jan, jul = dt.date(2018, 1, 15), dt.date(2018, 7, 15)
-  for day in (jan, jul):                           # no seasonal snow in the tropics
+  for day in (jan, jul):  # no seasonal snow in the tropics
     assert W.seasonal_snowline_m(10.0, day) == W.snowline_m(10.0)
   assert W.seasonal_snowline_m(62.0, jan) < 0 < W.seasonal_snowline_m(62.0, jul) == W.snowline_m(62.0)
   assert W.seasonal_snowline_m(-50.0, jul) < 0 < W.seasonal_snowline_m(-50.0, jan)
@@ -438,12 +473,18 @@ def test_rare_land_cover_lives_in_a_few_zones():
   for label in W.RARE_CORINE:
     zones = [p.name for p in W.BENV2_PLACES if p.prior.get(label, 0) > 0]
     assert 1 <= len(zones) <= 4, (label, zones)
-  homes = {W.GLACIER: "Alps", "Rice fields": "Tagus", "Moors and heathland": ("Lapland", "Ireland"),
-           "Burnt areas": "Portugal", "Coastal lagoons": "Curonian", "Salines": "Tagus"}
+  homes = {
+    W.GLACIER: "Alps",
+    "Rice fields": "Tagus",
+    "Moors and heathland": ("Lapland", "Ireland"),
+    "Burnt areas": "Portugal",
+    "Coastal lagoons": "Curonian",
+    "Salines": "Tagus",
+  }
   for label, home in homes.items():
     home = (home,) if isinstance(home, str) else home
     assert all(any(h in p.name for h in home) for p in W.BENV2_PLACES if p.prior.get(label, 0) > 0), label
-  for label in W.CORINE_BASE_PRIOR:   # the widespread ones are in every zone's reach
+  for label in W.CORINE_BASE_PRIOR:  # the widespread ones are in every zone's reach
     assert sum(p.prior.get(label, 0) > 0 for p in W.BENV2_PLACES) >= len(W.BENV2_PLACES) // 2, label
 
 
@@ -466,8 +507,7 @@ def test_crises_strike_after_the_event_within_reach_of_the_footprint(name):
 
 
 def test_event_settings():
-  kinds = {"cabuar": "fire", "sen2flood": "river", "mmflood": "river", "sen1flood": "river",
-           "quakeset": "fault"}
+  kinds = {"cabuar": "fire", "sen2flood": "river", "mmflood": "river", "sen1flood": "river", "quakeset": "fault"}
   for name, kind in kinds.items():
     for place in W.SOURCE_BY_NAME[name].places:
       fp = place.footprint
@@ -477,6 +517,6 @@ def test_event_settings():
       if kind == "fire":
         assert place.date.month in W.FIRE_SEASON_MONTHS, place.name
       if kind == "river":
-        assert place.elevation[1] - place.elevation[0] <= 300, place.name   # plains and deltas
+        assert place.elevation[1] - place.elevation[0] <= 300, place.name  # plains and deltas
   assert W.distance_km(10.0, 45.0, ((10.0, 45.0),)) == 0.0
   assert W.distance_km(10.0, 45.1, ((9.0, 45.0), (11.0, 45.0))) == pytest.approx(11.06, abs=0.05)

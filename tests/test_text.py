@@ -1,5 +1,6 @@
 """Text tower: MiniLM/BERT vs Hugging Face's PyTorch BertModel on the real weights, masking, pooling,
 logical axes, the importer's errors."""
+
 import json
 
 import jax
@@ -10,8 +11,13 @@ import pytest
 from closp_jax.models.text import TextEncoder
 from closp_jax.weights import convert
 from closp_jax.weights.locate import find_minilm_folder
-from closp_jax.weights.minilm import (bert_params_from_state_dict, export_bert_state_dict, load_bert, load_minilm,
-                                      text_encoder_from_hf_config)
+from closp_jax.weights.minilm import (
+  bert_params_from_state_dict,
+  export_bert_state_dict,
+  load_bert,
+  load_minilm,
+  text_encoder_from_hf_config,
+)
 from closp_jax.weights.safe_load import load_state_dict
 
 TEXTS = ["trees. crops. water", "flooded area", "burned area. trees. shrub and scrub. bare. built. grass"]
@@ -43,11 +49,13 @@ def test_minilm_reference_values(minilm):
 def test_minilm_matches_pytorch_bertmodel(minilm):
   torch = pytest.importorskip("torch")
   from transformers import BertModel  # pylint: disable=import-outside-toplevel
+
   module, params, ids, mask, fwd = minilm
   ref = BertModel.from_pretrained(str(find_minilm_folder())).eval()
   with torch.no_grad():
-    hidden = ref(input_ids=torch.tensor(ids, dtype=torch.long),
-                 attention_mask=torch.tensor(mask, dtype=torch.long)).last_hidden_state.numpy()
+    hidden = ref(
+      input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long)
+    ).last_hidden_state.numpy()
   assert np.abs(np.asarray(fwd(params, ids, mask)) - hidden[:, 0]).max() <= 1e-4
   # Mean pooling: the masked mean of the last hidden state (sentence-transformers' pooling).
   mean = TextEncoder(pooling="mean")
@@ -70,8 +78,9 @@ def test_attention_mask_is_honoured(minilm):
 
 
 def test_every_param_has_logical_axes_and_float32():
-  module = TextEncoder(vocab_size=50, hidden=32, layers=2, heads=4, intermediate=64, max_position=16,
-                       dtype=jnp.bfloat16)
+  module = TextEncoder(
+    vocab_size=50, hidden=32, layers=2, heads=4, intermediate=64, max_position=16, dtype=jnp.bfloat16
+  )
   v = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32))
   leaves = jax.tree_util.tree_flatten_with_path(v["params"], is_leaf=lambda x: hasattr(x, "names"))[0]
   assert len(leaves) == 3 + 2 + 2 * 16
@@ -109,8 +118,10 @@ def test_export_round_trip_and_errors(tmp_path):
     if not k.startswith("pooler."):
       np.testing.assert_array_equal(v, sd[k])
   # A BertFor* checkpoint (bert. prefix, old LayerNorm names) reads the same.
-  old = {("bert." + k).replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
-         for k, v in sd.items()}
+  old = {
+    ("bert." + k).replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+    for k, v in sd.items()
+  }
   old["cls.predictions.bias"] = np.zeros(3, np.float32)
   again = bert_params_from_state_dict(old, module)
   np.testing.assert_array_equal(again["layer_5"]["output_norm"]["scale"], params["layer_5"]["output_norm"]["scale"])

@@ -1,4 +1,5 @@
 """timm weight import/export: round trips, prefixes, heads, error messages, files, unsafe pickles."""
+
 import copy
 import functools
 import logging
@@ -19,7 +20,7 @@ def _flax_variables(name, in_chans, seed=0):
   return copy.deepcopy(_cached_variables(name, in_chans, seed))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_variables(name, in_chans, seed):
   model = image_encoder(name, in_chans)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, in_chans)), train=False))
@@ -116,8 +117,10 @@ def test_errors_name_tensor_shapes_missing_and_unexpected():
   with pytest.raises(WeightMismatchError) as e:
     load_timm_resnet(broken, "resnet_tiny")
   msg = str(e.value)
-  assert "missing tensors (2): layer1.0.bn2.running_var, layer3.0.conv2.weight" in msg or \
-         "missing tensors (2): layer3.0.conv2.weight, layer1.0.bn2.running_var" in msg
+  assert (
+    "missing tensors (2): layer1.0.bn2.running_var, layer3.0.conv2.weight" in msg
+    or "missing tensors (2): layer3.0.conv2.weight, layer1.0.bn2.running_var" in msg
+  )
   assert "unexpected tensors (1): layer5.0.conv1.weight" in msg
   # a ResNet-18 state dict for the tiny model: every size problem is listed, not only the first
   with pytest.raises(WeightMismatchError, match=r"(?s)bn1.weight.*\(64\).*\(16\).*unexpected tensors \(40\): layer1.1"):
@@ -137,6 +140,7 @@ def _rn18():
 
 def test_reads_safetensors_files(tmp_path):
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
   v = _flax_variables("vit_tiny", 2)
   path = tmp_path / "vit.safetensors"
   save_file(export_timm_vit(v["params"]), str(path))
@@ -144,6 +148,7 @@ def test_reads_safetensors_files(tmp_path):
 
 
 # ---- with PyTorch ---------------------------------------------------------------------------------
+
 
 @pytest.mark.torch
 def test_reads_torch_files_and_refuses_a_malicious_pickle(tmp_path):
@@ -179,8 +184,11 @@ def _timm_randomized(name, in_chans, **kw):
   with torch.no_grad():
     for k, t in m.state_dict().items():
       if t.dtype.is_floating_point:
-        t.copy_(torch.rand(t.shape, generator=g) + 0.5 if k.endswith("running_var") else
-                torch.randn(t.shape, generator=g) * (t[0].numel() ** -0.5 if t.ndim > 1 else 0.1))
+        t.copy_(
+          torch.rand(t.shape, generator=g) + 0.5
+          if k.endswith("running_var")
+          else torch.randn(t.shape, generator=g) * (t[0].numel() ** -0.5 if t.ndim > 1 else 0.1)
+        )
   return m
 
 
@@ -215,13 +223,15 @@ def test_exported_flax_model_runs_the_same_in_timm():
   """Export direction: a Flax-initialised ResNet, exported, loads strictly into timm and gives the same features."""
   torch = pytest.importorskip("torch")
   from timm.models.resnet import BasicBlock, ResNet  # pylint: disable=import-outside-toplevel
+
   v = _flax_variables("resnet_tiny", 13, seed=4)
   ref = ResNet(block=BasicBlock, layers=[1, 1, 1, 1], channels=(16, 32, 64, 128), in_chans=13, num_classes=0)
   ref.conv1 = torch.nn.Conv2d(13, 16, 7, stride=2, padding=3, bias=False)
   ref.bn1 = torch.nn.BatchNorm2d(16)
   ref.layer1[0] = BasicBlock(16, 16)
-  ref.load_state_dict({k: torch.from_numpy(a) for k, a in export_timm_resnet(v["params"], v["batch_stats"]).items()},
-                      strict=True)
+  ref.load_state_dict(
+    {k: torch.from_numpy(a) for k, a in export_timm_resnet(v["params"], v["batch_stats"]).items()}, strict=True
+  )
   x = np.random.RandomState(0).randn(2, 96, 96, 13).astype(np.float32)
   with torch.no_grad():
     want = ref.eval()(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()

@@ -1,4 +1,5 @@
 """Blocked exact top-k search against NumPy's full sort, ties included."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -18,8 +19,7 @@ def numpy_topk(queries, corpus, k, mask=None):
 def integer_data(seed, q, n, d):
   """Small integer vectors: exact dot products in float32 and many equal scores."""
   rng = np.random.default_rng(seed)
-  return (rng.integers(-2, 3, (q, d)).astype(np.float32),
-          rng.integers(-2, 3, (n, d)).astype(np.float32))
+  return (rng.integers(-2, 3, (q, d)).astype(np.float32), rng.integers(-2, 3, (n, d)).astype(np.float32))
 
 
 @pytest.mark.parametrize("n,k,block", [(103, 10, 16), (64, 20, 8), (50, 50, 7), (40, 5, 1000)])
@@ -68,16 +68,20 @@ def test_bad_arguments_are_named():
     topk_search(queries[0], corpus, 2)
 
 
-@pytest.mark.parametrize("n,k,block,segment,segment_k,max_bytes", [
-    (203, 20, 64, 8, 2, 1 << 30),    # several blocks per call, many segments
-    (203, 20, 64, 8, 2, 1),          # one block per call
-    (97, 12, 40, 16, 3, 1 << 30),    # block not a multiple of the segment
-    (300, 7, 300, 32, 6, 1 << 30),   # one block
-])
+@pytest.mark.parametrize(
+  "n,k,block,segment,segment_k,max_bytes",
+  [
+    (203, 20, 64, 8, 2, 1 << 30),  # several blocks per call, many segments
+    (203, 20, 64, 8, 2, 1),  # one block per call
+    (97, 12, 40, 16, 3, 1 << 30),  # block not a multiple of the segment
+    (300, 7, 300, 32, 6, 1 << 30),  # one block
+  ],
+)
 def test_segmented_scan_matches_numpy_with_ties(n, k, block, segment, segment_k, max_bytes):
   queries, corpus = integer_data(n + k, 11, n, 6)
-  scores, index = topk_search(queries, corpus, k, block=block, segment=segment, segment_k=segment_k,
-                              max_score_bytes=max_bytes)
+  scores, index = topk_search(
+    queries, corpus, k, block=block, segment=segment, segment_k=segment_k, max_score_bytes=max_bytes
+  )
   want_scores, want_index = numpy_topk(queries, corpus, k)
   np.testing.assert_array_equal(index, want_index)
   np.testing.assert_array_equal(scores, want_scores.astype(np.float32))

@@ -1,5 +1,6 @@
 """CLOSP towers: config, shapes and norms, temperature, resizing, logical axes, and the authors'
 checkpoint layout (import vs a PyTorch model of the same layout, export round trip, errors)."""
+
 import math
 
 import jax
@@ -9,17 +10,26 @@ import numpy as np
 import pytest
 
 from closp_jax.models.towers import CLOSP, GEOCLIP_LOCATION, model_config, tower_spec
-from closp_jax.weights.registry import RELEASED_LAYOUTS as PAPER_MODELS
 from closp_jax.weights import convert
-from closp_jax.weights.closp_checkpoint import (export_closp_state_dict, infer_model_config, load_closp_checkpoint,
-                                                merge_submodule)
+from closp_jax.weights.closp_checkpoint import (
+  export_closp_state_dict,
+  infer_model_config,
+  load_closp_checkpoint,
+  merge_submodule,
+)
+from closp_jax.weights.registry import RELEASED_LAYOUTS as PAPER_MODELS
 
 TINY_TEXT = dict(vocab_size=60, hidden=32, layers=2, heads=4, intermediate=64, max_position=16)
 
 
 def tiny_config(**overrides):
-  fields = dict(s2_encoder="resnet_tiny", s1_encoder="vit_tiny", embed_dim=32, text=dict(TINY_TEXT),
-                location=dict(enabled=True, degree=4, hidden=16, layers=2, out=12))
+  fields = dict(
+    s2_encoder="resnet_tiny",
+    s1_encoder="vit_tiny",
+    embed_dim=32,
+    text=dict(TINY_TEXT),
+    location=dict(enabled=True, degree=4, hidden=16, layers=2, out=12),
+  )
   fields.update(overrides)
   return model_config(**fields)
 
@@ -43,12 +53,30 @@ def tiny():
 
 def test_model_config_defaults_and_overrides():
   c = model_config()
-  assert (c.embed_dim, c.s2_encoder, c.s1_encoder, c.s2_in_chans, c.s1_in_chans, c.image_size) == \
-      (384, "resnet50", "resnet50", 13, 2, None)
-  assert (c.text.hidden, c.text.layers, c.text.heads, c.text.intermediate, c.text.pooling,
-          c.text.text_projection) == (384, 6, 12, 1536, "cls", False)
-  assert (c.location.enabled, c.location.kind, c.location.degree, c.location.hidden, c.location.layers,
-          c.location.out) == (False, "satclip", 10, 256, 2, 256)
+  assert (c.embed_dim, c.s2_encoder, c.s1_encoder, c.s2_in_chans, c.s1_in_chans, c.image_size) == (
+    384,
+    "resnet50",
+    "resnet50",
+    13,
+    2,
+    None,
+  )
+  assert (c.text.hidden, c.text.layers, c.text.heads, c.text.intermediate, c.text.pooling, c.text.text_projection) == (
+    384,
+    6,
+    12,
+    1536,
+    "cls",
+    False,
+  )
+  assert (
+    c.location.enabled,
+    c.location.kind,
+    c.location.degree,
+    c.location.hidden,
+    c.location.layers,
+    c.location.out,
+  ) == (False, "satclip", 10, 256, 2, 256)
   assert (c.temperature.init_scale, c.temperature.learnable, c.temperature.sigmoid_bias) == (1.0, False, None)
   assert (c.dtype, c.bn_mode) == ("float32", "batch")
   c = model_config(embed_dim=512, image_size=224, **{"location.enabled": True}, temperature=dict(learnable=True))
@@ -59,7 +87,7 @@ def test_model_config_defaults_and_overrides():
     model_config(**{"location.degre": 3})
   with pytest.raises(AttributeError):
     model_config().new_field = 1  # locked
-  for name, fields in PAPER_MODELS.items():
+  for fields in PAPER_MODELS.values():
     tower_spec(model_config(**fields))  # every paper layout is a valid config
   with pytest.raises(ValueError, match="text.pooling"):
     tower_spec(model_config(text=dict(pooling="max")))
@@ -74,13 +102,19 @@ def test_towers_shapes_norms_and_names(tiny):
   for k in ("s2", "s1", "text", "location"):
     assert out[k].shape == (2, 32) and out[k].dtype == jnp.float32
     np.testing.assert_allclose(np.linalg.norm(out[k], axis=-1), 1.0, atol=1e-5)
-  assert set(variables["params"]) == {"s2_encoder", "s1_encoder", "text_model", "s2_projection", "s1_projection",
-                                      "location_encoder", "location_projection"}
+  assert set(variables["params"]) == {
+    "s2_encoder",
+    "s1_encoder",
+    "text_model",
+    "s2_projection",
+    "s1_projection",
+    "location_encoder",
+    "location_projection",
+  }
   assert set(variables["batch_stats"]) == {"s2_encoder"}
   np.testing.assert_allclose(model.apply(variables, s2, method=model.encode_s2), out["s2"], atol=1e-6)
   np.testing.assert_allclose(model.apply(variables, ids, mask, method=model.encode_text), out["text"], atol=1e-6)
-  np.testing.assert_allclose(model.apply(variables, lonlat, method=model.encode_location), out["location"],
-                             atol=1e-6)
+  np.testing.assert_allclose(model.apply(variables, lonlat, method=model.encode_location), out["location"], atol=1e-6)
   feats = model.apply(variables, ids, mask, method=model.encode_text_features)
   np.testing.assert_allclose(feats / np.linalg.norm(feats, axis=-1, keepdims=True), out["text"], atol=1e-6)
   emb, upd = model.apply(variables, s2, train=True, method=model.encode_s2, mutable=["batch_stats"])
@@ -95,8 +129,9 @@ def test_logit_params_fixed_and_learnable(tiny):
   scale, bias = model.apply(variables, method=model.logit_params)
   assert (float(scale), float(bias)) == (1.0, 0.0)
   assert not any(k.startswith("logit") for k in variables["params"])  # fixed: not a parameter
-  cfg2 = tiny_config(temperature=dict(init_scale=1 / 0.07, learnable=True, sigmoid_bias=-10.0),
-                     location=dict(enabled=False))
+  cfg2 = tiny_config(
+    temperature=dict(init_scale=1 / 0.07, learnable=True, sigmoid_bias=-10.0), location=dict(enabled=False)
+  )
   m2 = CLOSP(cfg2)
   v2 = jax.eval_shape(m2.init, jax.random.key(0), *inputs()[:4])
   assert v2["params"]["logit_scale"].value.shape == () and v2["params"]["logit_bias"].value.shape == ()
@@ -106,7 +141,8 @@ def test_logit_params_fixed_and_learnable(tiny):
   params["logit_scale"] = jnp.asarray(math.log(1000.0))
   assert float(m2.apply({"params": params}, method=m2.logit_params)[0]) == pytest.approx(100.0)
   g = jax.grad(lambda p: m2.apply({"params": p}, method=m2.logit_params)[0])(
-      {"logit_scale": jnp.asarray(1.0), "logit_bias": jnp.asarray(0.0)})
+    {"logit_scale": jnp.asarray(1.0), "logit_bias": jnp.asarray(0.0)}
+  )
   assert float(g["logit_scale"]) == pytest.approx(math.e, rel=1e-6)
 
 
@@ -127,19 +163,25 @@ def test_image_size_resizes_bilinearly(align_corners):
   (half-pixel centres, or aligned corners as kornia's Resize): the embedding of the small input equals
   the embedding of torch's resized input, which the tower takes as it is."""
   torch = pytest.importorskip("torch")
-  cfg = tiny_config(image_size=40, location=dict(enabled=False), s1_encoder="resnet_tiny",
-                    resize_align_corners=align_corners)
+  cfg = tiny_config(
+    image_size=40, location=dict(enabled=False), s1_encoder="resnet_tiny", resize_align_corners=align_corners
+  )
   model = CLOSP(cfg)
   s2, s1, ids, mask, _ = inputs(size=24)
   v = jax.jit(model.init)(jax.random.key(0), s2, s1, ids, mask)
   encode = jax.jit(lambda v, x: model.apply(v, x, method=model.encode_s2))
   got = encode(v, s2)
-  resized = torch.nn.functional.interpolate(torch.from_numpy(np.asarray(s2)).permute(0, 3, 1, 2), size=(40, 40),
-                                            mode="bilinear", align_corners=align_corners)
+  resized = torch.nn.functional.interpolate(
+    torch.from_numpy(np.asarray(s2)).permute(0, 3, 1, 2), size=(40, 40), mode="bilinear", align_corners=align_corners
+  )
   want = encode(v, jnp.asarray(resized.permute(0, 2, 3, 1).numpy()))
   np.testing.assert_allclose(got, want, atol=2e-6)
-  other = torch.nn.functional.interpolate(torch.from_numpy(np.asarray(s2)).permute(0, 3, 1, 2), size=(40, 40),
-                                          mode="bilinear", align_corners=not align_corners)
+  other = torch.nn.functional.interpolate(
+    torch.from_numpy(np.asarray(s2)).permute(0, 3, 1, 2),
+    size=(40, 40),
+    mode="bilinear",
+    align_corners=not align_corners,
+  )
   assert np.abs(np.asarray(got) - np.asarray(encode(v, jnp.asarray(other.permute(0, 2, 3, 1).numpy())))).max() > 1e-4
   with pytest.raises(ValueError, match="13 channels"):
     model.apply(v, s1, method=model.encode_s2)
@@ -147,6 +189,7 @@ def test_image_size_resizes_bilinearly(align_corners):
 
 def test_merge_submodule_puts_pretrained_weights_in(tiny):
   from closp_jax.models.text import TextEncoder  # pylint: disable=import-outside-toplevel
+
   cfg, model, variables = tiny
   s2, s1, ids, mask, lonlat = inputs()
   text = TextEncoder(**TINY_TEXT)
@@ -178,8 +221,10 @@ def test_geoclip_location_kind_round_trips_through_the_checkpoint_format():
 
 # ---- the authors' checkpoint layout, against a PyTorch model built the same way -------------------
 
+
 def _randomize(module, seed=0):
   import torch  # pylint: disable=import-outside-toplevel
+
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for k, t in module.state_dict().items():
@@ -199,10 +244,10 @@ def _torch_closp():
   BertModel, Linear projections and a SatCLIP-style SIREN."""
   torch = pytest.importorskip("torch")
   pytest.importorskip("timm")
+  from test_location import _torch_siren  # pylint: disable=import-outside-toplevel
   from timm.models.resnet import BasicBlock, ResNet  # pylint: disable=import-outside-toplevel
   from timm.models.vision_transformer import VisionTransformer  # pylint: disable=import-outside-toplevel
   from transformers import BertConfig, BertModel  # pylint: disable=import-outside-toplevel
-  from test_location import _torch_siren  # pylint: disable=import-outside-toplevel
 
   class Ref(torch.nn.Module):
     def __init__(self):
@@ -212,10 +257,19 @@ def _torch_closp():
       s2.bn1 = torch.nn.BatchNorm2d(16)
       s2.layer1[0] = BasicBlock(16, 16)
       self.s2_encoder = s2
-      self.s1_encoder = VisionTransformer(img_size=120, patch_size=8, embed_dim=96, depth=2, num_heads=3, in_chans=2,
-                                          num_classes=0)
-      self.text_model = BertModel(BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                             intermediate_size=64, max_position_embeddings=16))
+      self.s1_encoder = VisionTransformer(
+        img_size=120, patch_size=8, embed_dim=96, depth=2, num_heads=3, in_chans=2, num_classes=0
+      )
+      self.text_model = BertModel(
+        BertConfig(
+          vocab_size=60,
+          hidden_size=32,
+          num_hidden_layers=2,
+          num_attention_heads=4,
+          intermediate_size=64,
+          max_position_embeddings=16,
+        )
+      )
       self.s2_projection = torch.nn.Linear(7, 32)
       self.s1_projection = torch.nn.Linear(96, 32)
       self.location_encoder = _torch_siren(degree=4, hidden=16, layers=2, out=12)
@@ -229,15 +283,26 @@ def test_authors_checkpoint_layout_imports_and_exports(tmp_path):
   torch = pytest.importorskip("torch")
   import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
   from test_location import scipy_sh  # pylint: disable=import-outside-toplevel
+
   ref = _torch_closp()
   path = tmp_path / "best_model.pth"
   torch.save(ref.state_dict(), path)
 
   cfg = infer_model_config(path, text_heads=4, sh_convention="closed_form", image_size=None)
-  assert (cfg.s2_encoder, cfg.s1_encoder, cfg.s2_head_classes, cfg.s1_head_classes, cfg.embed_dim) == \
-      ("resnet_tiny", "vit_tiny", 7, 0, 32)
-  assert (cfg.text.layers, cfg.text.hidden, cfg.text.vocab_size, cfg.location.enabled, cfg.location.degree) == \
-      (2, 32, 60, True, 4)
+  assert (cfg.s2_encoder, cfg.s1_encoder, cfg.s2_head_classes, cfg.s1_head_classes, cfg.embed_dim) == (
+    "resnet_tiny",
+    "vit_tiny",
+    7,
+    0,
+    32,
+  )
+  assert (cfg.text.layers, cfg.text.hidden, cfg.text.vocab_size, cfg.location.enabled, cfg.location.degree) == (
+    2,
+    32,
+    60,
+    True,
+    4,
+  )
   variables = load_closp_checkpoint(path, cfg)
   model = CLOSP(cfg)
 
@@ -245,12 +310,20 @@ def test_authors_checkpoint_layout_imports_and_exports(tmp_path):
   with torch.no_grad():
     nchw = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2)
     want = {
-        "s2": F.normalize(ref.s2_projection(ref.s2_encoder(nchw(s2))), dim=-1),
-        "s1": F.normalize(ref.s1_projection(ref.s1_encoder(nchw(s1))), dim=-1),
-        "text": F.normalize(ref.text_model(input_ids=torch.from_numpy(ids).long(),
-                                           attention_mask=torch.from_numpy(mask).long()).last_hidden_state[:, 0], dim=-1),
-        "location": F.normalize(ref.location_projection(ref.location_encoder.nnet(
-            torch.tensor(scipy_sh(lonlat.astype(np.float64), 4), dtype=torch.float32))), dim=-1),
+      "s2": F.normalize(ref.s2_projection(ref.s2_encoder(nchw(s2))), dim=-1),
+      "s1": F.normalize(ref.s1_projection(ref.s1_encoder(nchw(s1))), dim=-1),
+      "text": F.normalize(
+        ref.text_model(
+          input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()
+        ).last_hidden_state[:, 0],
+        dim=-1,
+      ),
+      "location": F.normalize(
+        ref.location_projection(
+          ref.location_encoder.nnet(torch.tensor(scipy_sh(lonlat.astype(np.float64), 4), dtype=torch.float32))
+        ),
+        dim=-1,
+      ),
     }
   got = jax.jit(model.apply)(variables, s2, s1, ids, mask, lonlat)
   for k, w in want.items():
@@ -267,7 +340,9 @@ def test_authors_checkpoint_layout_imports_and_exports(tmp_path):
   # A Lightning-style wrapper prefix is removed.
   wrapped = {f"model.{k}": v.numpy() for k, v in ref_sd.items()}
   again = load_closp_checkpoint(wrapped, cfg)
-  np.testing.assert_array_equal(again["params"]["s1_projection"]["kernel"], variables["params"]["s1_projection"]["kernel"])
+  np.testing.assert_array_equal(
+    again["params"]["s1_projection"]["kernel"], variables["params"]["s1_projection"]["kernel"]
+  )
 
 
 @pytest.mark.torch
@@ -295,8 +370,11 @@ def test_model_config_accepts_a_frozen_configdict(tiny):
   cfg, model, variables = tiny
   frozen = ml_collections.FrozenConfigDict(cfg)
   s2 = inputs()[0]
-  np.testing.assert_allclose(CLOSP(frozen).apply(variables, s2, method=CLOSP.encode_s2),
-                             model.apply(variables, s2, method=model.encode_s2), atol=1e-6)
+  np.testing.assert_allclose(
+    CLOSP(frozen).apply(variables, s2, method=CLOSP.encode_s2),
+    model.apply(variables, s2, method=model.encode_s2),
+    atol=1e-6,
+  )
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_MODELS))
@@ -304,9 +382,11 @@ def test_paper_layouts_have_the_original_tensor_names(name):
   """The released models' layouts, without computing anything: exported names and shapes are the
   original ones, and the config is recovered from them."""
   from closp_jax.weights.closp_checkpoint import abstract_variables  # pylint: disable=import-outside-toplevel
+
   cfg = model_config(**PAPER_MODELS[name])
-  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                       convert.unflatten_tree(convert.flatten_tree(abstract_variables(cfg))))
+  zeros = jax.tree.map(
+    lambda s: np.zeros(s.shape, s.dtype), convert.unflatten_tree(convert.flatten_tree(abstract_variables(cfg)))
+  )
   sd = export_closp_state_dict(zeros, cfg)
   shapes = {k: tuple(v.shape) for k, v in sd.items()}
   assert shapes["text_model.embeddings.word_embeddings.weight"] == (30522, 384)
@@ -330,8 +410,16 @@ def test_paper_layouts_have_the_original_tensor_names(name):
   else:
     assert not any(k.startswith("location") for k in shapes)
   inferred = infer_model_config(sd)
-  for field in ("s2_encoder", "s1_encoder", "s2_head_classes", "s1_head_classes", "embed_dim", "image_size",
-                "s2_in_chans", "s1_in_chans"):
+  for field in (
+    "s2_encoder",
+    "s1_encoder",
+    "s2_head_classes",
+    "s1_head_classes",
+    "embed_dim",
+    "image_size",
+    "s2_in_chans",
+    "s1_in_chans",
+  ):
     assert inferred[field] == cfg[field], field
   assert inferred.text.to_dict() == cfg.text.to_dict()
   assert inferred.location.enabled == cfg.location.enabled

@@ -1,4 +1,5 @@
 """The training binary: runs, resumes bit-for-bit, rejects bad config keys."""
+
 import os
 import subprocess
 import sys
@@ -6,13 +7,19 @@ import sys
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
 from conftest import REPO, run_trainer
 
-TINY = ["--config.data.name=crisis_landmark/tiny", "--config.data.batch_size=16",
-        "--config.data.eval_batch_size=64", "--config.eval.every_steps=0", "--config.eval.final=False",
-        "--config.checkpoint.every_steps=100", "--config.checkpoint.async_save=False",
-        "--config.train.record_data_order=True", "--config.train.log_every_steps=1"]
+TINY = [
+  "--config.data.name=crisis_landmark/tiny",
+  "--config.data.batch_size=16",
+  "--config.data.eval_batch_size=64",
+  "--config.eval.every_steps=0",
+  "--config.eval.final=False",
+  "--config.checkpoint.every_steps=100",
+  "--config.checkpoint.async_save=False",
+  "--config.train.record_data_order=True",
+  "--config.train.log_every_steps=1",
+]
 
 
 def _params(workdir, step):
@@ -55,8 +62,12 @@ def test_resume_gives_the_same_parameters_and_data_order(tmp_path, tiny_data_dir
 
 def test_unknown_config_key_is_named_with_the_valid_keys():
   proc = subprocess.run(
-      [sys.executable, "-m", "closp_jax.main", "--config=configs/closp.py", "--config.train.stepz=3"],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
+    [sys.executable, "-m", "closp_jax.main", "--config=configs/closp.py", "--config.train.stepz=3"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode != 0
   assert "train.stepz" in proc.stderr and "steps" in proc.stderr
 
@@ -64,6 +75,7 @@ def test_unknown_config_key_is_named_with_the_valid_keys():
 def test_every_variant_of_every_recipe_loads_and_validates():
   from closp_jax.config import ConfigValueError, load_config, validate
   from closp_jax.configs.common import VARIANTS
+
   for recipe in ("closp", "geoclosp"):
     for variant in VARIANTS:
       c = load_config(f"{recipe}:{variant}")
@@ -79,14 +91,16 @@ def _scalars(folder, tag: str) -> dict[int, float]:
   """{step: value} of a scalar tag in a TensorBoard run folder, read from its event files (TFRecord
   framing: length, crc, an Event protobuf, crc)."""
   import struct  # pylint: disable=import-outside-toplevel
+
   from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+
   out = {}
   for path in sorted(folder.glob("events.out.tfevents.*")):
     data = path.read_bytes()
     pos = 0
     while pos + 12 <= len(data):
-      (length,) = struct.unpack("<Q", data[pos:pos + 8])
-      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      (length,) = struct.unpack("<Q", data[pos : pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
       pos += 12 + length + 4
       for value in event.summary.value:
         if value.tag == tag:
@@ -103,11 +117,22 @@ def test_validation_best_checkpoint_final_table_log_and_tensorboard(tmp_path, ti
   validation losses under the same tag."""
   import json  # pylint: disable=import-outside-toplevel
   import re  # pylint: disable=import-outside-toplevel
+
   workdir = tmp_path / "w"
-  proc = run_trainer(workdir, tiny_data_dir, "--config.data.name=crisis_landmark/tiny", "--config.data.batch_size=16",
-                     "--config.data.eval_batch_size=64", "--config.train.steps=6", "--config.eval.every_steps=2",
-                     "--config.checkpoint.every_steps=2", "--config.checkpoint.keep=1", "--config.eval.final=True",
-                     "--config.checkpoint.async_save=False", "--config.optim.lr=3e-3")
+  proc = run_trainer(
+    workdir,
+    tiny_data_dir,
+    "--config.data.name=crisis_landmark/tiny",
+    "--config.data.batch_size=16",
+    "--config.data.eval_batch_size=64",
+    "--config.train.steps=6",
+    "--config.eval.every_steps=2",
+    "--config.checkpoint.every_steps=2",
+    "--config.checkpoint.keep=1",
+    "--config.eval.final=True",
+    "--config.checkpoint.async_save=False",
+    "--config.optim.lr=3e-3",
+  )
   val = {int(s): float(v) for s, v in re.findall(r"validation at step (\d+): loss ([0-9.]+)", proc.stderr)}
   assert sorted(val) == [2, 4, 6], proc.stderr[-3000:]
   best = json.loads((workdir / "checkpoints" / "best.json").read_text())
@@ -132,17 +157,29 @@ def test_validation_best_checkpoint_final_table_log_and_tensorboard(tmp_path, ti
 
 
 KNOB_RUNS = {
-    # every knob that changes what a step computes, run through the trainer (3-4 steps on tiny)
-    "sigmoid_bucket_adam_multipliers_flips": [
-        "--config.loss.kind=sigmoid", "--config.model.temperature.sigmoid_bias=-10.0", "--config.data.bucket=True",
-        "--config.optim.name=adam", "--config.optim.multipliers.s2_projection=0.5", "--config.data.augment=flips"],
-    "cross_sensor_accumulation_location_to_image": [
-        "--config.loss.cross_sensor_negatives=True", "--config.optim.grad_accum_steps=2",
-        "--config.loss.location_directions=location_to_image"],
-    "alternate_one_cycle_late_unfreeze": [
-        "--config.train.sensor_updates=alternate", "--config.optim.schedule=one_cycle", "--config.optim.cycle_momentum=True",
-        "--config.optim.decay=all", "--config.optim.freeze_towers=s2_encoder", "--config.optim.freeze_steps=2"],
-    "grain_workers_no_augmentation": ["--config.data.worker_count=1", "--config.data.augment=none"],
+  # every knob that changes what a step computes, run through the trainer (3-4 steps on tiny)
+  "sigmoid_bucket_adam_multipliers_flips": [
+    "--config.loss.kind=sigmoid",
+    "--config.model.temperature.sigmoid_bias=-10.0",
+    "--config.data.bucket=True",
+    "--config.optim.name=adam",
+    "--config.optim.multipliers.s2_projection=0.5",
+    "--config.data.augment=flips",
+  ],
+  "cross_sensor_accumulation_location_to_image": [
+    "--config.loss.cross_sensor_negatives=True",
+    "--config.optim.grad_accum_steps=2",
+    "--config.loss.location_directions=location_to_image",
+  ],
+  "alternate_one_cycle_late_unfreeze": [
+    "--config.train.sensor_updates=alternate",
+    "--config.optim.schedule=one_cycle",
+    "--config.optim.cycle_momentum=True",
+    "--config.optim.decay=all",
+    "--config.optim.freeze_towers=s2_encoder",
+    "--config.optim.freeze_steps=2",
+  ],
+  "grain_workers_no_augmentation": ["--config.data.worker_count=1", "--config.data.augment=none"],
 }
 
 
@@ -150,9 +187,17 @@ KNOB_RUNS = {
 @pytest.mark.parametrize("name", sorted(KNOB_RUNS))
 def test_config_knobs_run_through_the_trainer(tmp_path, tiny_data_dir, name):
   import re  # pylint: disable=import-outside-toplevel
+
   workdir = tmp_path / name
-  proc = run_trainer(workdir, tiny_data_dir, *TINY, "--config.train.steps=4", "--config.checkpoint.every_steps=2",
-                     "--config.checkpoint.keep=3", *KNOB_RUNS[name])
+  proc = run_trainer(
+    workdir,
+    tiny_data_dir,
+    *TINY,
+    "--config.train.steps=4",
+    "--config.checkpoint.every_steps=2",
+    "--config.checkpoint.keep=3",
+    *KNOB_RUNS[name],
+  )
   losses = [float(v) for v in re.findall(r"step \d+/4 \(\d+%\) loss=([-0-9.e]+)", proc.stderr)]
   assert len(losses) == 4 and all(np.isfinite(losses)), proc.stderr[-3000:]
   terms = set(re.findall(r" (\w+_(?:text|location))=", proc.stderr))
@@ -166,7 +211,9 @@ def test_config_knobs_run_through_the_trainer(tmp_path, tiny_data_dir, name):
     assert s2 and any(not np.array_equal(at[2][k], at[4][k]) for k in s2)  # trains from update 2 on
     # before update 2 the S2 tower is frozen: its parameters at step 2 are the initial ones
     import jax  # pylint: disable=import-outside-toplevel
+
     from closp_jax.checkpoint import load_run_config, restore_variables  # pylint: disable=import-outside-toplevel
+
     _, init, _ = restore_variables(workdir, load_run_config(workdir), "untrained")
     init_flat = _flat({"s2_encoder": jax.device_get(init["params"]["s2_encoder"])})
     assert sorted(init_flat) == sorted(s2)

@@ -1,4 +1,5 @@
 """ViT encoders: factory contract, logical axes, position-embedding resampling, parity with timm."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,15 +72,21 @@ def test_resample_matrix_properties():
 
 # ---- against PyTorch / timm ---------------------------------------------------------------------
 
+
 @pytest.mark.torch
 @pytest.mark.parametrize("n_in,n_out", [(14, 7), (14, 8), (14, 20), (15, 7), (7, 14), (3, 10), (14, 1)])
 def test_resample_matrix_matches_torch_bicubic_antialias(n_in, n_out):
   torch = pytest.importorskip("torch")
   x = torch.randn(1, 4, n_in, n_in + 2, generator=torch.Generator().manual_seed(n_in * 31 + n_out))
-  ref = torch.nn.functional.interpolate(x, size=(n_out, n_out + 1), mode="bicubic", antialias=True,
-                                        align_corners=False).numpy()
-  out = np.einsum("oh,nchw,pw->ncop", bicubic_aa_matrix(n_in, n_out), x.numpy().astype(np.float64),
-                  bicubic_aa_matrix(n_in + 2, n_out + 1))
+  ref = torch.nn.functional.interpolate(
+    x, size=(n_out, n_out + 1), mode="bicubic", antialias=True, align_corners=False
+  ).numpy()
+  out = np.einsum(
+    "oh,nchw,pw->ncop",
+    bicubic_aa_matrix(n_in, n_out),
+    x.numpy().astype(np.float64),
+    bicubic_aa_matrix(n_in + 2, n_out + 1),
+  )
   assert np.abs(out - ref).max() <= 1e-5
 
 
@@ -96,6 +103,7 @@ def test_resample_pos_embed_matches_timm():
 def _randomize(module, seed=0):
   """Random weights with O(1) activations: fan-in scaled matrices, LayerNorm scales around 1."""
   import torch  # pylint: disable=import-outside-toplevel
+
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for k, t in module.state_dict().items():
@@ -117,8 +125,10 @@ def _timm(name, in_chans, **kw):
   timm = pytest.importorskip("timm")
   if name == "vit_tiny":
     from timm.models.vision_transformer import VisionTransformer  # pylint: disable=import-outside-toplevel
-    return VisionTransformer(img_size=120, patch_size=8, embed_dim=96, depth=2, num_heads=3, in_chans=in_chans,
-                             num_classes=0, **kw)
+
+    return VisionTransformer(
+      img_size=120, patch_size=8, embed_dim=96, depth=2, num_heads=3, in_chans=in_chans, num_classes=0, **kw
+    )
   return timm.create_model(_TIMM[name], pretrained=False, in_chans=in_chans, num_classes=0, **kw)
 
 
@@ -126,6 +136,7 @@ def _parity(name, in_chans, size, reference=None):
   """Max abs difference between our encoder (weights imported from a random timm model) and timm."""
   torch = pytest.importorskip("torch")
   from closp_jax.weights.timm_import import load_timm_vit  # pylint: disable=import-outside-toplevel
+
   source = _randomize(_timm(name, in_chans), seed=in_chans).eval()
   sd = {k: v.numpy() for k, v in source.state_dict().items()}
   reference = reference(sd) if reference else source

@@ -1,6 +1,7 @@
 """Pretrained weights by name: the registry table, resolution through the Hugging Face cache (the
 real huggingface_hub download path against tests/hub_server.py), the fetch command, and
 load_pretrained filling towers from names."""
+
 import copy
 import hashlib
 import importlib.util
@@ -14,6 +15,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from hub_server import HubServer
 from safetensors.numpy import save as save_bytes
 
 from closp_jax.config import load_config
@@ -24,13 +26,23 @@ from closp_jax.parallel import mesh as mesh_lib
 from closp_jax.train import setup
 from closp_jax.weights import convert, hub, registry, timm_import
 from closp_jax.weights.satclip import siren_rules
-from hub_server import HubServer
 
 REPO = Path(__file__).resolve().parent.parent
-NAMES = ("ssl4eo-s12/resnet50-s2-moco", "ssl4eo-s12/resnet50-s1-moco", "ssl4eo-s12/vit-s16-s2-moco",
-         "ssl4eo-s12/vit-s16-s1-mae", "ssl4eo-s12/vit-l16-s2-mae", "ssl4eo-s12/vit-l16-s1-mae",
-         "satclip/resnet50-l10", "satclip/resnet50-l40", "geoclip", "closp/closp-rn", "closp/closp-vs",
-         "closp/closp-vl", "closp/geoclosp-rn")
+NAMES = (
+  "ssl4eo-s12/resnet50-s2-moco",
+  "ssl4eo-s12/resnet50-s1-moco",
+  "ssl4eo-s12/vit-s16-s2-moco",
+  "ssl4eo-s12/vit-s16-s1-mae",
+  "ssl4eo-s12/vit-l16-s2-mae",
+  "ssl4eo-s12/vit-l16-s1-mae",
+  "satclip/resnet50-l10",
+  "satclip/resnet50-l40",
+  "geoclip",
+  "closp/closp-rn",
+  "closp/closp-vs",
+  "closp/closp-vl",
+  "closp/geoclosp-rn",
+)
 COMMIT = "c0ffee" + "0" * 34
 
 
@@ -56,14 +68,27 @@ def served(hf_env, monkeypatch):
 
 
 def _entry(name, sha, *, kind="timm_resnet", repo="test/weights", filename="w.safetensors", **fields):
-  defaults = {"timm_resnet": dict(slots=("s1",), architecture="resnet_tiny", in_chans=2),
-              "timm_vit": dict(slots=("s2",), architecture="vit_tiny", in_chans=13),
-              "satclip": dict(slots=("location",), location=(("kind", "satclip"), ("degree", 10)))}[kind]
-  return registry.WeightsEntry(name=name, kind=kind, description=f"test {kind}", licence="test", evidence="test",
-                               repo=repo, revision=COMMIT, filename=filename, sha256=sha, **{**defaults, **fields})
+  defaults = {
+    "timm_resnet": dict(slots=("s1",), architecture="resnet_tiny", in_chans=2),
+    "timm_vit": dict(slots=("s2",), architecture="vit_tiny", in_chans=13),
+    "satclip": dict(slots=("location",), location=(("kind", "satclip"), ("degree", 10))),
+  }[kind]
+  return registry.WeightsEntry(
+    name=name,
+    kind=kind,
+    description=f"test {kind}",
+    licence="test",
+    evidence="test",
+    repo=repo,
+    revision=COMMIT,
+    filename=filename,
+    sha256=sha,
+    **{**defaults, **fields},
+  )
 
 
 # ---- the table ----------------------------------------------------------------------------------
+
 
 def test_registry_entries_are_consistent_and_complete():
   assert set(NAMES) <= set(registry.REGISTRY)
@@ -79,14 +104,28 @@ def test_registry_entries_are_consistent_and_complete():
     if m:
       assert (e.sha256 or e.sha256_prefix).startswith(m.group(1)), e.name
   assert dict(registry.REGISTRY["geoclip"].location) == GEOCLIP_LOCATION
-  assert registry.check_entry(registry.WeightsEntry(
-      name="x", kind="satclip", description="", licence="", slots=("s2",), evidence="", repo="a/b",
-      revision="main", sha256="ABC")) != []  # the checker does find problems
+  assert (
+    registry.check_entry(
+      registry.WeightsEntry(
+        name="x",
+        kind="satclip",
+        description="",
+        licence="",
+        slots=("s2",),
+        evidence="",
+        repo="a/b",
+        revision="main",
+        sha256="ABC",
+      )
+    )
+    != []
+  )  # the checker does find problems
 
 
 def test_every_weights_name_the_configs_use_exists():
   from closp_jax.config import load_config, packaged_recipes  # pylint: disable=import-outside-toplevel
   from closp_jax.configs.common import VARIANTS  # pylint: disable=import-outside-toplevel
+
   used = {}
   for recipe in packaged_recipes():
     for variant in VARIANTS:
@@ -110,6 +149,7 @@ def test_docs_list_every_name_with_its_revision_and_digest():
 
 # ---- resolution through the cache --------------------------------------------------------------
 
+
 def test_download_into_an_empty_cache_then_offline_from_the_cache(served, hf_env, monkeypatch):
   data = os.urandom(4096)
   sha = served.add("test/weights", "w.safetensors", data, commit=COMMIT)
@@ -125,11 +165,14 @@ def test_download_into_an_empty_cache_then_offline_from_the_cache(served, hf_env
   assert hub.resolve("t/w", table=table).read_bytes() == data
 
 
-@pytest.mark.parametrize("name, tamper", [
-    ("ssl4eo-s12/resnet50-s2-moco", "content"),   # full digest in the table
-    ("ssl4eo-s12/vit-s16-s2-moco", "content"),    # only the file name's prefix is known
-    ("ssl4eo-s12/vit-s16-s1-mae", "cdn"),         # no digest: the hub's LFS sha256, which the CDN betrays
-])
+@pytest.mark.parametrize(
+  "name, tamper",
+  [
+    ("ssl4eo-s12/resnet50-s2-moco", "content"),  # full digest in the table
+    ("ssl4eo-s12/vit-s16-s2-moco", "content"),  # only the file name's prefix is known
+    ("ssl4eo-s12/vit-s16-s1-mae", "cdn"),  # no digest: the hub's LFS sha256, which the CDN betrays
+  ],
+)
 def test_a_download_with_another_sha256_is_refused_and_leaves_nothing_in_the_cache(served, hf_env, name, tamper):
   entry = registry.REGISTRY[name]
   genuine = b"published bytes " * 64
@@ -164,6 +207,7 @@ def test_an_unreachable_hub_is_a_one_line_weights_error(hf_env, monkeypatch):
   """Online but nothing answers (a closed port): a WeightsError naming the endpoint, not the HTTP
   client's traceback, and nothing in the cache."""
   import socket  # pylint: disable=import-outside-toplevel
+
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
@@ -198,9 +242,11 @@ def test_geoclip_resolves_to_the_installed_package_file_with_its_digest(hf_env):
 
 # ---- the fetch command --------------------------------------------------------------------------
 
+
 def _cli(*args, env):
-  return subprocess.run([sys.executable, "-m", "closp_jax.weights", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=120)
+  return subprocess.run(
+    [sys.executable, "-m", "closp_jax.weights", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+  )
 
 
 def test_fetch_to_a_folder_in_a_subprocess_then_offline(served, hf_env, tmp_path):
@@ -229,6 +275,7 @@ def test_fetch_to_a_folder_in_a_subprocess_then_offline(served, hf_env, tmp_path
 
 
 # ---- load_pretrained ----------------------------------------------------------------------------
+
 
 def _geo_cfg(**init):
   cfg = load_config("geoclosp:sample")
@@ -273,8 +320,9 @@ def _tiny_weights():
   vit_sd.update({"decoder_embed.weight": np.ones((8, 96), np.float32), "mask_token": np.zeros((1, 1, 8), np.float32)})
   rn_vars = _variables(image_encoder("resnet_tiny", 2), np.zeros((1, 32, 32, 2), np.float32))
   rn_sd = timm_import.export_timm_resnet(rn_vars["params"], rn_vars["batch_stats"])
-  loc_params = _variables(SatCLIPLocationEncoder(degree=10, hidden=256, layers=2, out=256),
-                          np.zeros((1, 2), np.float32))["params"]
+  loc_params = _variables(
+    SatCLIPLocationEncoder(degree=10, hidden=256, layers=2, out=256), np.zeros((1, 2), np.float32)
+  )["params"]
   loc_sd = convert.export_state_dict({"params": loc_params}, siren_rules(2, prefix="model.location.nnet."))
   files = {"vit": save_bytes(vit_sd), "rn": save_bytes(rn_sd), "loc": save_bytes(loc_sd)}
   return files, {"vit": vit_vars["params"], "rn": rn_vars, "loc": loc_params, "rn_sd": rn_sd}
@@ -302,8 +350,9 @@ def test_load_pretrained_fills_every_slot_from_served_names(served, geo_model):
   _assert_same(out["batch_stats"]["s1_encoder"], want["rn"]["batch_stats"])
   _assert_same(out["params"]["location_encoder"], want["loc"])
   # and straight against the file's tensors: PyTorch (out, in, kh, kw) is Flax (kh, kw, in, out)
-  np.testing.assert_array_equal(out["params"]["s1_encoder"]["conv1"]["kernel"],
-                                np.transpose(want["rn_sd"]["conv1.weight"], (2, 3, 1, 0)))
+  np.testing.assert_array_equal(
+    out["params"]["s1_encoder"]["conv1"]["kernel"], np.transpose(want["rn_sd"]["conv1.weight"], (2, 3, 1, 0))
+  )
   assert len(notes) == 3 and all("t/" in n for n in notes)
   assert served.count("GET", "/lfs/") == 3
 
@@ -346,6 +395,7 @@ def test_geoclip_by_name_fills_the_location_encoder_and_its_fourier_matrices(hf_
     pytest.skip("geoclip is not installed")
   pytest.importorskip("torch")  # the package ships a .pth file
   from closp_jax.weights.geoclip_import import load_geoclip_location  # pylint: disable=import-outside-toplevel
+
   cfg = _geo_cfg(location="geoclip")
   for k, v in GEOCLIP_LOCATION.items():
     cfg.model.location[k] = v
@@ -367,15 +417,19 @@ def test_location_weights_that_need_another_config_say_which_flag_to_set(served,
     setup.load_pretrained(dict(geo_model[0]), cfg, geo_model[1], weights_table=table)
 
 
-@pytest.mark.parametrize("init, error, pattern", [
+@pytest.mark.parametrize(
+  "init, error, pattern",
+  [
     ({"s2": "satclip/resnet50-l10"}, registry.WeightsKindError, r"init\.s2.*satclip.*init\.location"),
     ({"s2": "ssl4eo-s12/resnet50-s1-moco"}, registry.WeightsKindError, r"init\.s1"),
     ({"s2": "ssl4eo-s12/vit-s16-s2-moco"}, setup.RunConfigError, r"--config\.model\.s2_encoder=vit_s16"),
     ({"location": "satclip/resnet50-l40"}, setup.RunConfigError, r"--config\.model\.location\.degree=40"),
     ({"location": "geoclip"}, setup.RunConfigError, r"location\.kind=geoclip.*location\.hidden=1024"),
-])
-def test_names_that_do_not_fit_the_slot_or_the_model_are_refused_before_any_download(hf_env, monkeypatch, init,
-                                                                                       error, pattern):
+  ],
+)
+def test_names_that_do_not_fit_the_slot_or_the_model_are_refused_before_any_download(
+  hf_env, monkeypatch, init, error, pattern
+):
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing here may need the file
   no_model = {"params": {"s2_encoder": {}, "s1_encoder": {}, "location_encoder": {}}, "batch_stats": {}}
   with pytest.raises(error, match=pattern):

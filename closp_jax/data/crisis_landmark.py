@@ -24,6 +24,7 @@ train split, counts per split/sensor/source, and the NaN replacements; `queries.
 and `qrels/` are copied next to the ArrayRecord files. No TensorFlow is needed: the
 shards are written directly (see _OrderedShardWriter).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers the HDF5 compression filters of the release)
@@ -43,9 +45,9 @@ import pyarrow.parquet as pq
 import tensorflow_datasets as tfds
 from etils import epath
 
-from closp_jax.errors import UserError
 from closp_jax.data import labels as labels_lib
 from closp_jax.data import preprocess
+from closp_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ class CrisisLandmarkConfig(tfds.core.BuilderConfig):
   source stored (VV, VH)) or "pre_release" (the authors' pre-release loader's flips and
   QuakeSet slice).
   """
+
   synthetic: bool = False
   s1_rules: str = preprocess.DEFAULT_S1_RULES
   num_s2: int = 0
@@ -91,40 +94,62 @@ class CrisisLandmarkConfig(tfds.core.BuilderConfig):
 
 
 TINY = CrisisLandmarkConfig(
-    name="tiny", synthetic=True, num_s2=300, num_s1=300, seed=0, validation_min_per_sensor=32,
-    description="A small synthetic archive (300 S2 + 300 S1) for tests and quick trials.")
+  name="tiny",
+  synthetic=True,
+  num_s2=300,
+  num_s1=300,
+  seed=0,
+  validation_min_per_sensor=32,
+  description="A small synthetic archive (300 S2 + 300 S1) for tests and quick trials.",
+)
 FULL = CrisisLandmarkConfig(
-    name="full", description="The official release folder, given as manual_dir; S1 sources "
-                             "stored (VV, VH) as the dataset card says.")
+  name="full",
+  description="The official release folder, given as manual_dir; S1 sources stored (VV, VH) as the dataset card says.",
+)
 FULL_PRE_RELEASE = CrisisLandmarkConfig(
-    name="full_pre_release", s1_rules="pre_release",
-    description="An archive written by the authors' pre-release pipeline, given as manual_dir: "
-                "benv2s1 and sen1flood stored (VH, VV), QuakeSet 4 channels (pre, post).")
+  name="full_pre_release",
+  s1_rules="pre_release",
+  description="An archive written by the authors' pre-release pipeline, given as manual_dir: "
+  "benv2s1 and sen1flood stored (VH, VV), QuakeSet 4 channels (pre, post).",
+)
 SAMPLE = CrisisLandmarkConfig(
-    name="sample", synthetic=True, num_s2=4000, num_s1=4000, seed=0,
-    description="A synthetic archive in the release layout (4,000 S2 + 4,000 S1), converted "
-                "exactly as the full release.")
+  name="sample",
+  synthetic=True,
+  num_s2=4000,
+  num_s1=4000,
+  seed=0,
+  description="A synthetic archive in the release layout (4,000 S2 + 4,000 S1), converted exactly as the full release.",
+)
 
 
 def _features() -> tfds.features.FeaturesDict:
   f = tfds.features
-  return f.FeaturesDict({
+  return f.FeaturesDict(
+    {
       "key": f.Text(doc="Sample key; its prefix names the source."),
       "source": f.Text(doc="benv2s2, cabuar, sen2flood, benv2s1, mmflood, sen1flood or quakeset."),
       "sensor": f.Text(doc="'s2' (13 bands) or 's1' (VV, VH)."),
       "image": f.Tensor(
-          shape=(preprocess.IMAGE_SIZE, preprocess.IMAGE_SIZE, None), dtype=np.float32,
-          encoding=f.Encoding.BYTES,
-          doc="(120, 120, C) after the preprocessing: S2 C=13 in ESA order B1-B8, B8A, B9, "
-              "B10 (zero), B11, B12 (reflectance x 10,000), S1 C=2 (VV, VH as stored)."),
+        shape=(preprocess.IMAGE_SIZE, preprocess.IMAGE_SIZE, None),
+        dtype=np.float32,
+        encoding=f.Encoding.BYTES,
+        doc="(120, 120, C) after the preprocessing: S2 C=13 in ESA order B1-B8, B8A, B9, "
+        "B10 (zero), B11, B12 (reflectance x 10,000), S1 C=2 (VV, VH as stored).",
+      ),
       "text": f.Text(doc="Mapped classes, lower-cased, joined by '. '."),
-      "labels": f.Tensor(shape=(labels_lib.NUM_CLASSES,), dtype=np.float32,
-                         doc="Multi-hot over the 12 classes (closp_jax.data.labels.CLASSES)."),
-      "lonlat": f.Tensor(shape=(2,), dtype=np.float32,
-                         doc="Centre pixel (lon, lat) in degrees, from the sample's CRS."),
-      "timestamp": f.Text(doc="Acquisition time: ISO 8601 UTC for numeric attributes, "
-                              "strings as stored, '' when unavailable."),
-  })
+      "labels": f.Tensor(
+        shape=(labels_lib.NUM_CLASSES,),
+        dtype=np.float32,
+        doc="Multi-hot over the 12 classes (closp_jax.data.labels.CLASSES).",
+      ),
+      "lonlat": f.Tensor(
+        shape=(2,), dtype=np.float32, doc="Centre pixel (lon, lat) in degrees, from the sample's CRS."
+      ),
+      "timestamp": f.Text(
+        doc="Acquisition time: ISO 8601 UTC for numeric attributes, strings as stored, '' when unavailable."
+      ),
+    }
+  )
 
 
 # --------------------------------------------------------------------------- release folder
@@ -133,15 +158,14 @@ def _features() -> tfds.features.FeaturesDict:
 def check_release_folder(folder: Path) -> None:
   """Raises FileNotFoundError listing the expected files when one is missing."""
   folder = Path(folder)
-  missing = [name for name in RELEASE_FILES
-             if not (folder / name.rstrip("/")).exists()]
+  missing = [name for name in RELEASE_FILES if not (folder / name.rstrip("/")).exists()]
   qrels = folder / QRELS_DIR
   if qrels.is_dir() and not any(p.is_file() for p in qrels.iterdir()):
     missing.append(QRELS_DIR + "/ (empty)")
   if missing:
     raise ReleaseFolderError(
-        f"CrisisLandMark release folder {folder} lacks {', '.join(missing)}.\n"
-        + _MANUAL_INSTRUCTIONS)
+      f"CrisisLandMark release folder {folder} lacks {', '.join(missing)}.\n" + _MANUAL_INSTRUCTIONS
+    )
 
 
 def read_metadata(path: Path) -> list[tuple[str, str, list[str]]]:
@@ -149,8 +173,9 @@ def read_metadata(path: Path) -> list[tuple[str, str, list[str]]]:
   schema = pq.read_schema(path)
   missing = [c for c in ("key", "split", "labels") if c not in schema.names]
   if missing:
-    raise ReleaseMetadataError(f"{path}: missing column(s) {', '.join(missing)}; expected key, split, "
-                     f"labels (found {', '.join(schema.names)})")
+    raise ReleaseMetadataError(
+      f"{path}: missing column(s) {', '.join(missing)}; expected key, split, labels (found {', '.join(schema.names)})"
+    )
   table = pq.read_table(path, columns=["key", "split", "labels"]).to_pydict()
   rows, seen = [], set()
   for key, split, labels in zip(table["key"], table["split"], table["labels"]):
@@ -207,13 +232,15 @@ class ReleaseReader:
       if filename is not None:
         shard_files.add(filename)
     if absent:
-      raise KeyError(f"{len(absent)} sample(s) listed in {METADATA_FILE} are not in "
-                     f"{self.folder / MASTER_FILE}, e.g. {absent[:5]}")
+      raise KeyError(
+        f"{len(absent)} sample(s) listed in {METADATA_FILE} are not in {self.folder / MASTER_FILE}, e.g. {absent[:5]}"
+      )
     lost = sorted(f for f in shard_files if not (self.folder / f).is_file())
     if lost:
       raise FileNotFoundError(
-          f"{self.folder / MASTER_FILE} links to shard file(s) missing from {self.folder}: "
-          f"{', '.join(lost)}. Expected all of: {', '.join(sorted(shard_files))}")
+        f"{self.folder / MASTER_FILE} links to shard file(s) missing from {self.folder}: "
+        f"{', '.join(lost)}. Expected all of: {', '.join(sorted(shard_files))}"
+      )
 
   def where(self, key: str) -> str:
     """'shard.h5:/path' of a sample, for error messages."""
@@ -245,26 +272,32 @@ class ReleaseReader:
       if name not in group:
         raise KeyError(f"sample {key!r} in {filename or MASTER_FILE} has no dataset {name!r}")
     if "crs" not in group.attrs:
-      raise KeyError(f"sample {key!r} in {filename or MASTER_FILE} has no attribute 'crs' (the "
-                     "EPSG code of its coords)")
+      raise KeyError(
+        f"sample {key!r} in {filename or MASTER_FILE} has no attribute 'crs' (the EPSG code of its coords)"
+      )
     try:
       image, coords = group["image"][()], group["coords"][()]
     except OSError as err:
       raise ReleaseFileError(
-          f"sample {key!r}: reading {path}/image or coords from {where} failed ({err}); the file is "
-          f"damaged: download it again") from err
+        f"sample {key!r}: reading {path}/image or coords from {where} failed ({err}); the file is "
+        f"damaged: download it again"
+      ) from err
     attrs = group.attrs
     labels = attrs.get("labels")
     return StoredSample(
-        image=image, coords=coords, crs=attrs["crs"],
-        timestamp=preprocess.parse_timestamp(attrs.get("timestamp"), key),
-        labels=None if labels is None else preprocess.parse_labels(labels, key))
+      image=image,
+      coords=coords,
+      crs=attrs["crs"],
+      timestamp=preprocess.parse_timestamp(attrs.get("timestamp"), key),
+      labels=None if labels is None else preprocess.parse_labels(labels, key),
+    )
 
 
 class StoredSample(NamedTuple):
   """One sample as the release stores it: image (C, 120, 120), coords (2, 120, 120), the raw
   `crs` attribute, the parsed `timestamp` (preprocess.parse_timestamp) and `labels` (None when
   the group has no such attribute)."""
+
   image: np.ndarray
   coords: np.ndarray
   crs: object
@@ -292,8 +325,9 @@ def _open_h5(path: Path, key: str | None) -> h5py.File:
     return h5py.File(path, "r")
   except OSError as err:
     raise ReleaseFileError(
-        f"release file {path}{needed} cannot be opened as HDF5 ({err}): it is truncated or damaged "
-        f"(an interrupted download?); download it again") from err
+      f"release file {path}{needed} cannot be opened as HDF5 ({err}): it is truncated or damaged "
+      f"(an interrupted download?); download it again"
+    ) from err
 
 
 # --------------------------------------------------------------------------- build plan
@@ -302,6 +336,7 @@ def _open_h5(path: Path, key: str | None) -> h5py.File:
 @dataclasses.dataclass
 class BuildPlan:
   """What each split holds, decided before any image is read."""
+
   split_keys: dict[str, list[str]]
   labels: dict[str, list[str]]
   texts: list[str]
@@ -316,8 +351,7 @@ def _sensor_order(keys) -> tuple[list[str], list[str]]:
   return s2, s1
 
 
-def validation_keys(corpus_keys: list[str], fraction: float, min_per_sensor: int,
-                    seed: int) -> list[str]:
+def validation_keys(corpus_keys: list[str], fraction: float, min_per_sensor: int, seed: int) -> list[str]:
   """Fixed-seed draw of round(fraction * n) keys (at least min_per_sensor) per sensor."""
   rng = np.random.default_rng(seed)
   chosen = []
@@ -341,14 +375,14 @@ def make_plan(rows, config: CrisisLandmarkConfig, max_per_split: int | None = No
     by_split[split].append(key)
     labels[key] = names
   by_split["validation"] = validation_keys(
-      by_split["test"], config.validation_fraction, config.validation_min_per_sensor,
-      config.validation_seed)
+    by_split["test"], config.validation_fraction, config.validation_min_per_sensor, config.validation_seed
+  )
   split_keys, ranges = {}, {}
   for split in SPLITS:
     s2, s1 = _sensor_order(by_split[split])
     if max_per_split is not None:
-      s2 = s2[:max_per_split // 2]
-      s1 = s1[:max_per_split - len(s2)]
+      s2 = s2[: max_per_split // 2]
+      s1 = s1[: max_per_split - len(s2)]
     split_keys[split] = s2 + s1
     ranges[split] = {"s2": [0, len(s2)], "s1": [len(s2), len(s2) + len(s1)]}
   texts = sorted({labels_lib.labels_to_text(labels[k], k) for k in labels})
@@ -394,8 +428,7 @@ class _SplitTally:
   def labels_attribute(self) -> dict:
     """{checked, differ, example}: samples with a `labels` attribute, those whose label set
     differs from metadata.parquet's, the first such sample."""
-    return {"checked": self.labels_checked, "differ": self.labels_differ,
-            "example": self.labels_example}
+    return {"checked": self.labels_checked, "differ": self.labels_differ, "example": self.labels_example}
 
   def band_stats(self) -> dict:
     stats = {}
@@ -405,22 +438,27 @@ class _SplitTally:
         continue
       mean = self.sums[s] / self.pixels[s]
       var = np.maximum(self.sq_sums[s] / self.pixels[s] - mean**2, 0.0)
-      stats[s] = {"mean": mean.tolist(), "std": np.sqrt(var).tolist(), "pixels": self.pixels[s],
-                  "bands": list(preprocess.S2_BANDS if s == "s2" else preprocess.S1_BANDS)}
+      stats[s] = {
+        "mean": mean.tolist(),
+        "std": np.sqrt(var).tolist(),
+        "pixels": self.pixels[s],
+        "bands": list(preprocess.S2_BANDS if s == "s2" else preprocess.S1_BANDS),
+      }
     return stats
 
   def summary(self, name: str) -> str:
     parts = []
     for s in preprocess.SENSORS:
-      srcs = [f"{k} {v}" for k, v in sorted(self.sources.items())
-              if preprocess.sensor_of_source(k) == s]
+      srcs = [f"{k} {v}" for k, v in sorted(self.sources.items()) if preprocess.sensor_of_source(k) == s]
       parts.append(f"{s} {self.sensors[s]} ({', '.join(srcs) or 'none'})")
-    nan = ", ".join(f"{s} {self.nan_samples[s]} samples / {self.nan_values[s]} values"
-                    for s in preprocess.SENSORS)
-    differ = (f" | labels attribute differs from {METADATA_FILE} (which is used) for "
-              f"{self.labels_differ} of {self.labels_checked}" if self.labels_differ else "")
-    return (f"{name}: {sum(self.sensors.values())} samples | " + " | ".join(parts)
-            + f" | NaN replaced: {nan}" + differ)
+    nan = ", ".join(f"{s} {self.nan_samples[s]} samples / {self.nan_values[s]} values" for s in preprocess.SENSORS)
+    differ = (
+      f" | labels attribute differs from {METADATA_FILE} (which is used) for "
+      f"{self.labels_differ} of {self.labels_checked}"
+      if self.labels_differ
+      else ""
+    )
+    return f"{name}: {sum(self.sensors.values())} samples | " + " | ".join(parts) + f" | NaN replaced: {nan}" + differ
 
 
 class _OrderedShardWriter:
@@ -434,6 +472,7 @@ class _OrderedShardWriter:
 
   def __init__(self, template, options: str, shard_bytes: int):
     from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
+
     self._module = array_record_module
     self.template, self.options, self.shard_bytes = template, options, shard_bytes
     self.lengths: list[int] = []
@@ -444,7 +483,8 @@ class _OrderedShardWriter:
 
   def _open_shard(self) -> None:
     path = Path(os.fspath(self.template.data_dir)) / (
-        f"{self.template.dataset_name}-{self.template.split}.shard{len(self._tmp_paths):05d}.tmp")
+      f"{self.template.dataset_name}-{self.template.split}.shard{len(self._tmp_paths):05d}.tmp"
+    )
     self._tmp_paths.append(path)
     self._writer = self._module.ArrayRecordWriter(os.fspath(path), self.options)
     self.lengths.append(0)
@@ -483,18 +523,18 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("2.1.0")
   RELEASE_NOTES = {
-      "1.0.0": "First conversion: ArrayRecord, S2 13 bands, S1 VV/VH, lon/lat.",
-      "2.0.0": "S1 channel rules chosen by the config (s1_rules; `full` reads every S1 source "
-               "as stored (VV, VH), as the release's loader and card do; `full_pre_release` keeps "
-               "the pre-release flips and QuakeSet slice) and verified per source (VV brighter "
-               "than VH); S2 stored order named B1-B8, B8A, B9, B11, B12 (encoders get ESA "
-               "order with a zero B10); numeric timestamps as ISO 8601 UTC, '' when missing or "
-               "NaN; crs read as the card's float32 as well as int / string / WKT.",
-      "2.1.0": "Synthetic configs (sample, tiny): a world with geography (zones with regional land "
-               "cover, snow by latitude, altitude and season, crises on faults, river plains and "
-               "fire runs within reach of their footprint) and a balanced query set (up to 30 "
-               "land-cover, crisis and location-dependent queries, typed by the grid-cell rule). "
-               "The conversion of `full` is unchanged.",
+    "1.0.0": "First conversion: ArrayRecord, S2 13 bands, S1 VV/VH, lon/lat.",
+    "2.0.0": "S1 channel rules chosen by the config (s1_rules; `full` reads every S1 source "
+    "as stored (VV, VH), as the release's loader and card do; `full_pre_release` keeps "
+    "the pre-release flips and QuakeSet slice) and verified per source (VV brighter "
+    "than VH); S2 stored order named B1-B8, B8A, B9, B11, B12 (encoders get ESA "
+    "order with a zero B10); numeric timestamps as ISO 8601 UTC, '' when missing or "
+    "NaN; crs read as the card's float32 as well as int / string / WKT.",
+    "2.1.0": "Synthetic configs (sample, tiny): a world with geography (zones with regional land "
+    "cover, snow by latitude, altitude and season, crises on faults, river plains and "
+    "fire runs within reach of their footprint) and a balanced query set (up to 30 "
+    "land-cover, crisis and location-dependent queries, typed by the grid-cell rule). "
+    "The conversion of `full` is unchanged.",
   }
   BUILDER_CONFIGS = [FULL, FULL_PRE_RELEASE, SAMPLE, TINY]
   DEFAULT_BUILDER_CONFIG_NAME = "sample"
@@ -511,8 +551,7 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
     # ArrayRecord: what tfds.data_source / grain read without TensorFlow, and what we write.
     file_format = file_format or "array_record"
     if str(getattr(file_format, "value", file_format)) != "array_record":
-      raise ValueError(f"crisis_landmark is written as ArrayRecord only, got file_format="
-                       f"{file_format!r}")
+      raise ValueError(f"crisis_landmark is written as ArrayRecord only, got file_format={file_format!r}")
     super().__init__(file_format=file_format, **kwargs)
     preprocess.check_s1_rules(self.builder_config.s1_rules)
     self._plan: BuildPlan | None = None
@@ -521,17 +560,17 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="Text-to-image retrieval over Sentinel-2 MSI and Sentinel-1 SAR patches "
-                    "(CrisisLandMark, Rege Cambrin et al. 2025).",
-        features=_features(),
-        homepage="https://huggingface.co/datasets/DarthReca/crisislandmark",
-        citation="@misc{cambrin2025closp, title={Text-to-Remote-Sensing-Image Retrieval beyond "
-                 "RGB Sources}, author={Rege Cambrin, Daniele and Vaiani, Lorenzo and Gallipoli, "
-                 "Giuseppe and Cagliero, Luca and Garza, Paolo}, year={2025}, eprint={2507.10403}}",
-        license="CC-BY-NC-4.0",
-        disable_shuffling=True,
-        metadata=tfds.core.MetadataDict(),
+      builder=self,
+      description="Text-to-image retrieval over Sentinel-2 MSI and Sentinel-1 SAR patches "
+      "(CrisisLandMark, Rege Cambrin et al. 2025).",
+      features=_features(),
+      homepage="https://huggingface.co/datasets/DarthReca/crisislandmark",
+      citation="@misc{cambrin2025closp, title={Text-to-Remote-Sensing-Image Retrieval beyond "
+      "RGB Sources}, author={Rege Cambrin, Daniele and Vaiani, Lorenzo and Gallipoli, "
+      "Giuseppe and Cagliero, Luca and Garza, Paolo}, year={2025}, eprint={2507.10403}}",
+      license="CC-BY-NC-4.0",
+      disable_shuffling=True,
+      metadata=tfds.core.MetadataDict(),
     )
 
   @contextlib.contextmanager
@@ -543,15 +582,18 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
       yield folder
       return
     from closp_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+
     # Beside the dataset (data_dir/downloads), where there is room for it, not in /tmp.
     parent = Path(os.fspath(dl_manager.download_dir))
     parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="crisis_landmark_sample_", dir=parent)
     try:
-      print(f"crisis_landmark/{config.name}: writing the synthetic archive "
-            f"({config.num_s2} S2 + {config.num_s1} S1, seed {config.seed}) to {tmp}", flush=True)
-      folder = Path(synthetic.write_archive(Path(tmp) / "release", config.num_s2, config.num_s1,
-                                            config.seed))
+      print(
+        f"crisis_landmark/{config.name}: writing the synthetic archive "
+        f"({config.num_s2} S2 + {config.num_s1} S1, seed {config.seed}) to {tmp}",
+        flush=True,
+      )
+      folder = Path(synthetic.write_archive(Path(tmp) / "release", config.num_s2, config.num_s1, config.seed))
       check_release_folder(folder)
       yield folder
     finally:
@@ -571,9 +613,12 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
       md = self.info.metadata
       md["texts"] = plan.texts
       md["sensor_ranges"] = plan.sensor_ranges
-      md["validation"] = {"fraction": self.builder_config.validation_fraction,
-                          "min_per_sensor": self.builder_config.validation_min_per_sensor,
-                          "seed": self.builder_config.validation_seed, "also_in_test": True}
+      md["validation"] = {
+        "fraction": self.builder_config.validation_fraction,
+        "min_per_sensor": self.builder_config.validation_min_per_sensor,
+        "seed": self.builder_config.validation_seed,
+        "also_in_test": True,
+      }
       md["counts"], md["nan_replaced"], md["labels_attribute"] = {}, {}, {}
       md["queries_file"], md["qrels_dir"] = QUERIES_FILE, QRELS_DIR
       md["s1_rules"] = self.builder_config.s1_rules
@@ -596,8 +641,7 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
       for _, example in self._generate_examples(split):
         writer.write(serializer.serialize_example(features.encode_example(example)))
       lengths, size = writer.finalize()
-      infos.append(tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=size,
-                                       filename_template=template))
+      infos.append(tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=size, filename_template=template))
     # Every S1 source over all its train + test samples (sources smaller than the early check's
     # S1_CHECK_FIRST_AT included); an error here leaves no dataset (tfds removes the folder).
     self.info.metadata["s1_vv_above_vh"] = self._s1_check.finish()
@@ -642,7 +686,9 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
         names = plan.labels[key]
         tally.add(sensor, source, image, nans)
         tally.compare_labels(key, sample.labels, names)
-        yield index, {
+        yield (
+          index,
+          {
             "key": key,
             "source": source,
             "sensor": sensor,
@@ -651,10 +697,14 @@ class CrisisLandmark(tfds.core.GeneratorBasedBuilder):
             "labels": labels_lib.labels_to_multihot(names, key),
             "lonlat": lonlat,
             "timestamp": sample.timestamp,
-        }
+          },
+        )
     md = self.info.metadata
-    md["counts"][split] = {"total": len(keys), "sensors": dict(tally.sensors),
-                           "sources": dict(sorted(tally.sources.items()))}
+    md["counts"][split] = {
+      "total": len(keys),
+      "sensors": dict(tally.sensors),
+      "sources": dict(sorted(tally.sources.items())),
+    }
     md["nan_replaced"][split] = {"samples": dict(tally.nan_samples), "values": dict(tally.nan_values)}
     md["labels_attribute"][split] = tally.labels_attribute()
     if tally.with_stats:

@@ -4,6 +4,7 @@ CrisisLandMark stores, per sample, the x/y of every pixel in the sample's native
 CRS (a WGS 84 / UTM zone, EPSG 326xx north or 327xx south) and the EPSG code.
 The sample's location is the centre pixel's x/y converted to lon/lat.
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,8 +22,7 @@ def utm_epsg(lon: float, lat: float) -> int:
   projection of nearby points; this only has to be a real, consistent CRS).
   """
   if not (-180.0 <= lon <= 180.0 and -80.0 <= lat <= 84.0):
-    raise ValueError(f"lon/lat ({lon}, {lat}) is outside the UTM domain "
-                     "(lon in [-180, 180], lat in [-80, 84])")
+    raise ValueError(f"lon/lat ({lon}, {lat}) is outside the UTM domain (lon in [-180, 180], lat in [-80, 84])")
   zone = min(int((lon + 180.0) // 6.0) + 1, 60)
   return (32600 if lat >= 0 else 32700) + zone
 
@@ -57,8 +57,7 @@ def xy_to_lonlat(x, y, epsg: int):
   return _transformer(int(epsg), True).transform(x, y)
 
 
-def pixel_grid(x_center: float, y_center: float, size: int = 120,
-               pixel_size: float = PIXEL_SIZE_M) -> np.ndarray:
+def pixel_grid(x_center: float, y_center: float, size: int = 120, pixel_size: float = PIXEL_SIZE_M) -> np.ndarray:
   """float32 (2, size, size) per-pixel x/y (pixel centres), north up.
 
   Pixel [size // 2, size // 2] sits at (x_center, y_center); x grows with the

@@ -8,98 +8,119 @@ class names themselves. The text of a sample is its mapped classes, lower-cased,
 de-duplicated, in `CLASSES` order, joined by ". " (e.g. "trees. crops. water").
 See docs/data.md for the table and the reasons behind each entry.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from closp_jax.errors import UserError
 
 CLASSES: tuple[str, ...] = (
-    "Trees", "Crops", "Shrub and Scrub", "Water", "Grass", "Built",
-    "Flooded Vegetation", "Bare", "Snow and Ice", "Flooded Area",
-    "Earthquake Damage", "Burned Area")
+  "Trees",
+  "Crops",
+  "Shrub and Scrub",
+  "Water",
+  "Grass",
+  "Built",
+  "Flooded Vegetation",
+  "Bare",
+  "Snow and Ice",
+  "Flooded Area",
+  "Earthquake Damage",
+  "Burned Area",
+)
 NUM_CLASSES = len(CLASSES)
 TEXT_SEPARATOR = ". "
 
 # CORINE level-3 names (BigEarthNet v1; all 44 CLC classes, BigEarthNet uses 43
 # of them) followed by the 19-class nomenclature of BigEarthNet v2 (reBEN).
 CORINE_TO_CLASS: dict[str, str] = {
-    # 1.x Artificial surfaces
-    "Continuous urban fabric": "Built",
-    "Discontinuous urban fabric": "Built",
-    "Industrial or commercial units": "Built",
-    "Road and rail networks and associated land": "Built",
-    "Port areas": "Built",
-    "Airports": "Built",
-    "Mineral extraction sites": "Bare",
-    "Dump sites": "Bare",
-    "Construction sites": "Bare",
-    "Green urban areas": "Grass",
-    "Sport and leisure facilities": "Grass",
-    # 2.x Agricultural areas
-    "Non-irrigated arable land": "Crops",
-    "Permanently irrigated land": "Crops",
-    "Rice fields": "Flooded Vegetation",
-    "Vineyards": "Crops",
-    "Fruit trees and berry plantations": "Crops",
-    "Olive groves": "Crops",
-    "Pastures": "Grass",
-    "Annual crops associated with permanent crops": "Crops",
-    "Complex cultivation patterns": "Crops",
-    "Land principally occupied by agriculture, with significant areas of "
-    "natural vegetation": "Crops",
-    "Agro-forestry areas": "Trees",
-    # 3.x Forest and semi-natural areas
-    "Broad-leaved forest": "Trees",
-    "Coniferous forest": "Trees",
-    "Mixed forest": "Trees",
-    "Natural grassland": "Grass",
-    "Moors and heathland": "Shrub and Scrub",
-    "Sclerophyllous vegetation": "Shrub and Scrub",
-    "Transitional woodland/shrub": "Shrub and Scrub",
-    "Beaches, dunes, sands": "Bare",
-    "Bare rock": "Bare",
-    "Sparsely vegetated areas": "Bare",
-    "Burnt areas": "Burned Area",
-    "Glaciers and perpetual snow": "Snow and Ice",
-    # 4.x Wetlands
-    "Inland marshes": "Flooded Vegetation",
-    "Peatbogs": "Flooded Vegetation",
-    "Salt marshes": "Flooded Vegetation",
-    "Salines": "Bare",
-    "Intertidal flats": "Bare",
-    # 5.x Water bodies
-    "Water courses": "Water",
-    "Water bodies": "Water",
-    "Coastal lagoons": "Water",
-    "Estuaries": "Water",
-    "Sea and ocean": "Water",
-    # BigEarthNet 19-class nomenclature (names not already listed above)
-    "Urban fabric": "Built",
-    "Arable land": "Crops",
-    "Permanent crops": "Crops",
-    "Natural grassland and sparsely vegetated areas": "Grass",
-    "Moors, heathland and sclerophyllous vegetation": "Shrub and Scrub",
-    "Transitional woodland, shrub": "Shrub and Scrub",
-    "Inland wetlands": "Flooded Vegetation",
-    "Coastal wetlands": "Bare",
-    "Inland waters": "Water",
-    "Marine waters": "Water",
+  # 1.x Artificial surfaces
+  "Continuous urban fabric": "Built",
+  "Discontinuous urban fabric": "Built",
+  "Industrial or commercial units": "Built",
+  "Road and rail networks and associated land": "Built",
+  "Port areas": "Built",
+  "Airports": "Built",
+  "Mineral extraction sites": "Bare",
+  "Dump sites": "Bare",
+  "Construction sites": "Bare",
+  "Green urban areas": "Grass",
+  "Sport and leisure facilities": "Grass",
+  # 2.x Agricultural areas
+  "Non-irrigated arable land": "Crops",
+  "Permanently irrigated land": "Crops",
+  "Rice fields": "Flooded Vegetation",
+  "Vineyards": "Crops",
+  "Fruit trees and berry plantations": "Crops",
+  "Olive groves": "Crops",
+  "Pastures": "Grass",
+  "Annual crops associated with permanent crops": "Crops",
+  "Complex cultivation patterns": "Crops",
+  "Land principally occupied by agriculture, with significant areas of natural vegetation": "Crops",
+  "Agro-forestry areas": "Trees",
+  # 3.x Forest and semi-natural areas
+  "Broad-leaved forest": "Trees",
+  "Coniferous forest": "Trees",
+  "Mixed forest": "Trees",
+  "Natural grassland": "Grass",
+  "Moors and heathland": "Shrub and Scrub",
+  "Sclerophyllous vegetation": "Shrub and Scrub",
+  "Transitional woodland/shrub": "Shrub and Scrub",
+  "Beaches, dunes, sands": "Bare",
+  "Bare rock": "Bare",
+  "Sparsely vegetated areas": "Bare",
+  "Burnt areas": "Burned Area",
+  "Glaciers and perpetual snow": "Snow and Ice",
+  # 4.x Wetlands
+  "Inland marshes": "Flooded Vegetation",
+  "Peatbogs": "Flooded Vegetation",
+  "Salt marshes": "Flooded Vegetation",
+  "Salines": "Bare",
+  "Intertidal flats": "Bare",
+  # 5.x Water bodies
+  "Water courses": "Water",
+  "Water bodies": "Water",
+  "Coastal lagoons": "Water",
+  "Estuaries": "Water",
+  "Sea and ocean": "Water",
+  # BigEarthNet 19-class nomenclature (names not already listed above)
+  "Urban fabric": "Built",
+  "Arable land": "Crops",
+  "Permanent crops": "Crops",
+  "Natural grassland and sparsely vegetated areas": "Grass",
+  "Moors, heathland and sclerophyllous vegetation": "Shrub and Scrub",
+  "Transitional woodland, shrub": "Shrub and Scrub",
+  "Inland wetlands": "Flooded Vegetation",
+  "Coastal wetlands": "Bare",
+  "Inland waters": "Water",
+  "Marine waters": "Water",
 }
 
 CORINE_LEVEL3_NAMES: tuple[str, ...] = tuple(list(CORINE_TO_CLASS)[:44])
 CORINE_19_NAMES: tuple[str, ...] = (
-    "Urban fabric", "Industrial or commercial units", "Arable land",
-    "Permanent crops", "Pastures", "Complex cultivation patterns",
-    "Land principally occupied by agriculture, with significant areas of "
-    "natural vegetation", "Agro-forestry areas", "Broad-leaved forest",
-    "Coniferous forest", "Mixed forest",
-    "Natural grassland and sparsely vegetated areas",
-    "Moors, heathland and sclerophyllous vegetation",
-    "Transitional woodland, shrub", "Beaches, dunes, sands", "Inland wetlands",
-    "Coastal wetlands", "Inland waters", "Marine waters")
+  "Urban fabric",
+  "Industrial or commercial units",
+  "Arable land",
+  "Permanent crops",
+  "Pastures",
+  "Complex cultivation patterns",
+  "Land principally occupied by agriculture, with significant areas of natural vegetation",
+  "Agro-forestry areas",
+  "Broad-leaved forest",
+  "Coniferous forest",
+  "Mixed forest",
+  "Natural grassland and sparsely vegetated areas",
+  "Moors, heathland and sclerophyllous vegetation",
+  "Transitional woodland, shrub",
+  "Beaches, dunes, sands",
+  "Inland wetlands",
+  "Coastal wetlands",
+  "Inland waters",
+  "Marine waters",
+)
 
 
 def _norm(name: str) -> str:
@@ -121,9 +142,7 @@ def _as_str(label, key: str) -> str:
   if isinstance(label, np.str_):
     return str(label)
   if not isinstance(label, str):
-    raise UnknownLabelError(
-        f"sample {key!r}: label {label!r} has type {type(label).__name__}, "
-        "expected a string")
+    raise UnknownLabelError(f"sample {key!r}: label {label!r} has type {type(label).__name__}, expected a string")
   return label
 
 
@@ -134,9 +153,7 @@ def map_labels(labels: Sequence[str], key: str) -> list[str]:
   bytes). `key` names the sample in error messages.
   """
   if isinstance(labels, (str, bytes)):
-    raise TypeError(
-        f"sample {key!r}: labels must be a sequence of names, got the single "
-        f"string {labels!r}")
+    raise TypeError(f"sample {key!r}: labels must be a sequence of names, got the single string {labels!r}")
   labels = list(labels)
   if not labels:
     raise UnknownLabelError(f"sample {key!r} has no labels (expected at least one)")
@@ -146,8 +163,8 @@ def map_labels(labels: Sequence[str], key: str) -> list[str]:
     cls = _LOOKUP.get(_norm(name))
     if cls is None:
       raise UnknownLabelError(
-          f"sample {key!r}: unknown label {name!r} (expected a CORINE land-cover "
-          f"name or one of {', '.join(CLASSES)})")
+        f"sample {key!r}: unknown label {name!r} (expected a CORINE land-cover name or one of {', '.join(CLASSES)})"
+      )
     found.add(cls)
   return [c for c in CLASSES if c in found]
 
@@ -155,8 +172,7 @@ def map_labels(labels: Sequence[str], key: str) -> list[str]:
 def class_text(name: str) -> str:
   """Text form of a class name: "Snow and Ice" -> "snow and ice"."""
   if _norm(name) not in _CLASS_INDEX:
-    raise UnknownLabelError(
-        f"unknown class {name!r} (expected one of {', '.join(CLASSES)})")
+    raise UnknownLabelError(f"unknown class {name!r} (expected one of {', '.join(CLASSES)})")
   return _norm(name)
 
 
@@ -194,7 +210,7 @@ def text_to_multihot(text: str) -> np.ndarray:
     idx = _CLASS_INDEX.get(t)
     if idx is None:
       raise UnknownLabelError(
-          f"query text {text!r}: unknown class {t!r} (expected one of "
-          f"{', '.join(class_text(c) for c in CLASSES)})")
+        f"query text {text!r}: unknown class {t!r} (expected one of {', '.join(class_text(c) for c in CLASSES)})"
+      )
     out[idx] = 1.0
   return out

@@ -10,6 +10,7 @@ Every mode is an affine map per band, `(x - shift) * scale`:
 `affine()` returns the two vectors; the grain pipeline applies them with numpy and the exported
 functions carry the same numbers in their spec, so both see identical inputs.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -22,8 +23,9 @@ MODES = ("none", "scale", "standardize")
 DEFAULT_DIVISOR = {"s2": 10000.0, "s1": 1.0}
 
 
-def affine(sensor: str, mode: str, channels: int, *, divisor: float | None = None,
-           stats: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def affine(
+  sensor: str, mode: str, channels: int, *, divisor: float | None = None, stats: Mapping[str, Any] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
   """(shift, scale) float32 [channels] of `mode` for `sensor`; stats = {"mean": [...], "std": [...]}."""
   if mode not in MODES:
     raise ValueError(f"{sensor} normalization {mode!r}: expected one of {', '.join(MODES)}")
@@ -36,8 +38,10 @@ def affine(sensor: str, mode: str, channels: int, *, divisor: float | None = Non
       raise ValueError(f"{sensor} normalization 'scale': the divisor must be a positive number, got {d!r}")
     return shift, np.full(channels, 1.0 / d, np.float32)
   if not stats:
-    raise ValueError(f"standardising {sensor} needs band statistics of the train split, which this dataset "
-                     "lacks (no train samples of that sensor?)")
+    raise ValueError(
+      f"standardising {sensor} needs band statistics of the train split, which this dataset "
+      "lacks (no train samples of that sensor?)"
+    )
   mean = np.asarray(stats["mean"], np.float32)
   std = np.asarray(stats["std"], np.float32)
   if mean.shape != (channels,) or std.shape != (channels,):

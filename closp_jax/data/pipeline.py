@@ -15,22 +15,26 @@ Both iterators are grain DatasetIterators: `get_state()` / `set_state()` and
 `grain.checkpoint.CheckpointHandler` (orbax) work on them, and a given seed always gives
 the same batches.
 """
+
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from closp_jax.errors import UserError
-from closp_jax.data import crisis_landmark  # noqa: F401  (registers the builder)
-from closp_jax.data import normalize, preprocess
+from closp_jax.data import (
+  crisis_landmark,  # noqa: F401  (registers the builder)
+  normalize,
+  preprocess,
+)
 from closp_jax.data.labels import NUM_CLASSES
 from closp_jax.data.tokenize import bucket_length, load_tokenizer, tokenize
+from closp_jax.errors import UserError
 
 # The sample variant's inputs: S2 / 10,000, S1 standardised with the train split's statistics.
 DEFAULT_NORMALIZATION = {"s2": "scale", "s1": "standardize"}
@@ -46,10 +50,13 @@ def default_data_dir() -> str:
   return os.environ.get("CLOSP_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
 
 
-def get_builder(name: str = "crisis_landmark/sample", data_dir: str | None = None,
-                manual_dir=None, prepare: bool = True,
-                config: crisis_landmark.CrisisLandmarkConfig | None = None
-                ) -> tfds.core.DatasetBuilder:
+def get_builder(
+  name: str = "crisis_landmark/sample",
+  data_dir: str | None = None,
+  manual_dir=None,
+  prepare: bool = True,
+  config: crisis_landmark.CrisisLandmarkConfig | None = None,
+) -> tfds.core.DatasetBuilder:
   """The `crisis_landmark` builder, prepared into `data_dir` first if it is not yet there.
 
   `manual_dir` is the official release folder (config `full`). `config` replaces the named
@@ -59,31 +66,30 @@ def get_builder(name: str = "crisis_landmark/sample", data_dir: str | None = Non
   """
   data_dir = os.fspath(data_dir or default_data_dir())
   if config is not None:
-    builder = tfds.builder(name.split("/")[0], config=config, data_dir=data_dir,
-                           file_format="array_record")
+    builder = tfds.builder(name.split("/")[0], config=config, data_dir=data_dir, file_format="array_record")
   else:
     known = [f"crisis_landmark/{c.name}" for c in crisis_landmark.CrisisLandmark.BUILDER_CONFIGS]
     if name.split(":")[0] not in known + ["crisis_landmark"]:
-      raise DatasetNameError(f"unknown dataset {name!r} (config.data.name): expected one of "
-                             f"{', '.join(known)}")
+      raise DatasetNameError(f"unknown dataset {name!r} (config.data.name): expected one of {', '.join(known)}")
     builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   if builder.is_prepared():
     return builder
   if not prepare:
     raise DatasetNotPreparedError(
-        f"{builder.info.full_name} is not prepared in {data_dir}; call get_builder(..., "
-        f"prepare=True) or run `python -m closp_jax.data.pipeline {name} --data_dir {data_dir}`")
+      f"{builder.info.full_name} is not prepared in {data_dir}; call get_builder(..., "
+      f"prepare=True) or run `python -m closp_jax.data.pipeline {name} --data_dir {data_dir}`"
+    )
   config = builder.builder_config
   if not getattr(config, "synthetic", False) and manual_dir is None:
     raise DatasetNotPreparedError(
-        f"{name} converts the official release: pass manual_dir=<release folder> "
-        f"(the trainer's --config.data.manual_dir), or use the synthetic crisis_landmark/sample.\n"
-        + crisis_landmark.CrisisLandmark.MANUAL_DOWNLOAD_INSTRUCTIONS)
+      f"{name} converts the official release: pass manual_dir=<release folder> "
+      f"(the trainer's --config.data.manual_dir), or use the synthetic crisis_landmark/sample.\n"
+      + crisis_landmark.CrisisLandmark.MANUAL_DOWNLOAD_INSTRUCTIONS
+    )
   if not getattr(config, "synthetic", False):  # before tfds, whose own check is an AssertionError
     crisis_landmark.check_release_folder(Path(manual_dir))
   print(f"Preparing {builder.info.full_name} in {data_dir} ...", flush=True)
-  download_config = tfds.download.DownloadConfig(
-      manual_dir=os.fspath(manual_dir) if manual_dir is not None else None)
+  download_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir) if manual_dir is not None else None)
   builder.download_and_prepare(download_config=download_config, file_format="array_record")
   print(summary(builder), flush=True)
   return builder
@@ -100,8 +106,10 @@ class DatasetNotPreparedError(UserError, FileNotFoundError):
 def _metadata(builder, field: str):
   md = builder.info.metadata or {}
   if field not in md:
-    raise KeyError(f"{builder.info.full_name} in {builder.data_dir} has no metadata {field!r}: "
-                   "it was not prepared by closp_jax.data.crisis_landmark; rebuild it")
+    raise KeyError(
+      f"{builder.info.full_name} in {builder.data_dir} has no metadata {field!r}: "
+      "it was not prepared by closp_jax.data.crisis_landmark; rebuild it"
+    )
   return md[field]
 
 
@@ -119,8 +127,7 @@ def sensor_range(builder, split: str, sensor: str) -> tuple[int, int]:
   """[start, stop) record indices of `sensor` inside `split` (S2 first, then S1)."""
   ranges = _metadata(builder, "sensor_ranges")
   if split not in ranges:
-    raise KeyError(f"split {split!r} not in {builder.info.full_name}: expected one of "
-                   f"{', '.join(ranges)}")
+    raise KeyError(f"split {split!r} not in {builder.info.full_name}: expected one of {', '.join(ranges)}")
   if sensor not in preprocess.SENSORS:
     raise ValueError(f"sensor must be one of {preprocess.SENSORS}, got {sensor!r}")
   start, stop = ranges[split][sensor]
@@ -139,8 +146,7 @@ def summary(builder) -> str:
   nans = builder.info.metadata.get("nan_replaced", {})
   lines = [f"{builder.info.full_name} ({builder.data_dir})"]
   for split, c in counts.items():
-    lines.append(f"  {split:<10} {c['total']:>8} samples: "
-                 + ", ".join(f"{s} {n}" for s, n in c["sensors"].items()))
+    lines.append(f"  {split:<10} {c['total']:>8} samples: " + ", ".join(f"{s} {n}" for s, n in c["sensors"].items()))
     lines.append("             " + ", ".join(f"{src} {n}" for src, n in c["sources"].items()))
     if split in nans:
       v = nans[split]["values"]
@@ -170,8 +176,9 @@ class _Normalize:
   """Per-sensor image normalisation (closp_jax.data.normalize); picklable for grain workers."""
 
   def __init__(self, sensor: str, mode: str, stats: dict | None, divisor: float | None = None):
-    self.shift, self.scale = normalize.affine(sensor, mode, preprocess.NUM_CHANNELS[sensor],
-                                              divisor=divisor, stats=(stats or {}).get(sensor))
+    self.shift, self.scale = normalize.affine(
+      sensor, mode, preprocess.NUM_CHANNELS[sensor], divisor=divisor, stats=(stats or {}).get(sensor)
+    )
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
     return ((image - self.shift) * self.scale).astype(np.float32, copy=False)
@@ -190,8 +197,10 @@ class _Decode:
     key = _as_str(record["key"])
     sensor = _as_str(record["sensor"])
     if sensor != self.sensor:
-      raise ValueError(f"record {key!r} is {sensor}, expected {self.sensor}: the dataset's "
-                       "sensor_ranges metadata does not match its records; rebuild it")
+      raise ValueError(
+        f"record {key!r} is {sensor}, expected {self.sensor}: the dataset's "
+        "sensor_ranges metadata does not match its records; rebuild it"
+      )
     text = _as_str(record["text"])
     if text not in self.text_ids:
       raise KeyError(f"record {key!r}: text {text!r} is not in the dataset's text list")
@@ -199,11 +208,11 @@ class _Decode:
     if self.rgb:
       image = to_rgb(image, self.sensor)
     return {
-        "image": image,
-        "lonlat": np.asarray(record["lonlat"], np.float32),
-        "labels": np.asarray(record["labels"], np.float32),
-        "text_id": np.int32(self.text_ids[text]),
-        "key": key,
+      "image": image,
+      "lonlat": np.asarray(record["lonlat"], np.float32),
+      "labels": np.asarray(record["labels"], np.float32),
+      "text_id": np.int32(self.text_ids[text]),
+      "key": key,
     }
 
 
@@ -258,8 +267,7 @@ class _Augment:
 class _Collate:
   """Stacks examples into a batch and looks their tokens up in the pre-tokenised table."""
 
-  def __init__(self, input_ids: np.ndarray, attention_mask: np.ndarray, bucket: bool,
-               with_keys: bool):
+  def __init__(self, input_ids: np.ndarray, attention_mask: np.ndarray, bucket: bool, with_keys: bool):
     self.input_ids, self.attention_mask = input_ids, attention_mask
     self.lengths = attention_mask.sum(1)
     self.bucket, self.with_keys = bucket, with_keys
@@ -270,12 +278,12 @@ class _Collate:
     if self.bucket:
       length = bucket_length(int(self.lengths[text_id].max(initial=1)), length)
     batch = {
-        "image": np.stack([e["image"] for e in examples]).astype(np.float32, copy=False),
-        "input_ids": self.input_ids[text_id, :length],
-        "attention_mask": self.attention_mask[text_id, :length],
-        "lonlat": np.stack([e["lonlat"] for e in examples]),
-        "labels": np.stack([e["labels"] for e in examples]),
-        "text_id": text_id,
+      "image": np.stack([e["image"] for e in examples]).astype(np.float32, copy=False),
+      "input_ids": self.input_ids[text_id, :length],
+      "attention_mask": self.attention_mask[text_id, :length],
+      "lonlat": np.stack([e["lonlat"] for e in examples]),
+      "labels": np.stack([e["labels"] for e in examples]),
+      "text_id": text_id,
     }
     if self.with_keys:
       batch["mask"] = np.array([e["mask"] for e in examples], bool)
@@ -289,12 +297,12 @@ class _ReadOrPad:
   def __init__(self, source, decode: _Decode, channels: int):
     self.source, self.decode = source, decode
     self.pad = {
-        "image": np.zeros((preprocess.IMAGE_SIZE, preprocess.IMAGE_SIZE, channels), np.float32),
-        "lonlat": np.zeros((2,), np.float32),
-        "labels": np.zeros((NUM_CLASSES,), np.float32),
-        "text_id": np.int32(0),
-        "key": "",
-        "mask": False,
+      "image": np.zeros((preprocess.IMAGE_SIZE, preprocess.IMAGE_SIZE, channels), np.float32),
+      "lonlat": np.zeros((2,), np.float32),
+      "labels": np.zeros((NUM_CLASSES,), np.float32),
+      "text_id": np.int32(0),
+      "key": "",
+      "mask": False,
     }
 
   def __call__(self, index: int) -> dict:
@@ -318,8 +326,11 @@ def _normalizer(builder, sensor: str, normalization, scale_divisor=None) -> _Nor
 def input_kwargs(cfg) -> dict:
   """The iterators' input arguments from a run config: normalisation per sensor, the `scale`
   divisors and the RGB-only switch (config.data.normalization / scale_divisor / rgb)."""
-  return {"normalization": normalize.modes_from_config(cfg),
-          "scale_divisor": normalize.divisors_from_config(cfg), "rgb": bool(cfg.data.rgb)}
+  return {
+    "normalization": normalize.modes_from_config(cfg),
+    "scale_divisor": normalize.divisors_from_config(cfg),
+    "rgb": bool(cfg.data.rgb),
+  }
 
 
 def _modes(normalization) -> dict[str, str]:
@@ -340,8 +351,9 @@ def _data_source(builder, split: str):
   try:
     source = builder.as_data_source(split=split)
   except Exception as err:  # tfds raises several types for a missing split / format
-    raise ValueError(f"cannot read split {split!r} of {builder.info.full_name} in "
-                     f"{builder.data_dir} as ArrayRecord: {err}") from err
+    raise ValueError(
+      f"cannot read split {split!r} of {builder.info.full_name} in {builder.data_dir} as ArrayRecord: {err}"
+    ) from err
   checked = CheckedSource(source, builder, split)
   for start in checked.shard_starts:
     if start < len(checked):
@@ -376,43 +388,71 @@ class CheckedSource:
     except Exception as err:  # array_record raises RuntimeError/OSError/ValueError
       shard = max(int(np.searchsorted(self.shard_starts, int(index), side="right")) - 1, 0)
       path = self.files[shard] if shard < len(self.files) else "?"
-      state = ("is missing" if path != "?" and not os.path.exists(path)
-               else f"cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:300]})")
+      state = (
+        "is missing"
+        if path != "?" and not os.path.exists(path)
+        else f"cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:300]})"
+      )
       raise DataFileError(
-          f"{self.name}: record {index} lives in {path}, which {state}. The prepared dataset is "
-          f"damaged (an interrupted copy, a full disk): delete {self.data_dir} and run again to "
-          f"rebuild it") from err
+        f"{self.name}: record {index} lives in {path}, which {state}. The prepared dataset is "
+        f"damaged (an interrupted copy, a full disk): delete {self.data_dir} and run again to "
+        f"rebuild it"
+      ) from err
 
 
 # --------------------------------------------------------------------------- iterators
 
 
-def _sensor_train_dataset(builder, source, sensor: str, *, batch_size: int, seed: int,
-                          texts, collate: _Collate, normalization, scale_divisor,
-                          augment, shard_by_process: bool, rgb: bool) -> grain.MapDataset:
+def _sensor_train_dataset(
+  builder,
+  source,
+  sensor: str,
+  *,
+  batch_size: int,
+  seed: int,
+  texts,
+  collate: _Collate,
+  normalization,
+  scale_divisor,
+  augment,
+  shard_by_process: bool,
+  rgb: bool,
+) -> grain.MapDataset:
   start, stop = sensor_range(builder, "train", sensor)
   offset, size, _ = _process_share(stop - start, shard_by_process, drop_remainder=True)
   if size < batch_size:
     raise ValueError(
-        f"{builder.info.full_name} train has {stop - start} {sensor} samples, {size} for this "
-        f"process: fewer than batch_size={batch_size} (batch_size is per sensor and per process)")
-  sensor_seed = int(np.random.SeedSequence([seed, preprocess.SENSORS.index(sensor)])
-                    .generate_state(1)[0])
-  ds = grain.MapDataset.source(source)[start + offset:start + offset + size]
+      f"{builder.info.full_name} train has {stop - start} {sensor} samples, {size} for this "
+      f"process: fewer than batch_size={batch_size} (batch_size is per sensor and per process)"
+    )
+  sensor_seed = int(np.random.SeedSequence([seed, preprocess.SENSORS.index(sensor)]).generate_state(1)[0])
+  ds = grain.MapDataset.source(source)[start + offset : start + offset + size]
   ds = ds.shuffle(seed=sensor_seed)
-  ds = ds.map(_Decode(texts, _normalizer(builder, sensor, normalization, scale_divisor), sensor,
-                      rgb))
+  ds = ds.map(_Decode(texts, _normalizer(builder, sensor, normalization, scale_divisor), sensor, rgb))
   mode = augmentation_mode(augment)
   if mode != "none":
     ds = ds.random_map(_Augment(rot90=mode == "flips_rot90"), seed=sensor_seed + 1)
   return ds.batch(batch_size, drop_remainder=True, batch_fn=collate)
 
 
-def train_iterator(builder, *, batch_size: int, seed: int, tokenizer=None, max_len: int = 64,
-                   bucket: bool = False, normalization=None, scale_divisor=None, augment="flips_rot90",
-                   num_epochs: int | None = None, worker_count: int = 0,
-                   shard_by_process: bool = True, rgb: bool = False, read_threads: int = 2,
-                   prefetch: int = 4) -> grain.DatasetIterator:
+def train_iterator(
+  builder,
+  *,
+  batch_size: int,
+  seed: int,
+  tokenizer=None,
+  max_len: int = 64,
+  bucket: bool = False,
+  normalization=None,
+  scale_divisor=None,
+  augment="flips_rot90",
+  num_epochs: int | None = None,
+  worker_count: int = 0,
+  shard_by_process: bool = True,
+  rgb: bool = False,
+  read_threads: int = 2,
+  prefetch: int = 4,
+) -> grain.DatasetIterator:
   """Iterator of {"s2": batch, "s1": batch}; batch_size is per sensor and per process.
 
   batch = {"image" float32 [B,120,120,C], "input_ids"/"attention_mask" int32 [B,T],
@@ -431,27 +471,35 @@ def train_iterator(builder, *, batch_size: int, seed: int, tokenizer=None, max_l
   collate = _Collate(input_ids, attention_mask, bucket, with_keys=False)
   source = _data_source(builder, "train")
   per_sensor = {
-      sensor: _sensor_train_dataset(
-          builder, source, sensor, batch_size=batch_size, seed=seed, texts=texts,
-          collate=collate, normalization=normalization, scale_divisor=scale_divisor,
-          augment=augment, shard_by_process=shard_by_process, rgb=rgb)
-      for sensor in preprocess.SENSORS}
+    sensor: _sensor_train_dataset(
+      builder,
+      source,
+      sensor,
+      batch_size=batch_size,
+      seed=seed,
+      texts=texts,
+      collate=collate,
+      normalization=normalization,
+      scale_divisor=scale_divisor,
+      augment=augment,
+      shard_by_process=shard_by_process,
+      rgb=rgb,
+    )
+    for sensor in preprocess.SENSORS
+  }
   steps_per_epoch = max(len(ds) for ds in per_sensor.values())
   repeated = [per_sensor[s].repeat(None) for s in preprocess.SENSORS]
   if num_epochs is not None:
-    repeated = [ds[:num_epochs * steps_per_epoch] for ds in repeated]
+    repeated = [ds[: num_epochs * steps_per_epoch] for ds in repeated]
   zipped = grain.experimental.ZipMapDataset(repeated).map(_AsSensorDict())
-  ds = zipped.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                                prefetch_buffer_size=prefetch))
+  ds = zipped.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
   if worker_count > 0:
     _parse_absl_flags()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
-                                                     per_worker_buffer_size=2))
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=2))
   return iter(ds)
 
 
 class _AsSensorDict:
-
   def __call__(self, pair):
     return dict(zip(preprocess.SENSORS, pair))
 
@@ -465,11 +513,21 @@ def steps_per_epoch(builder, batch_size: int, shard_by_process: bool = True) -> 
   return max(steps)
 
 
-def eval_iterator(builder, split: str, sensor: str, *, batch_size: int, tokenizer=None,
-                  max_len: int = 64, normalization=None, scale_divisor=None,
-                  shard_by_process: bool = True,
-                  rgb: bool = False, read_threads: int = 2,
-                  prefetch: int = 4) -> grain.DatasetIterator:
+def eval_iterator(
+  builder,
+  split: str,
+  sensor: str,
+  *,
+  batch_size: int,
+  tokenizer=None,
+  max_len: int = 64,
+  normalization=None,
+  scale_divisor=None,
+  shard_by_process: bool = True,
+  rgb: bool = False,
+  read_threads: int = 2,
+  prefetch: int = 4,
+) -> grain.DatasetIterator:
   """Every `sensor` record of `split` exactly once, in order, in batches of `batch_size`.
 
   Batches carry the train keys plus "mask" bool [B] (False on padding) and "key" (str
@@ -485,18 +543,17 @@ def eval_iterator(builder, split: str, sensor: str, *, batch_size: int, tokenize
   indices += [-1] * (steps * batch_size - len(indices))
   texts = dataset_texts(builder)
   input_ids, attention_mask = _token_table(builder, tokenizer, max_len)
-  decode = _Decode(texts, _normalizer(builder, sensor, normalization, scale_divisor), sensor,
-                   rgb)
+  decode = _Decode(texts, _normalizer(builder, sensor, normalization, scale_divisor), sensor, rgb)
   ds = grain.MapDataset.source(indices).map(
-      _ReadOrPad(_data_source(builder, split), decode, image_channels(sensor, rgb)))
-  ds = ds.batch(batch_size, drop_remainder=False,
-                batch_fn=_Collate(input_ids, attention_mask, bucket=False, with_keys=True))
-  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                                   prefetch_buffer_size=prefetch)))
+    _ReadOrPad(_data_source(builder, split), decode, image_channels(sensor, rgb))
+  )
+  ds = ds.batch(
+    batch_size, drop_remainder=False, batch_fn=_Collate(input_ids, attention_mask, bucket=False, with_keys=True)
+  )
+  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)))
 
 
-def eval_steps(builder, split: str, sensor: str, batch_size: int,
-               shard_by_process: bool = True) -> int:
+def eval_steps(builder, split: str, sensor: str, batch_size: int, shard_by_process: bool = True) -> int:
   """Number of batches eval_iterator yields (the same on every process)."""
   start, stop = sensor_range(builder, split, sensor)
   per = _process_share(stop - start, shard_by_process, drop_remainder=False)[2]
@@ -506,6 +563,7 @@ def eval_steps(builder, split: str, sensor: str, batch_size: int,
 def _parse_absl_flags() -> None:
   """grain's worker processes read absl flags; mark them parsed in library use."""
   from absl import flags  # pylint: disable=import-outside-toplevel
+
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
@@ -533,7 +591,8 @@ def tfds_build_main() -> None:
         print(summary(builder), flush=True)
 
   parser = cli_utils.make_flags_parser(
-      tfds_build.Args, description="tfds build for crisis_landmark (no TensorFlow needed)")
+    tfds_build.Args, description="tfds build for crisis_landmark (no TensorFlow needed)"
+  )
   app.run(run, flags_parser=parser)
 
 

@@ -21,6 +21,7 @@ Pure functions and tables shared by the TFDS builder and the benchmark's referen
 
 Images come in as (C, 120, 120) and leave as (120, 120, C) float32.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -46,8 +47,10 @@ S2_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", 
 # B10 (cirrus) is not in L2A products: a zero band takes its place.
 S2_ZERO_BAND = S2_BANDS.index("B10")
 if S2_STORED_BANDS[:S2_ZERO_BAND] + ("B10",) + S2_STORED_BANDS[S2_ZERO_BAND:] != S2_BANDS:
-  raise AssertionError(f"inserting a zero B10 at index {S2_ZERO_BAND} into {S2_STORED_BANDS} "
-                       f"does not give the encoders' band order {S2_BANDS}")
+  raise AssertionError(
+    f"inserting a zero B10 at index {S2_ZERO_BAND} into {S2_STORED_BANDS} "
+    f"does not give the encoders' band order {S2_BANDS}"
+  )
 S1_BANDS = ("VV", "VH")
 NUM_CHANNELS = {"s2": len(S2_BANDS), "s1": len(S1_BANDS)}
 NAN_FILL = {"s2": 0.0, "s1": 1e-6}
@@ -58,16 +61,16 @@ MAX_ABS_VALUE = 1e6
 # S1 rule sets: per source, the name of every stored channel, in stored order. The output is
 # the channels named "VV" and "VH", in that order; the channel count must match.
 S1_RULE_SETS: dict[str, dict[str, tuple[str, ...]]] = {
-    # The release: the dataset card's (VV, VH), C = 2, for every source; its loader neither
-    # flips nor slices.
-    "release": {source: ("VV", "VH") for source in S1_SOURCES},
-    # The authors' pre-release loader (commit 1c02e1a), which keyed on shard file names.
-    "pre_release": {
-        "benv2s1": ("VH", "VV"),
-        "mmflood": ("VV", "VH"),
-        "sen1flood": ("VH", "VV"),
-        "quakeset": ("VV_pre", "VH_pre", "VV", "VH"),  # before the event, then after it
-    },
+  # The release: the dataset card's (VV, VH), C = 2, for every source; its loader neither
+  # flips nor slices.
+  "release": {source: ("VV", "VH") for source in S1_SOURCES},
+  # The authors' pre-release loader (commit 1c02e1a), which keyed on shard file names.
+  "pre_release": {
+    "benv2s1": ("VH", "VV"),
+    "mmflood": ("VV", "VH"),
+    "sen1flood": ("VH", "VV"),
+    "quakeset": ("VV_pre", "VH_pre", "VV", "VH"),  # before the event, then after it
+  },
 }
 DEFAULT_S1_RULES = "release"
 if any(set(rules) != set(S1_SOURCES) for rules in S1_RULE_SETS.values()):
@@ -83,8 +86,10 @@ S1_CHECK_FIRST_AT = 64
 
 # Acquisition times outside [2014-01-01, 2100-01-01) are not Sentinel-1/2 times (Sentinel-1A was
 # launched in April 2014): such a number is not seconds since 1970 (e.g. a YYYYMMDD date).
-_TIMESTAMP_RANGE = (dt.datetime(2014, 1, 1, tzinfo=dt.timezone.utc).timestamp(),
-                    dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc).timestamp())
+_TIMESTAMP_RANGE = (
+  dt.datetime(2014, 1, 1, tzinfo=dt.UTC).timestamp(),
+  dt.datetime(2100, 1, 1, tzinfo=dt.UTC).timestamp(),
+)
 # What a record's `timestamp` holds when the sample has no acquisition time (missing, NaN, "").
 TIMESTAMP_UNAVAILABLE = ""
 
@@ -107,8 +112,8 @@ def source_of_key(key: str) -> str:
     found = [s for s in SOURCES if s in key]
   if len(found) != 1:
     raise SampleFormatError(
-        f"sample key {key!r} does not name one known source: expected a key starting with "
-        f"one of {', '.join(SOURCES)}")
+      f"sample key {key!r} does not name one known source: expected a key starting with one of {', '.join(SOURCES)}"
+    )
   return found[0]
 
 
@@ -132,8 +137,7 @@ def _layout_text(channels: tuple[str, ...]) -> str:
   return "(" + ", ".join(channels) + ")"
 
 
-def select_channels(image: np.ndarray, key: str, source: str,
-                    s1_rules: str = DEFAULT_S1_RULES) -> np.ndarray:
+def select_channels(image: np.ndarray, key: str, source: str, s1_rules: str = DEFAULT_S1_RULES) -> np.ndarray:
   """The stored (C, 120, 120) image with the source's channel rule applied (still CHW).
 
   S2 keeps its 12 stored bands; S1 ends as (VV, VH) under `s1_rules`. Raises SampleFormatError
@@ -143,35 +147,39 @@ def select_channels(image: np.ndarray, key: str, source: str,
   sensor = sensor_of_source(source)
   image = np.asarray(image)
   if image.ndim != 3 or image.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-    raise SampleFormatError(
-        f"sample {key!r}: image has shape {image.shape}, expected (C, {IMAGE_SIZE}, {IMAGE_SIZE})")
+    raise SampleFormatError(f"sample {key!r}: image has shape {image.shape}, expected (C, {IMAGE_SIZE}, {IMAGE_SIZE})")
   if sensor == "s2":
     if image.shape[0] != len(S2_STORED_BANDS):
       raise SampleFormatError(
-          f"sample {key!r} ({source}): image has shape {image.shape}, expected "
-          f"({len(S2_STORED_BANDS)}, {IMAGE_SIZE}, {IMAGE_SIZE}): the 12 stored S2 bands "
-          f"{', '.join(S2_STORED_BANDS)}")
+        f"sample {key!r} ({source}): image has shape {image.shape}, expected "
+        f"({len(S2_STORED_BANDS)}, {IMAGE_SIZE}, {IMAGE_SIZE}): the 12 stored S2 bands "
+        f"{', '.join(S2_STORED_BANDS)}"
+      )
     return image
   stored = S1_RULE_SETS[check_s1_rules(s1_rules)][source]
   if image.shape[0] != len(stored):
-    others = [f"the S1 rule set {name!r} reads {source} as stored {_layout_text(rules[source])}: "
-              f"build with it (CrisisLandmarkConfig.s1_rules={name!r}, e.g. "
-              f"crisis_landmark/full_{name}) if the archive stores that layout"
-              for name, rules in S1_RULE_SETS.items()
-              if name != s1_rules and len(rules[source]) == image.shape[0]]
+    others = [
+      f"the S1 rule set {name!r} reads {source} as stored {_layout_text(rules[source])}: "
+      f"build with it (CrisisLandmarkConfig.s1_rules={name!r}, e.g. "
+      f"crisis_landmark/full_{name}) if the archive stores that layout"
+      for name, rules in S1_RULE_SETS.items()
+      if name != s1_rules and len(rules[source]) == image.shape[0]
+    ]
     hint = "; " + "; ".join(others) if others else ""
     raise SampleFormatError(
-        f"sample {key!r} ({source}): image has shape {image.shape}, expected "
-        f"({len(stored)}, {IMAGE_SIZE}, {IMAGE_SIZE}): {_layout_text(stored)} under the S1 rule "
-        f"set {s1_rules!r}{hint}")
+      f"sample {key!r} ({source}): image has shape {image.shape}, expected "
+      f"({len(stored)}, {IMAGE_SIZE}, {IMAGE_SIZE}): {_layout_text(stored)} under the S1 rule "
+      f"set {s1_rules!r}{hint}"
+    )
   vv, vh = stored.index("VV"), stored.index("VH")
   if (vv, vh) == (0, 1) and len(stored) == 2:
     return image
   return image[[vv, vh]]
 
 
-def preprocess_image(image: np.ndarray, key: str, source: str,
-                     s1_rules: str = DEFAULT_S1_RULES) -> tuple[np.ndarray, int]:
+def preprocess_image(
+  image: np.ndarray, key: str, source: str, s1_rules: str = DEFAULT_S1_RULES
+) -> tuple[np.ndarray, int]:
   """Stored (C, 120, 120) image -> (120, 120, C) float32: S2 13 bands, S1 (VV, VH).
 
   Returns the image and the number of NaN values replaced (S2 -> 0, S1 -> 1e-6).
@@ -189,8 +197,9 @@ def preprocess_image(image: np.ndarray, key: str, source: str,
   return hwc, num_nans
 
 
-def vv_vh_means(image: np.ndarray, key: str, source: str,
-                s1_rules: str = DEFAULT_S1_RULES) -> tuple[float, float] | None:
+def vv_vh_means(
+  image: np.ndarray, key: str, source: str, s1_rules: str = DEFAULT_S1_RULES
+) -> tuple[float, float] | None:
   """Means over finite values of the VV and VH channels of a stored S1 image under `s1_rules`.
 
   None when either channel has no finite value. Works for dB and linear units alike.
@@ -236,8 +245,7 @@ class S1OrderCheck:
     """Checks every source seen; returns {source: {samples, vv_above_vh}} for the metadata."""
     for source in sorted(self.samples):
       self._verify(source)
-    return {s: {"samples": n, "vv_above_vh": self.vv_above.get(s, 0) / n}
-            for s, n in sorted(self.samples.items())}
+    return {s: {"samples": n, "vv_above_vh": self.vv_above.get(s, 0) / n} for s, n in sorted(self.samples.items())}
 
   def _verify(self, source: str) -> None:
     n, above = self.samples[source], self.vv_above.get(source, 0)
@@ -245,22 +253,26 @@ class S1OrderCheck:
       return
     stored = S1_RULE_SETS[self.s1_rules][source]
     key, vv, vh = self.example[source]
-    fits = [f"build with the S1 rule set {name!r}, which reads {source} as stored "
-            f"{_layout_text(rules[source])} (CrisisLandmarkConfig.s1_rules={name!r}, e.g. "
-            f"crisis_landmark/full_{name}), if the archive stores that order"
-            for name, rules in S1_RULE_SETS.items()
-            if name != self.s1_rules and len(rules[source]) == len(stored)
-            and rules[source] != stored]
-    change = "; ".join(fits) + ("; otherwise " if fits else "") + (
-        f"add a rule set to preprocess.S1_RULE_SETS that names {source}'s stored order and build "
-        f"with it")
+    fits = [
+      f"build with the S1 rule set {name!r}, which reads {source} as stored "
+      f"{_layout_text(rules[source])} (CrisisLandmarkConfig.s1_rules={name!r}, e.g. "
+      f"crisis_landmark/full_{name}), if the archive stores that order"
+      for name, rules in S1_RULE_SETS.items()
+      if name != self.s1_rules and len(rules[source]) == len(stored) and rules[source] != stored
+    ]
+    change = (
+      "; ".join(fits)
+      + ("; otherwise " if fits else "")
+      + (f"add a rule set to preprocess.S1_RULE_SETS that names {source}'s stored order and build with it")
+    )
     raise ChannelOrderError(
-        f"S1 source {source!r}: VV is brighter than VH in only {above} of {n} samples "
-        f"({above / n:.0%}, expected at least {S1_VV_ABOVE_VH_MIN_FRACTION:.0%}) after the S1 rule "
-        f"set {self.s1_rules!r}, which reads {source} as stored {_layout_text(stored)}; e.g. "
-        f"sample {key!r}: mean of the channel read as VV {vv:.4g}, as VH {vh:.4g}. VV backscatter exceeds VH by 5-8 "
-        f"dB in almost every natural scene (dB and linear units alike), so {source}'s channels "
-        f"are not stored in that order: {change}.")
+      f"S1 source {source!r}: VV is brighter than VH in only {above} of {n} samples "
+      f"({above / n:.0%}, expected at least {S1_VV_ABOVE_VH_MIN_FRACTION:.0%}) after the S1 rule "
+      f"set {self.s1_rules!r}, which reads {source} as stored {_layout_text(stored)}; e.g. "
+      f"sample {key!r}: mean of the channel read as VV {vv:.4g}, as VH {vh:.4g}. VV backscatter exceeds VH by 5-8 "
+      f"dB in almost every natural scene (dB and linear units alike), so {source}'s channels "
+      f"are not stored in that order: {change}."
+    )
 
 
 def check_values(chw: np.ndarray, key: str) -> None:
@@ -277,17 +289,17 @@ def check_values(chw: np.ndarray, key: str) -> None:
     bands = sorted({int(b) for b in np.nonzero(bad)[0]})
     infinite = int(np.isinf(chw).sum())
     raise SampleFormatError(
-        f"sample {key!r}: image has {int(bad.sum())} value(s) beyond +-{MAX_ABS_VALUE:g} "
-        f"({infinite} infinite) in stored band(s) {bands}, e.g. {chw[bad].flat[0]!r}; such values are "
-        f"not measurements but damaged data: download the shard file again")
+      f"sample {key!r}: image has {int(bad.sum())} value(s) beyond +-{MAX_ABS_VALUE:g} "
+      f"({infinite} infinite) in stored band(s) {bands}, e.g. {chw[bad].flat[0]!r}; such values are "
+      f"not measurements but damaged data: download the shard file again"
+    )
 
 
 def _scalar(value: Any, key: str, name: str) -> Any:
   """A one-element HDF5 attribute (numpy array, numpy scalar, bytes) as a Python scalar."""
   if isinstance(value, np.ndarray):
     if value.size != 1:
-      raise SampleFormatError(f"sample {key!r}: attribute {name!r} has shape {value.shape}, "
-                              "expected a single value")
+      raise SampleFormatError(f"sample {key!r}: attribute {name!r} has shape {value.shape}, expected a single value")
     value = value.reshape(()).item()
   elif isinstance(value, np.generic):
     value = value.item()
@@ -303,8 +315,7 @@ def parse_crs(value: Any, key: str) -> str:
   '32634', '32634.0', WKT), bytes of those; a non-integral or non-positive number is an error.
   """
   value = _scalar(value, key, "crs")
-  expected = ("expected an EPSG code (32634, 32634.0 as the dataset card's float32, "
-              "'EPSG:32634') or a WKT / PROJ string")
+  expected = "expected an EPSG code (32634, 32634.0 as the dataset card's float32, 'EPSG:32634') or a WKT / PROJ string"
   if isinstance(value, bool):
     raise SampleFormatError(f"sample {key!r}: attribute 'crs' is {value!r}, {expected}")
   if isinstance(value, str):
@@ -317,8 +328,7 @@ def parse_crs(value: Any, key: str) -> str:
       raise SampleFormatError(f"sample {key!r}: attribute 'crs' is empty, {expected}") from None
   if isinstance(value, float):
     if not (math.isfinite(value) and value == int(value)):
-      raise SampleFormatError(f"sample {key!r}: attribute 'crs' is {value!r}, not an integral "
-                              f"number; {expected}")
+      raise SampleFormatError(f"sample {key!r}: attribute 'crs' is {value!r}, not an integral number; {expected}")
     value = int(value)
   if isinstance(value, int) and value > 0:
     return f"EPSG:{value}"
@@ -345,18 +355,21 @@ def parse_timestamp(value: Any, key: str) -> str:
     except ValueError:
       return text
   if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise SampleFormatError(f"sample {key!r}: attribute 'timestamp' is {value!r}, expected seconds "
-                            "since 1970-01-01 UTC (a number, NaN when unavailable) or an ISO 8601 "
-                            "string")
+    raise SampleFormatError(
+      f"sample {key!r}: attribute 'timestamp' is {value!r}, expected seconds "
+      "since 1970-01-01 UTC (a number, NaN when unavailable) or an ISO 8601 "
+      "string"
+    )
   if isinstance(value, float) and math.isnan(value):
     return TIMESTAMP_UNAVAILABLE
   low, high = _TIMESTAMP_RANGE
   if not low <= value < high:
     raise SampleFormatError(
-        f"sample {key!r}: attribute 'timestamp' is {value!r}, which as seconds since 1970-01-01 "
-        f"UTC falls outside 2014-2100 (no Sentinel-1/2 acquisition): expected seconds since "
-        f"1970 (the dataset card's float32), NaN when unavailable, or an ISO 8601 string")
-  moment = dt.datetime.fromtimestamp(round(value), tz=dt.timezone.utc)
+      f"sample {key!r}: attribute 'timestamp' is {value!r}, which as seconds since 1970-01-01 "
+      f"UTC falls outside 2014-2100 (no Sentinel-1/2 acquisition): expected seconds since "
+      f"1970 (the dataset card's float32), NaN when unavailable, or an ISO 8601 string"
+    )
+  moment = dt.datetime.fromtimestamp(round(value), tz=dt.UTC)
   return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -371,8 +384,9 @@ def parse_labels(value: Any, key: str) -> list[str]:
   try:
     items = list(value)
   except TypeError:
-    raise SampleFormatError(f"sample {key!r}: attribute 'labels' is {value!r}, expected a list "
-                            "of label names") from None
+    raise SampleFormatError(
+      f"sample {key!r}: attribute 'labels' is {value!r}, expected a list of label names"
+    ) from None
   out = []
   for item in items:
     if isinstance(item, np.generic):
@@ -380,8 +394,7 @@ def parse_labels(value: Any, key: str) -> list[str]:
     if isinstance(item, bytes):
       item = item.decode("utf-8")
     if not isinstance(item, str):
-      raise SampleFormatError(f"sample {key!r}: attribute 'labels' holds {item!r}, expected "
-                              "label names (strings)")
+      raise SampleFormatError(f"sample {key!r}: attribute 'labels' holds {item!r}, expected label names (strings)")
     out.append(item)
   return out
 
@@ -389,6 +402,7 @@ def parse_labels(value: Any, key: str) -> list[str]:
 @functools.lru_cache(maxsize=256)
 def _to_lonlat(crs: str):
   from pyproj import CRS, Transformer  # pylint: disable=import-outside-toplevel
+
   return Transformer.from_crs(CRS.from_user_input(crs), CRS.from_epsg(4326), always_xy=True)
 
 
@@ -397,18 +411,19 @@ def center_lonlat(coords: np.ndarray, crs: Any, key: str) -> np.ndarray:
   coords = np.asarray(coords)
   if coords.ndim != 3 or coords.shape[0] != 2 or min(coords.shape[1:]) <= CENTER:
     raise SampleFormatError(
-        f"sample {key!r}: coords has shape {coords.shape}, expected (2, {IMAGE_SIZE}, {IMAGE_SIZE})")
+      f"sample {key!r}: coords has shape {coords.shape}, expected (2, {IMAGE_SIZE}, {IMAGE_SIZE})"
+    )
   x, y = float(coords[0, CENTER, CENTER]), float(coords[1, CENTER, CENTER])
   crs_text = parse_crs(crs, key)
   try:
     transformer = _to_lonlat(crs_text)
   except Exception as err:  # pyproj.exceptions.CRSError and friends
-    raise SampleFormatError(f"sample {key!r}: attribute 'crs' = {crs!r} is not a CRS pyproj "
-                            f"knows ({err})") from err
+    raise SampleFormatError(f"sample {key!r}: attribute 'crs' = {crs!r} is not a CRS pyproj knows ({err})") from err
   lon, lat = transformer.transform(x, y)
   out = np.array([lon, lat], np.float32)
   if not np.all(np.isfinite(out)) or abs(out[1]) > 90 or abs(out[0]) > 180:
     raise SampleFormatError(
-        f"sample {key!r}: centre pixel ({x}, {y}) in {crs_text!r} gives lon/lat {out.tolist()}; "
-        "check the coords dataset and the crs attribute")
+      f"sample {key!r}: centre pixel ({x}, {y}) in {crs_text!r} gives lon/lat {out.tolist()}; "
+      "check the coords dataset and the crs attribute"
+    )
   return out

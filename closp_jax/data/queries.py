@@ -5,6 +5,7 @@ The builder copies the release's `queries.jsonl` and `qrels/` next to the ArrayR
 `text` and optionally `type`. Qrels: every file in `qrels/`, either TREC lines
 `qid 0 docid rel` or BEIR-style tab-separated `query-id corpus-id score` with a header.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,10 @@ def load_queries(builder_or_dir) -> list[dict]:
   """[{query_id, text, type}] in file order, from a prepared builder or a folder."""
   path = _folder(builder_or_dir) / QUERIES_FILE
   if not path.is_file():
-    raise FileNotFoundError(f"{path} not found: prepare the crisis_landmark dataset (it copies "
-                            f"{QUERIES_FILE} from the release), or pass the release folder")
+    raise FileNotFoundError(
+      f"{path} not found: prepare the crisis_landmark dataset (it copies "
+      f"{QUERIES_FILE} from the release), or pass the release folder"
+    )
   queries, seen = [], set()
   with open(path, encoding="utf-8") as f:
     for line_no, line in enumerate(f, 1):
@@ -41,8 +44,7 @@ def load_queries(builder_or_dir) -> list[dict]:
         raise ValueError(f"{path}:{line_no}: not a JSON object ({err})") from err
       qid = next((obj[k] for k in _ID_FIELDS if k in obj), None)
       if qid is None or not isinstance(obj.get("text"), str):
-        raise ValueError(f"{path}:{line_no}: expected fields query_id (or _id) and text, "
-                         f"found {sorted(obj)}")
+        raise ValueError(f"{path}:{line_no}: expected fields query_id (or _id) and text, found {sorted(obj)}")
       qid = str(qid)
       if qid in seen:
         raise ValueError(f"{path}:{line_no}: query_id {qid!r} appears twice")
@@ -83,8 +85,10 @@ def _read_qrels_file(path: Path, into: dict[str, dict[str, int]]) -> None:
         if line_no == 1 and tuple(parts) == BEIR_HEADER:
           continue
       else:
-        raise QrelsError(f"{path}:{line_no}: expected 'qid 0 docid grade' (TREC) or 'query-id corpus-id score' "
-                         f"(BEIR), got {line.strip()!r}")
+        raise QrelsError(
+          f"{path}:{line_no}: expected 'qid 0 docid grade' (TREC) or 'query-id corpus-id score' "
+          f"(BEIR), got {line.strip()!r}"
+        )
       rel = _grade(grade, path, line_no)
       judged = into.setdefault(qid, {})
       if doc in judged and judged[doc] != rel:
@@ -117,6 +121,8 @@ def load_qrels(builder_or_dir, name: str | None = None) -> dict[str, dict[str, i
   """{query_id: {sample key: relevance}} from every file in the dataset's qrels/ (or only `name`)."""
   folder = _folder(builder_or_dir) / QRELS_DIR
   if not folder.is_dir():
-    raise QrelsNotFound(f"{folder} not found: prepare the crisis_landmark dataset (it copies "
-                        f"{QRELS_DIR}/ from the release), or pass the release folder")
+    raise QrelsNotFound(
+      f"{folder} not found: prepare the crisis_landmark dataset (it copies "
+      f"{QRELS_DIR}/ from the release), or pass the release folder"
+    )
   return read_qrels(folder, name=name)

@@ -9,6 +9,7 @@ and `synthetic.json` (how it was made). Everything is written into a temporary
 sibling folder that is renamed to DIR at the end. Content: synthetic_render.py;
 tables: synthetic_world.py; rules: docs/data.md.
 """
+
 from __future__ import annotations
 
 import collections
@@ -20,8 +21,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import hdf5plugin
@@ -41,9 +42,9 @@ METADATA_FILE = "metadata.parquet"
 QUERIES_FILE = "queries.jsonl"
 QRELS_FILE = "qrels/test.qrels"
 INFO_FILE = "synthetic.json"
-CHUNK = 32                      # samples rendered together (fixed: part of the seed -> bytes contract)
-QUERIES_PER_TYPE = 30           # queries of each type (land cover, crisis, location), when there are as many
-MIN_SUPPORT = 5                 # test samples that must carry all of a query's classes
+CHUNK = 32  # samples rendered together (fixed: part of the seed -> bytes contract)
+QUERIES_PER_TYPE = 30  # queries of each type (land cover, crisis, location), when there are as many
+MIN_SUPPORT = 5  # test samples that must carry all of a query's classes
 
 
 _COMPRESSION = hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.BITSHUFFLE)
@@ -63,14 +64,14 @@ def _dataset_plist(shape: tuple[int, ...]) -> h5py.h5p.PropDCID:
 def _write_float32(group: h5py.Group, name: str, data: np.ndarray) -> None:
   data = np.ascontiguousarray(data, np.float32)
   space = h5py.h5s.create_simple(data.shape)
-  dset = h5py.h5d.create(group.id, name.encode(), h5py.h5t.IEEE_F32LE, space,
-                         dcpl=_dataset_plist(data.shape))
+  dset = h5py.h5d.create(group.id, name.encode(), h5py.h5t.IEEE_F32LE, space, dcpl=_dataset_plist(data.shape))
   dset.write(h5py.h5s.ALL, h5py.h5s.ALL, data)
 
 
 @dataclasses.dataclass
 class Record:
   """What the archive-level files need to know about one written sample."""
+
   key: str
   source: str
   labels: list[str]
@@ -119,7 +120,7 @@ def posix_seconds(timestamp: str) -> float:
   """Seconds since 1970-01-01 UTC of a scene's ISO 8601 UTC time (naive means UTC)."""
   moment = dt.datetime.fromisoformat(timestamp)
   if moment.tzinfo is None:
-    moment = moment.replace(tzinfo=dt.timezone.utc)
+    moment = moment.replace(tzinfo=dt.UTC)
   return moment.timestamp()
 
 
@@ -132,13 +133,20 @@ def _source_chunks(source: W.Source, count: int, seed: int):
 
 
 def _record(scene: R.Scene) -> Record:
-  lon, lat = geo.xy_to_lonlat(scene.x, scene.y, scene.epsg)   # what the builder reads from `coords`
-  return Record(scene.key, scene.source, scene.labels, tuple(map_labels(scene.labels, scene.key)),
-                scene.place, (float(lon), float(lat)))
+  lon, lat = geo.xy_to_lonlat(scene.x, scene.y, scene.epsg)  # what the builder reads from `coords`
+  return Record(
+    scene.key,
+    scene.source,
+    scene.labels,
+    tuple(map_labels(scene.labels, scene.key)),
+    scene.place,
+    (float(lon), float(lat)),
+  )
 
 
-def write_source(folder: Path, source: W.Source, count: int, seed: int,
-                 progress: Callable[[int], None] | None = None) -> list[Record]:
+def write_source(
+  folder: Path, source: W.Source, count: int, seed: int, progress: Callable[[int], None] | None = None
+) -> list[Record]:
   """Render and write all samples of one source; returns their records."""
   records, files = [], {}
   try:
@@ -165,8 +173,13 @@ def plan_records(num_s2: int, num_s1: int, seed: int, test_fraction: float = 0.8
   """The records (labels, places, locations, splits) that write_archive with these arguments
   writes, drawn without rendering any pixel."""
   counts = source_counts(num_s2, num_s1)
-  records = [_record(scene) for source in W.SOURCES if counts[source.name]
-             for _, scenes in _source_chunks(source, counts[source.name], seed) for scene in scenes]
+  records = [
+    _record(scene)
+    for source in W.SOURCES
+    if counts[source.name]
+    for _, scenes in _source_chunks(source, counts[source.name], seed)
+    for scene in scenes
+  ]
   assign_splits(records, seed, test_fraction)
   return records
 
@@ -201,33 +214,46 @@ def build_queries(records: list[Record]) -> tuple[list[dict], list[tuple[str, st
   for row, r in enumerate(test):
     hot[row, [index[c] for c in r.classes]] = 1.0
   queries, judged = queries_rule.queries_from_labels(
-      hot, [r.key for r in test], np.array([r.lonlat for r in test]), per_type=QUERIES_PER_TYPE,
-      min_support=MIN_SUPPORT, prefix="q")
+    hot,
+    [r.key for r in test],
+    np.array([r.lonlat for r in test]),
+    per_type=QUERIES_PER_TYPE,
+    min_support=MIN_SUPPORT,
+    prefix="q",
+  )
   qrels = [(q["query_id"], key, grade) for q in queries for key, grade in judged[q["query_id"]].items()]
   return queries, qrels
 
 
-def _write_archive_files(folder: Path, records: list[Record], counts: dict[str, int],
-                         seed: int, test_fraction: float) -> None:
+def _write_archive_files(
+  folder: Path, records: list[Record], counts: dict[str, int], seed: int, test_fraction: float
+) -> None:
   with h5py.File(folder / (MASTER_FILE + ".tmp"), "w") as f:
     for r in records:
       source = W.SOURCE_BY_NAME[r.source]
       index = int(r.key.rsplit("_", 1)[1])
       f[r.key] = h5py.ExternalLink(_shard_name(source, index, counts[r.source]), "/" + r.key)
   os.replace(folder / (MASTER_FILE + ".tmp"), folder / MASTER_FILE)
-  table = pa.table({
+  table = pa.table(
+    {
       "key": pa.array([r.key for r in records], pa.string()),
       "split": pa.array([r.split for r in records], pa.string()),
       "labels": pa.array([r.labels for r in records], pa.list_(pa.string())),
-  })
+    }
+  )
   pq.write_table(table, folder / (METADATA_FILE + ".tmp"))
   os.replace(folder / (METADATA_FILE + ".tmp"), folder / METADATA_FILE)
   queries, qrels = build_queries(records)
   atomic.write_text(folder / QUERIES_FILE, "".join(json.dumps(q) + "\n" for q in queries))
   (folder / "qrels").mkdir(exist_ok=True)
   atomic.write_text(folder / QRELS_FILE, "".join(f"{q} 0 {d} {rel}\n" for q, d, rel in qrels))
-  info = {"generator": "closp_jax.data.synthetic", "seed": seed, "test_fraction": test_fraction,
-          "counts": counts, "num_queries": len(queries)}
+  info = {
+    "generator": "closp_jax.data.synthetic",
+    "seed": seed,
+    "test_fraction": test_fraction,
+    "counts": counts,
+    "num_queries": len(queries),
+  }
   atomic.write_text(folder / INFO_FILE, json.dumps(info, indent=1) + "\n")
 
 
@@ -238,8 +264,15 @@ def _check_target(out: Path, overwrite: bool) -> None:
     raise FileExistsError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace it")
 
 
-def write_archive(out_dir, num_s2: int, num_s1: int, seed: int, test_fraction: float = 0.8,
-                  overwrite: bool = False, log: Callable[[str], None] | None = None) -> Path:
+def write_archive(
+  out_dir,
+  num_s2: int,
+  num_s1: int,
+  seed: int,
+  test_fraction: float = 0.8,
+  overwrite: bool = False,
+  log: Callable[[str], None] | None = None,
+) -> Path:
   """Write a synthetic archive with num_s2 Sentinel-2 and num_s1 Sentinel-1 samples; returns its path.
 
   Same arguments -> same image bytes. Refuses a non-empty out_dir unless overwrite.
@@ -286,36 +319,48 @@ def summary(folder) -> str:
   for src in sorted({s for s, _ in counts}):
     tr, te = counts[(src, "train")], counts[(src, "test")]
     lines.append(f"{src:<10} {tr:>7} {te:>7} {tr + te:>7}")
-  tr, te = sum(v for (s, sp), v in counts.items() if sp == "train"), sum(
-      v for (s, sp), v in counts.items() if sp == "test")
+  tr, te = (
+    sum(v for (s, sp), v in counts.items() if sp == "train"),
+    sum(v for (s, sp), v in counts.items() if sp == "test"),
+  )
   lines.append(f"{'all':<10} {tr:>7} {te:>7} {tr + te:>7}")
   return "\n".join(lines)
 
 
 def _flags() -> dict:
   from absl import flags  # pylint: disable=import-outside-toplevel
+
   return {
-      "out": flags.DEFINE_string("out", None, "The archive folder to create."),
-      "num_s2": flags.DEFINE_integer("num_s2", None, "Sentinel-2 samples."),
-      "num_s1": flags.DEFINE_integer("num_s1", None, "Sentinel-1 samples."),
-      "seed": flags.DEFINE_integer("seed", 0, "The world's seed."),
-      "test_fraction": flags.DEFINE_float("test_fraction", 0.8, "Share of samples in the test split."),
-      "overwrite": flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out."),
+    "out": flags.DEFINE_string("out", None, "The archive folder to create."),
+    "num_s2": flags.DEFINE_integer("num_s2", None, "Sentinel-2 samples."),
+    "num_s1": flags.DEFINE_integer("num_s1", None, "Sentinel-1 samples."),
+    "seed": flags.DEFINE_integer("seed", 0, "The world's seed."),
+    "test_fraction": flags.DEFINE_float("test_fraction", 0.8, "Share of samples in the test split."),
+    "overwrite": flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out."),
   }
 
 
 def main(argv, f) -> int:
   from absl import app  # pylint: disable=import-outside-toplevel
+
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   missing = [name for name in ("out", "num_s2", "num_s1") if f[name].value is None]
   if missing:
-    raise app.UsageError("--" + ", --".join(missing) + " required: python -m closp_jax.data.synthetic --out DIR "
-                         "--num_s2 N --num_s1 M [--seed S]")
+    raise app.UsageError(
+      "--" + ", --".join(missing) + " required: python -m closp_jax.data.synthetic --out DIR "
+      "--num_s2 N --num_s1 M [--seed S]"
+    )
   t0 = time.time()
-  out = write_archive(f["out"].value, f["num_s2"].value, f["num_s1"].value, f["seed"].value,
-                      f["test_fraction"].value, f["overwrite"].value,
-                      log=lambda s: print(s, file=sys.stderr, flush=True))
+  out = write_archive(
+    f["out"].value,
+    f["num_s2"].value,
+    f["num_s1"].value,
+    f["seed"].value,
+    f["test_fraction"].value,
+    f["overwrite"].value,
+    log=lambda s: print(s, file=sys.stderr, flush=True),
+  )
   print(f"wrote {out} in {time.time() - t0:.1f} s")
   print(summary(out))
   return 0
@@ -323,5 +368,6 @@ def main(argv, f) -> int:
 
 if __name__ == "__main__":
   from closp_jax import errors  # pylint: disable=import-outside-toplevel
+
   flag_values = _flags()
   errors.run_main(lambda argv: main(argv, flag_values))

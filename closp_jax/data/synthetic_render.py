@@ -15,6 +15,7 @@ given area shares. Rendering is batched over a chunk of scenes:
 Noise and speckle come from one random bank per chunk, read through random
 120x120 windows, which keeps the per-pixel random work small.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +31,7 @@ SIZE = 120
 LOW = 40
 NAN_RATE = 0.01
 S1_LOOKS = 4.4
-_HAZE = np.array([1.0, .9, .7, .5, .45, .4, .35, .33, .32, .3, .15, .1])  # W.S2_BANDS order
+_HAZE = np.array([1.0, 0.9, 0.7, 0.5, 0.45, 0.4, 0.35, 0.33, 0.32, 0.3, 0.15, 0.1])  # W.S2_BANDS order
 _MATS = W.material_arrays()
 _RUBBLE, _BUILT = W.MATERIAL_INDEX["rubble"], W.MATERIAL_INDEX["built"]
 _CORINE_ORDER = {name: i for i, name in enumerate(CORINE_TO_CLASS)}
@@ -40,25 +41,26 @@ _CLASS_ORDER = {name: i for i, name in enumerate(CLASSES)}
 @dataclasses.dataclass
 class Scene:
   """Everything needed to render and describe one sample."""
+
   key: str
   source: str
-  labels: list[str]              # stored labels (CORINE names for benv2*, class names otherwise)
+  labels: list[str]  # stored labels (CORINE names for benv2*, class names otherwise)
   recipes: list[dict[str, float]]  # one per region
-  areas: np.ndarray              # [n_regions], sums to 1
+  areas: np.ndarray  # [n_regions], sums to 1
   place: str
   lon: float
   lat: float
   epsg: int
-  x: float                       # centre pixel x/y in epsg
+  x: float  # centre pixel x/y in epsg
   y: float
   timestamp: str
   event: bool
-  greenness: float               # phenology 0 (dormant) .. 1 (peak)
-  moisture: float                # 0 dry .. 1 wet
-  incidence: float               # S1 incidence angle, degrees
+  greenness: float  # phenology 0 (dormant) .. 1 (peak)
+  moisture: float  # 0 dry .. 1 wet
+  incidence: float  # S1 incidence angle, degrees
   nan_pixels: bool
-  elevation: float = 0.0         # metres above sea level
-  day: dt.date | None = None     # acquisition date (local)
+  elevation: float = 0.0  # metres above sea level
+  day: dt.date | None = None  # acquisition date (local)
 
 
 def _phenology(lat: float, day: dt.date) -> float:
@@ -149,7 +151,7 @@ def draw_scene(rng: np.random.Generator, source: W.Source, index: int) -> Scene:
     areas = _shares(rng, len(context))
     if event:
       lo, hi = W.EVENT_SHARE[source.event_label]
-      share = rng.uniform(lo, hi) * (1.0 - 0.5 * dist / reach)   # less of it at the edge of the reach
+      share = rng.uniform(lo, hi) * (1.0 - 0.5 * dist / reach)  # less of it at the edge of the reach
       context.append(source.event_label)
       areas = np.append(areas * (1 - share), share)
     recipes = [W.RECIPES[n] for n in context]
@@ -162,12 +164,26 @@ def draw_scene(rng: np.random.Generator, source: W.Source, index: int) -> Scene:
   x, y = geo.lonlat_to_xy(lon, lat, epsg)
   green = float(np.clip(_phenology(lat, day) + rng.normal(0, 0.08), 0, 1))
   return Scene(
-      key=f"{source.name}_{index:07d}", source=source.name, labels=labels, recipes=recipes,
-      areas=np.asarray(areas, np.float64), place=place.name, lon=lon, lat=lat, epsg=epsg,
-      x=float(np.floor(x / 10) * 10 + 5), y=float(np.floor(y / 10) * 10 + 5),
-      timestamp=_timestamp(day, lon, source.sensor, rng), event=event, greenness=green,
-      moisture=float(rng.beta(2, 2)), incidence=float(rng.uniform(30, 45)),
-      nan_pixels=bool(rng.random() < NAN_RATE), elevation=elevation, day=day)
+    key=f"{source.name}_{index:07d}",
+    source=source.name,
+    labels=labels,
+    recipes=recipes,
+    areas=np.asarray(areas, np.float64),
+    place=place.name,
+    lon=lon,
+    lat=lat,
+    epsg=epsg,
+    x=float(np.floor(x / 10) * 10 + 5),
+    y=float(np.floor(y / 10) * 10 + 5),
+    timestamp=_timestamp(day, lon, source.sensor, rng),
+    event=event,
+    greenness=green,
+    moisture=float(rng.beta(2, 2)),
+    incidence=float(rng.uniform(30, 45)),
+    nan_pixels=bool(rng.random() < NAN_RATE),
+    elevation=elevation,
+    day=day,
+  )
 
 
 # ---------------------------------------------------------------- spatial fields
@@ -197,7 +213,7 @@ def _stencil_axis(x: np.ndarray, factor: int, axis: int) -> np.ndarray:
     out = np.empty(x.shape[:-2] + (n, factor, x.shape[-1]), np.float32)
     pick = lambda r: out[..., r, :]
   for r in range(factor):
-    d = (r + 0.5) / factor - 0.5           # offset from the input pixel centre, in (-0.5, 0.5)
+    d = (r + 0.5) / factor - 0.5  # offset from the input pixel centre, in (-0.5, 0.5)
     o = pick(r)
     if d == 0:
       o[...] = x
@@ -254,7 +270,7 @@ def _parcels(rng, k: int) -> np.ndarray:
   grid = rng.uniform(-1, 1, (k, n, n)).astype(np.float32)
   full = np.repeat(np.repeat(grid, cell, axis=1), cell, axis=2)
   oi, oj = rng.integers(0, cell, 2)
-  return full[:, oi:oi + LOW, oj:oj + LOW]
+  return full[:, oi : oi + LOW, oj : oj + LOW]
 
 
 def abundance_maps(rng, areas: np.ndarray, fields: np.ndarray) -> np.ndarray:
@@ -266,7 +282,7 @@ def abundance_maps(rng, areas: np.ndarray, fields: np.ndarray) -> np.ndarray:
   Callers mix spectra at LOW x LOW and upsample the mixed bands (`mix_low`).
   """
   b, k = areas.shape
-  w = np.stack([rng.uniform(.5, 1, (b, k)), rng.uniform(.2, .6, (b, k)), rng.uniform(.05, .25, (b, k))], -1)
+  w = np.stack([rng.uniform(0.5, 1, (b, k)), rng.uniform(0.2, 0.6, (b, k)), rng.uniform(0.05, 0.25, (b, k))], -1)
   z = smooth_fields(rng, (b, k), LOW, (4, 10, LOW), np.moveaxis(w, -1, 0))
   # Gaussian -> Gumbel marginal: u = Phi(z) ~ sigmoid(1.702 z), g = -log(-log u)
   # = -log(softplus(-1.702 z)) (numpy only; Phi's logistic approximation is within 0.01)
@@ -277,7 +293,7 @@ def abundance_maps(rng, areas: np.ndarray, fields: np.ndarray) -> np.ndarray:
   logits -= logits.max(axis=1, keepdims=True)
   a = np.exp(logits)
   a /= a.sum(axis=1, keepdims=True)
-  v = smooth_fields(rng, (b, k), LOW, (8, LOW), (np.float32(1), np.float32(.3)))
+  v = smooth_fields(rng, (b, k), LOW, (8, LOW), (np.float32(1), np.float32(0.3)))
   for i in np.flatnonzero(fields.any(axis=1)):
     v[i, fields[i]] = 2.5 * _parcels(rng, int(fields[i].sum()))
   v = 1.0 / (1.0 + np.exp(-3.0 * v))
@@ -316,8 +332,8 @@ def _pad_regions(scenes: list[Scene]) -> tuple[np.ndarray, np.ndarray, int]:
   areas = np.zeros((len(scenes), k))
   fields = np.zeros((len(scenes), k), bool)
   for i, s in enumerate(scenes):
-    areas[i, :len(s.areas)] = s.areas
-    fields[i, :len(s.areas)] = [any(m in r for m in W.FIELD_MATERIALS) for r in s.recipes]
+    areas[i, : len(s.areas)] = s.areas
+    fields[i, : len(s.areas)] = [any(m in r for m in W.FIELD_MATERIALS) for r in s.recipes]
   return areas, fields, k
 
 
@@ -325,7 +341,7 @@ def _add_nans(rng, images: np.ndarray, scenes: list[Scene]) -> None:
   for i, s in enumerate(scenes):
     if s.nan_pixels:
       r, c = rng.integers(0, SIZE - 4), rng.integers(0, SIZE - 40)
-      images[i, :, r:r + rng.integers(1, 4), c:c + rng.integers(3, 40)] = np.nan
+      images[i, :, r : r + rng.integers(1, 4), c : c + rng.integers(3, 40)] = np.nan
 
 
 # ---------------------------------------------------------------- Sentinel-2
@@ -338,22 +354,24 @@ def render_s2(rng: np.random.Generator, scenes: list[Scene]) -> np.ndarray:
   m = len(W.MATERIAL_NAMES)
   for i, s in enumerate(scenes):
     n_reg = len(s.areas)
-    wts = _variant_weights(rng, s.recipes)                       # [2n, M]
-    g = _greenness(rng, s, 2 * n_reg)[..., None]                  # [2n, M, 1]
-    spec = g * _MATS["s2_peak"] + (1 - g) * _MATS["s2_dormant"]   # [2n, M, 12]
-    gain = rng.lognormal(0, .10, (m, 1)) * rng.normal(1, .03, (m, 12))
-    wet = np.where(_MATS["moisture"][:, None], 1 - .25 * s.moisture, 1.0) * np.r_[
-        np.ones(10), np.full(2, 1 - .2 * s.moisture)]  # wet soil is darker, most in the SWIR
-    spec = spec * gain * wet * rng.lognormal(0, .05, (2 * n_reg, 1, 1))
-    region = np.einsum("vm,vmc->cv", wts, spec)                   # [12, 2n]
+    wts = _variant_weights(rng, s.recipes)  # [2n, M]
+    g = _greenness(rng, s, 2 * n_reg)[..., None]  # [2n, M, 1]
+    spec = g * _MATS["s2_peak"] + (1 - g) * _MATS["s2_dormant"]  # [2n, M, 12]
+    gain = rng.lognormal(0, 0.10, (m, 1)) * rng.normal(1, 0.03, (m, 12))
+    wet = (
+      np.where(_MATS["moisture"][:, None], 1 - 0.25 * s.moisture, 1.0)
+      * np.r_[np.ones(10), np.full(2, 1 - 0.2 * s.moisture)]
+    )  # wet soil is darker, most in the SWIR
+    spec = spec * gain * wet * rng.lognormal(0, 0.05, (2 * n_reg, 1, 1))
+    region = np.einsum("vm,vmc->cv", wts, spec)  # [12, 2n]
     spectra[i, :, :n_reg] = region[:, :n_reg]
-    spectra[i, :, k:k + n_reg] = region[:, n_reg:]
-  low = mix_low(spectra, abundance_maps(rng, areas, fields))                # [B, 12, LOW, LOW]
-  relief = smooth_fields(rng, (b,), SIZE, (6, 20), (np.float32(1), np.float32(.4)))
-  shade = rng.normal(1, .05, (b, 1, 1)).astype(np.float32) * (1 + np.float32(.05) * relief)
+    spectra[i, :, k : k + n_reg] = region[:, n_reg:]
+  low = mix_low(spectra, abundance_maps(rng, areas, fields))  # [B, 12, LOW, LOW]
+  relief = smooth_fields(rng, (b,), SIZE, (6, 20), (np.float32(1), np.float32(0.4)))
+  shade = rng.normal(1, 0.05, (b, 1, 1)).astype(np.float32) * (1 + np.float32(0.05) * relief)
   hazy = rng.random(b) < 0.12
   veil = smooth_fields(rng, (b,), SIZE, (3,), (np.float32(1),))
-  haze = (rng.uniform(.01, .06, (b, 1, 1, 1)) * _HAZE[:, None, None]).astype(np.float32)
+  haze = (rng.uniform(0.01, 0.06, (b, 1, 1, 1)) * _HAZE[:, None, None]).astype(np.float32)
   bank = rng.standard_normal((12, 2 * SIZE, 2 * SIZE), dtype=np.float32)
   corners = rng.integers(0, SIZE + 1, (b, 2))
   images = np.empty((b, 12, SIZE, SIZE), np.float32)
@@ -361,11 +379,11 @@ def render_s2(rng: np.random.Generator, scenes: list[Scene]) -> np.ndarray:
     x = upsample(low[i], SIZE)
     x *= shade[i]
     if hazy[i]:
-      x += haze[i] * np.clip(1 + .4 * veil[i], 0, None)
+      x += haze[i] * np.clip(1 + 0.4 * veil[i], 0, None)
     oi, oj = corners[i]
-    noise = x * np.float32(.015)
-    noise += np.float32(.004)
-    noise *= bank[:, oi:oi + SIZE, oj:oj + SIZE]
+    noise = x * np.float32(0.015)
+    noise += np.float32(0.004)
+    noise *= bank[:, oi : oi + SIZE, oj : oj + SIZE]
     x += noise
     np.maximum(x, 0, out=x)
     x *= 10000
@@ -384,15 +402,14 @@ def _material_sigma0(rng, s: Scene, n_var: int) -> np.ndarray:
   """
   m = len(W.MATERIAL_NAMES)
   g = _greenness(rng, s, n_var)[..., None]
-  db = g * _MATS["sar_peak"] + (1 - g) * _MATS["sar_dormant"]                 # [n_var, M, 2]
+  db = g * _MATS["sar_peak"] + (1 - g) * _MATS["sar_dormant"]  # [n_var, M, 2]
   db = db + (_MATS["slope"] * (s.incidence - 37.0))[:, None]
-  common = rng.normal(0, 1, (m, 1)) * _MATS["spread"][:, None] * .8
-  own = rng.normal(0, 1, (m, 2)) * _MATS["spread"][:, None] * .6
-  db = db + common + own + np.where(_MATS["moisture"], 4.0 * (s.moisture - .5), 0)[:, None]
-  db = db + rng.normal(0, .8, (n_var, m, 1)) + rng.normal(0, .3)
+  common = rng.normal(0, 1, (m, 1)) * _MATS["spread"][:, None] * 0.8
+  own = rng.normal(0, 1, (m, 2)) * _MATS["spread"][:, None] * 0.6
+  db = db + common + own + np.where(_MATS["moisture"], 4.0 * (s.moisture - 0.5), 0)[:, None]
+  db = db + rng.normal(0, 0.8, (n_var, m, 1)) + rng.normal(0, 0.3)
   # collapsed buildings: the same scene's buildings lose most of their double bounce
-  db[:, _RUBBLE] = db[:, _BUILT] - np.stack(
-      [rng.uniform(2.5, 5.5, n_var), rng.uniform(0.0, 2.0, n_var)], -1)
+  db[:, _RUBBLE] = db[:, _BUILT] - np.stack([rng.uniform(2.5, 5.5, n_var), rng.uniform(0.0, 2.0, n_var)], -1)
   return 10.0 ** (db / 10.0)
 
 
@@ -417,17 +434,17 @@ def render_s1(rng: np.random.Generator, scenes: list[Scene], channels: tuple[str
       intact = wts.copy()
       intact[:, _BUILT] += intact[:, _RUBBLE]
       intact[:, _RUBBLE] = 0
-      before = lin * 10.0 ** (rng.normal(0, .3, lin.shape) / 10.0)
+      before = lin * 10.0 ** (rng.normal(0, 0.3, lin.shape) / 10.0)
       pairs.insert(0, np.einsum("vm,vmc->cv", intact, before))
-    region = np.concatenate(pairs, 0)                                       # [n_out, 2n]
+    region = np.concatenate(pairs, 0)  # [n_out, 2n]
     sigma[i, :, :n_reg] = region[:, :n_reg]
-    sigma[i, :, k:k + n_reg] = region[:, n_reg:]
-  low = mix_low(sigma, abundance_maps(rng, areas, fields))                  # [B, n_out, LOW, LOW]
-  relief = smooth_fields(rng, (b,), SIZE, (6, 20), (np.float32(1), np.float32(.4)))
-  relief = np.power(np.float32(10), np.float32(.08) * relief)                # +-0.8 dB topography
-  floor = np.power(10.0, rng.uniform(-2.5, -2.2, b)).astype(np.float32)     # thermal noise
+    sigma[i, :, k : k + n_reg] = region[:, n_reg:]
+  low = mix_low(sigma, abundance_maps(rng, areas, fields))  # [B, n_out, LOW, LOW]
+  relief = smooth_fields(rng, (b,), SIZE, (6, 20), (np.float32(1), np.float32(0.4)))
+  relief = np.power(np.float32(10), np.float32(0.08) * relief)  # +-0.8 dB topography
+  floor = np.power(10.0, rng.uniform(-2.5, -2.2, b)).astype(np.float32)  # thermal noise
   bank = rng.standard_gamma(S1_LOOKS, (n_out, 2 * SIZE, 2 * SIZE), dtype=np.float32)
-  bank /= np.float32(S1_LOOKS)                                              # unit-mean speckle
+  bank /= np.float32(S1_LOOKS)  # unit-mean speckle
   corners = rng.integers(0, SIZE + 1, (b, 2))
   order = {"VV": 0, "VH": 1} if not pre else {"VV_pre": 0, "VH_pre": 1, "VV": 2, "VH": 3}
   order = [order[c] for c in channels]
@@ -437,7 +454,7 @@ def render_s1(rng: np.random.Generator, scenes: list[Scene], channels: tuple[str
     x *= relief[i]
     x += floor[i]
     oi, oj = corners[i]
-    x *= bank[:, oi:oi + SIZE, oj:oj + SIZE]
+    x *= bank[:, oi : oi + SIZE, oj : oj + SIZE]
     images[i] = x[order]
   _add_nans(rng, images, scenes)
   return images

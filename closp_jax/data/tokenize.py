@@ -4,10 +4,11 @@ The text tower reads `[CLS] tokens [SEP]` padded with 0 to a fixed length (64 in
 `tokenize` can also cut the padding down to the batch's longest text, rounded up to a
 bucket (16, 32 or 64), so that short label texts do not pay for 64 positions.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -22,6 +23,7 @@ def load_tokenizer(path: str | os.PathLike | None = None):
   Padding and truncation set in tokenizer.json are switched off: `tokenize` does both.
   """
   from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+
   folder = find_minilm_folder(path)
   tokenizer = Tokenizer.from_file(os.fspath(folder / "tokenizer.json"))
   tokenizer.no_padding()
@@ -39,8 +41,7 @@ def bucket_length(longest: int, max_len: int) -> int:
   return max_len
 
 
-def tokenize(tokenizer, texts: Sequence[str], max_len: int = 64,
-             bucket: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def tokenize(tokenizer, texts: Sequence[str], max_len: int = 64, bucket: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """Token ids and attention mask, both int32 [len(texts), T].
 
   T is `max_len`, or with `bucket=True` the bucket that holds the longest text.
@@ -56,13 +57,13 @@ def tokenize(tokenizer, texts: Sequence[str], max_len: int = 64,
   for enc in encodings:
     ids = list(enc.ids)
     if len(ids) > max_len:
-      ids = ids[:max_len - 1] + ids[-1:]
+      ids = ids[: max_len - 1] + ids[-1:]
     rows.append(ids)
   longest = max((len(r) for r in rows), default=1)
   length = bucket_length(longest, max_len) if bucket else max_len
   input_ids = np.zeros((len(rows), length), np.int32)
   attention_mask = np.zeros((len(rows), length), np.int32)
   for i, ids in enumerate(rows):
-    input_ids[i, :len(ids)] = ids
-    attention_mask[i, :len(ids)] = 1
+    input_ids[i, : len(ids)] = ids
+    attention_mask[i, : len(ids)] = 1
   return input_ids, attention_mask

@@ -25,6 +25,7 @@ resampled query, each system's seeds with replacement, so the interval also carr
 seed-to-seed variation (wider when runs disagree). The randomization test always flips whole
 queries (all seeds of a query together), which is the same for both settings.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,8 @@ from closp_jax.errors import UserError
 SEED_POOLING = ("mean", "hierarchical")
 CI_METHODS = ("bca", "percentile")
 ALTERNATIVES = ("two-sided", "greater", "less")
-_TIE_RTOL = 100 * np.finfo(np.float64).eps   # as scipy.stats.permutation_test
-_BATCH = 1024                                 # resamples drawn per step (part of the seed -> result contract)
+_TIE_RTOL = 100 * np.finfo(np.float64).eps  # as scipy.stats.permutation_test
+_BATCH = 1024  # resamples drawn per step (part of the seed -> result contract)
 
 
 class StatsInputError(UserError, ValueError):
@@ -52,6 +53,7 @@ class PairedResult:
   `ci` = (low, high) at `confidence_level` (None for a test without one); `p_value` of the null
   "no difference" against `alternative`; `n_queries`; `resamples` = bootstraps or sign vectors
   drawn (2^n when `exact`)."""
+
   difference: float
   ci: tuple[float, float] | None
   p_value: float
@@ -74,8 +76,9 @@ def _as_runs(x, name: str) -> np.ndarray:
   if arr.ndim == 1:
     arr = arr[None, :]
   if arr.ndim != 2 or arr.shape[1] == 0 or arr.shape[0] == 0:
-    raise StatsInputError(f"{name} must be per-query figures, shape [n_queries] or [n_seeds, n_queries]; "
-                          f"got shape {np.shape(x)}")
+    raise StatsInputError(
+      f"{name} must be per-query figures, shape [n_queries] or [n_seeds, n_queries]; got shape {np.shape(x)}"
+    )
   if np.isinf(arr).any():
     raise StatsInputError(f"{name} holds an infinite value")
   if np.isnan(arr).all(axis=0).any():
@@ -121,18 +124,20 @@ def _p_from_null(null: np.ndarray, observed: float, alternative: str, adjustment
 # --------------------------------------------------------------------------- randomization
 
 
-def sign_flip_null(d: np.ndarray, n_resamples: int = 10_000, *, rng=0,
-                   exact: bool | None = None) -> tuple[np.ndarray, bool]:
+def sign_flip_null(
+  d: np.ndarray, n_resamples: int = 10_000, *, rng=0, exact: bool | None = None
+) -> tuple[np.ndarray, bool]:
   """(null distribution of mean(s * d) over sign vectors s, exact). Exhaustive over all 2^n sign
   vectors when `exact` is True, or None and 2^n <= n_resamples; else n_resamples random vectors."""
   d = np.asarray(d, np.float64)
   n = d.size
   if exact is None:
-    exact = n < 63 and 2 ** n <= int(n_resamples)
+    exact = n < 63 and 2**n <= int(n_resamples)
   if exact:
     if n > 24:
-      raise StatsInputError(f"an exhaustive sign-flip test over {n} queries needs 2^{n} sign vectors; "
-                            "pass exact=False (Monte-Carlo)")
+      raise StatsInputError(
+        f"an exhaustive sign-flip test over {n} queries needs 2^{n} sign vectors; pass exact=False (Monte-Carlo)"
+      )
     signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
     return signs @ d / n, True
   gen = np.random.default_rng(rng)
@@ -140,27 +145,28 @@ def sign_flip_null(d: np.ndarray, n_resamples: int = 10_000, *, rng=0,
   for start in range(0, len(null), _BATCH):
     m = min(_BATCH, len(null) - start)
     signs = gen.integers(0, 2, (m, n)) * 2.0 - 1.0
-    null[start:start + m] = signs @ d / n
+    null[start : start + m] = signs @ d / n
   return null, False
 
 
-def paired_randomization(a, b, *, n_resamples: int = 10_000, rng=0, exact: bool | None = None,
-                         alternative: str = "two-sided") -> PairedResult:
+def paired_randomization(
+  a, b, *, n_resamples: int = 10_000, rng=0, exact: bool | None = None, alternative: str = "two-sided"
+) -> PairedResult:
   """Sign-flip randomization test of mean(a - b) = 0 over queries (seeds pooled by their mean)."""
   _check_common(0.95, alternative, n_resamples)
   d = query_differences(a, b)
   observed = float(d.mean())
   null, exact = sign_flip_null(d, n_resamples, rng=rng, exact=exact)
   p = _p_from_null(null, observed, alternative, 0 if exact else 1)
-  return PairedResult(observed, None, p, d.size, "randomization", len(null), exact, float("nan"),
-                      alternative)
+  return PairedResult(observed, None, p, d.size, "randomization", len(null), exact, float("nan"), alternative)
 
 
 # --------------------------------------------------------------------------- bootstrap
 
 
-def _bootstrap_means(ra: np.ndarray, rb: np.ndarray, n_resamples: int, gen: np.random.Generator,
-                     seeds: str) -> np.ndarray:
+def _bootstrap_means(
+  ra: np.ndarray, rb: np.ndarray, n_resamples: int, gen: np.random.Generator, seeds: str
+) -> np.ndarray:
   """[B] mean difference of each bootstrap resample of the queries (and, hierarchically, seeds)."""
   n = ra.shape[1]
   out = np.empty(n_resamples)
@@ -168,25 +174,31 @@ def _bootstrap_means(ra: np.ndarray, rb: np.ndarray, n_resamples: int, gen: np.r
     d = np.nanmean(ra, axis=0) - np.nanmean(rb, axis=0)
     for start in range(0, n_resamples, _BATCH):
       m = min(_BATCH, n_resamples - start)
-      out[start:start + m] = d[gen.integers(0, n, (m, n))].mean(axis=1)
+      out[start : start + m] = d[gen.integers(0, n, (m, n))].mean(axis=1)
     return out
 
   def seed_means(runs: np.ndarray, queries: np.ndarray) -> np.ndarray:
     s = runs.shape[0]
     if s == 1:
       return runs[0, queries]
-    picks = gen.integers(0, s, (s,) + queries.shape)        # seeds drawn per resampled query
+    picks = gen.integers(0, s, (s,) + queries.shape)  # seeds drawn per resampled query
     return np.nanmean(runs[picks, queries[None]], axis=0)
+
   for start in range(0, n_resamples, _BATCH):
     m = min(_BATCH, n_resamples - start)
     queries = gen.integers(0, n, (m, n))
     diff = seed_means(ra, queries) - seed_means(rb, queries)
-    out[start:start + m] = np.nanmean(diff, axis=1)
+    out[start : start + m] = np.nanmean(diff, axis=1)
   return out
 
 
-def interval_from_bootstrap(theta_b: np.ndarray, theta_hat: float, jackknife: np.ndarray | None,
-                            confidence_level: float = 0.95, method: str = "bca") -> tuple[float, float]:
+def interval_from_bootstrap(
+  theta_b: np.ndarray,
+  theta_hat: float,
+  jackknife: np.ndarray | None,
+  confidence_level: float = 0.95,
+  method: str = "bca",
+) -> tuple[float, float]:
   """(low, high) two-sided interval from a bootstrap distribution `theta_b`.
 
   percentile: the alpha/2 and 1 - alpha/2 quantiles of theta_b (linear interpolation).
@@ -206,8 +218,8 @@ def interval_from_bootstrap(theta_b: np.ndarray, theta_hat: float, jackknife: np
     z0 = special.ndtri(below / (2.0 * len(theta_b)))
     jk = np.asarray(jackknife, np.float64)
     u = (len(jk) - 1) * (jk.mean() - jk)
-    den = np.sum(u ** 2)
-    accel = np.sum(u ** 3) / (6.0 * den ** 1.5) if den > 0 else 0.0
+    den = np.sum(u**2)
+    accel = np.sum(u**3) / (6.0 * den**1.5) if den > 0 else 0.0
     z = special.ndtri(levels)
     levels = special.ndtr(z0 + (z0 + z) / (1.0 - accel * (z0 + z)))
     if not np.all(np.isfinite(levels)):  # degenerate: every resample equal (e.g. all differences 0)
@@ -216,9 +228,17 @@ def interval_from_bootstrap(theta_b: np.ndarray, theta_hat: float, jackknife: np
   return float(low), float(high)
 
 
-def paired_bootstrap(a, b, *, n_resamples: int = 10_000, confidence_level: float = 0.95,
-                     method: str = "bca", seeds: str = "mean", rng=0,
-                     alternative: str = "two-sided") -> PairedResult:
+def paired_bootstrap(
+  a,
+  b,
+  *,
+  n_resamples: int = 10_000,
+  confidence_level: float = 0.95,
+  method: str = "bca",
+  seeds: str = "mean",
+  rng=0,
+  alternative: str = "two-sided",
+) -> PairedResult:
   """Paired bootstrap over queries: mean(a - b), its interval and the null-shifted p-value.
 
   seeds: "mean" (each query's seed mean, then queries) or "hierarchical" (resample queries, then
@@ -248,21 +268,40 @@ def paired_bootstrap(a, b, *, n_resamples: int = 10_000, confidence_level: float
   else:
     extreme = np.count_nonzero(null <= observed + gamma)
   p = (extreme + 1) / (len(null) + 1)
-  return PairedResult(observed, ci, float(min(p, 1.0)), n, f"bootstrap-{method}-{seeds}",
-                      len(theta_b), False, float(confidence_level), alternative)
+  return PairedResult(
+    observed,
+    ci,
+    float(min(p, 1.0)),
+    n,
+    f"bootstrap-{method}-{seeds}",
+    len(theta_b),
+    False,
+    float(confidence_level),
+    alternative,
+  )
 
 
-def paired_comparison(a, b, *, test: str = "randomization", n_resamples: int = 10_000,
-                      confidence_level: float = 0.95, method: str = "bca", seeds: str = "mean",
-                      rng=0) -> PairedResult:
+def paired_comparison(
+  a,
+  b,
+  *,
+  test: str = "randomization",
+  n_resamples: int = 10_000,
+  confidence_level: float = 0.95,
+  method: str = "bca",
+  seeds: str = "mean",
+  rng=0,
+) -> PairedResult:
   """Difference mean(a - b), the paired bootstrap's interval, and the p-value of `test`
   ('randomization': the sign-flip test, exact for small n; 'bootstrap': the null-shifted one)."""
   if test not in ("randomization", "bootstrap"):
     raise StatsInputError(f"test={test!r}: expected 'randomization' or 'bootstrap'")
-  boot = paired_bootstrap(a, b, n_resamples=n_resamples, confidence_level=confidence_level,
-                          method=method, seeds=seeds, rng=rng)
+  boot = paired_bootstrap(
+    a, b, n_resamples=n_resamples, confidence_level=confidence_level, method=method, seeds=seeds, rng=rng
+  )
   if test == "bootstrap":
     return boot
   perm = paired_randomization(a, b, n_resamples=n_resamples, rng=rng)
-  return dataclasses.replace(perm, ci=boot.ci, confidence_level=boot.confidence_level,
-                             method=f"randomization+{boot.method}")
+  return dataclasses.replace(
+    perm, ci=boot.ci, confidence_level=boot.confidence_level, method=f"randomization+{boot.method}"
+  )

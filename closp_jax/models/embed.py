@@ -1,11 +1,12 @@
 """Embedding a split, or a list of texts, on the devices of this run (all processes)."""
+
 from __future__ import annotations
 
 import functools
 import math
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,12 +29,14 @@ def _tower_spec(model):
   if cfg is None:
     return None
   from closp_jax.models.towers import CLOSP, tower_spec  # pylint: disable=import-outside-toplevel
+
   return tower_spec(cfg) if isinstance(model, CLOSP) else None
 
 
 @functools.lru_cache(maxsize=16)
 def _cached_image_embedder(spec, mesh, sensor: str, with_location: bool) -> Callable:
   from closp_jax.models.towers import CLOSP  # pylint: disable=import-outside-toplevel
+
   return _image_embedder(CLOSP(spec), mesh, sensor, with_location)
 
 
@@ -56,11 +59,22 @@ def _image_embedder(model, mesh, sensor: str, with_location: bool) -> Callable:
     img = model.apply(variables, images, train=False, method=method)
     loc = model.apply(variables, lonlat, method=model.encode_location) if with_location else None
     return img, loc
+
   return jax.jit(embed, out_shardings=mesh_lib.batch_sharding(mesh, 2))
 
 
-def embed_split(model, variables, batches, mesh, sensor: str, *, with_location: bool = False,
-                num_batches: int | None = None, max_items: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
+def embed_split(
+  model,
+  variables,
+  batches,
+  mesh,
+  sensor: str,
+  *,
+  with_location: bool = False,
+  num_batches: int | None = None,
+  max_items: int = 0,
+  progress: bool = True,
+) -> dict[str, np.ndarray]:
   """Embeds every sample that `batches` (an eval iterator, process-local) yields.
 
   Returns host numpy arrays: 'emb' [N,D] float32, 'key' [N], 'labels' [N,12], 'text_id' [N],
@@ -124,8 +138,9 @@ def _gather_host(x: np.ndarray) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def embed_texts(model, variables, tokenizer, texts: list[str], *, max_len: int = 64,
-                batch_size: int = 256) -> np.ndarray:
+def embed_texts(
+  model, variables, tokenizer, texts: list[str], *, max_len: int = 64, batch_size: int = 256
+) -> np.ndarray:
   """[len(texts), D] normalised text embeddings (replicated computation, host result)."""
   from closp_jax.data.tokenize import tokenize  # pylint: disable=import-outside-toplevel
 
@@ -133,7 +148,7 @@ def embed_texts(model, variables, tokenizer, texts: list[str], *, max_len: int =
   enc = _cached_text_encoder(spec) if spec is not None else _text_encoder(model)
   out = []
   for start in range(0, len(texts), batch_size):
-    chunk = list(texts[start:start + batch_size])
+    chunk = list(texts[start : start + batch_size])
     n = len(chunk)
     padded = chunk + [""] * (batch_size - n) if len(texts) > batch_size else chunk
     ids, mask = tokenize(tokenizer, padded, max_len=max_len)
@@ -145,12 +160,14 @@ def _text_encoder(model) -> Callable:
   @jax.jit
   def enc(variables, ids, mask):
     return model.apply(variables, ids, mask, method=model.encode_text)
+
   return enc
 
 
 @functools.lru_cache(maxsize=16)
 def _cached_text_encoder(spec) -> Callable:
   from closp_jax.models.towers import CLOSP  # pylint: disable=import-outside-toplevel
+
   return _text_encoder(CLOSP(spec))
 
 
@@ -163,9 +180,20 @@ def num_eval_batches(num_items: int, batch_size_per_process: int) -> int:
 SENSORS = ("s2", "s1")
 
 
-def embed_corpus(model, variables, builder, mesh, split: str, *, eval_batch_size: int,
-                 inputs: dict | None = None, with_location: bool = False,
-                 max_items: int = 0, sensors=SENSORS, progress: bool = False) -> dict[str, dict]:
+def embed_corpus(
+  model,
+  variables,
+  builder,
+  mesh,
+  split: str,
+  *,
+  eval_batch_size: int,
+  inputs: dict | None = None,
+  with_location: bool = False,
+  max_items: int = 0,
+  sensors=SENSORS,
+  progress: bool = False,
+) -> dict[str, dict]:
   """{sensor: embed_split(...) result} for the sensors of a split, sharded over all processes.
 
   `inputs`: the iterator's input arguments (pipeline.input_kwargs(config): normalisation, rgb);
@@ -173,16 +201,24 @@ def embed_corpus(model, variables, builder, mesh, split: str, *, eval_batch_size
   (`pipeline.eval_iterator`) and all processes run the same number of batches.
   """
   from closp_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+
   nproc = jax.process_count()
   if eval_batch_size <= 0 or eval_batch_size % nproc:
-    raise ValueError(f"eval_batch_size={eval_batch_size} must be a positive multiple of the "
-                     f"process count {nproc}")
+    raise ValueError(f"eval_batch_size={eval_batch_size} must be a positive multiple of the process count {nproc}")
   per_process = eval_batch_size // nproc
   out = {}
   for sensor in sensors:
     it = pipeline.eval_iterator(builder, split, sensor, batch_size=per_process, **dict(inputs or {}))
     n = pipeline.split_size(builder, split, sensor)
-    out[sensor] = embed_split(model, variables, it, mesh, sensor, with_location=with_location,
-                              num_batches=num_eval_batches(n, per_process), max_items=max_items,
-                              progress=progress)
+    out[sensor] = embed_split(
+      model,
+      variables,
+      it,
+      mesh,
+      sensor,
+      with_location=with_location,
+      num_batches=num_eval_batches(n, per_process),
+      max_items=max_items,
+      progress=progress,
+    )
   return out

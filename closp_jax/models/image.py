@@ -7,6 +7,7 @@
 
 ViTs have only 'params' and ignore `bn_mode` (it is still validated).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,12 +51,12 @@ class _ViTSpec:
 
 
 _SPECS: dict[str, Any] = {
-    "resnet50": _ResNetSpec("bottleneck", (3, 4, 6, 3), (64, 128, 256, 512), 64),
-    "resnet18": _ResNetSpec("basic", (2, 2, 2, 2), (64, 128, 256, 512), 64),
-    "resnet_tiny": _ResNetSpec("basic", (1, 1, 1, 1), (16, 32, 64, 128), 16),
-    "vit_s16": _ViTSpec(16, 384, 12, 6, 224),
-    "vit_l16": _ViTSpec(16, 1024, 24, 16, 224),
-    "vit_tiny": _ViTSpec(8, 96, 2, 3, 120),
+  "resnet50": _ResNetSpec("bottleneck", (3, 4, 6, 3), (64, 128, 256, 512), 64),
+  "resnet18": _ResNetSpec("basic", (2, 2, 2, 2), (64, 128, 256, 512), 64),
+  "resnet_tiny": _ResNetSpec("basic", (1, 1, 1, 1), (16, 32, 64, 128), 16),
+  "vit_s16": _ViTSpec(16, 384, 12, 6, 224),
+  "vit_l16": _ViTSpec(16, 1024, 24, 16, 224),
+  "vit_tiny": _ViTSpec(8, 96, 2, 3, 120),
 }
 
 
@@ -96,7 +97,21 @@ def image_encoder(name: str, in_chans: int, *, dtype: Any = jnp.float32, bn_mode
   if not isinstance(in_chans, int) or in_chans < 1:
     raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
   if isinstance(spec, _ResNetSpec):
-    return ResNet(block=spec.block, layers=spec.layers, widths=spec.widths, stem_width=spec.stem_width,
-                  in_chans=in_chans, bn_mode=bn_mode, dtype=dtype)
-  return VisionTransformer(patch_size=spec.patch_size, embed_dim=spec.embed_dim, depth=spec.depth,
-                           num_heads=spec.num_heads, img_size=spec.img_size, in_chans=in_chans, dtype=dtype)
+    return ResNet(
+      block=spec.block,
+      layers=spec.layers,
+      widths=spec.widths,
+      stem_width=spec.stem_width,
+      in_chans=in_chans,
+      bn_mode=bn_mode,
+      dtype=dtype,
+    )
+  return VisionTransformer(
+    patch_size=spec.patch_size,
+    embed_dim=spec.embed_dim,
+    depth=spec.depth,
+    num_heads=spec.num_heads,
+    img_size=spec.img_size,
+    in_chans=in_chans,
+    dtype=dtype,
+  )

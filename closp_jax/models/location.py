@@ -20,6 +20,7 @@ two ways; `convention` reproduces either, so released checkpoints can be evaluat
                     until its 2024 regeneration computed sqrt((2l+1)/4*pi) for m = 0; SatCLIP's
                     released checkpoints were trained with it).
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,7 +42,8 @@ _EE_SF = 66.50336  # GeoCLIP's scale factor; projected coordinates are x * SF / 
 
 # ---- spherical harmonics ------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def _recurrence_tables(degree: int) -> tuple[np.ndarray, ...]:
   """float64 constants of the normalised Legendre recurrence for l, m < degree.
 
@@ -57,12 +59,12 @@ def _recurrence_tables(degree: int) -> tuple[np.ndarray, ...]:
   b = np.zeros((degree, degree))
   for l in range(2, degree):
     mm = np.arange(l - 1, dtype=np.float64)
-    a[l, :l - 1] = np.sqrt((4.0 * l * l - 1) / (l * l - mm * mm))
-    b[l, :l - 1] = np.sqrt(((l - 1.0) ** 2 - mm * mm) / (4.0 * (l - 1.0) ** 2 - 1))
+    a[l, : l - 1] = np.sqrt((4.0 * l * l - 1) / (l * l - mm * mm))
+    b[l, : l - 1] = np.sqrt(((l - 1.0) ** 2 - mm * mm) / (4.0 * (l - 1.0) ** 2 - 1))
   return diag, sub, a, b
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _output_layout(degree: int, convention: str) -> tuple[np.ndarray, np.ndarray]:
   """Gather indices into the [3, L, L] (sin, m=0, cos) table, and per-feature convention factors."""
   if convention not in SH_CONVENTIONS:
@@ -106,15 +108,15 @@ def spherical_harmonics(lonlat_deg: jax.Array, degree: int, convention: str = "c
   diag = [jnp.full_like(x, diag_c[0])]
   for m in range(1, degree):
     diag.append(-diag_c[m] * s * diag[-1])
-  diag = jnp.stack(diag, axis=-1)                      # [N, L] indexed by m
-  sub = sub_c * x[:, None] * diag                      # Pbar_{m+1}^m, indexed by m
+  diag = jnp.stack(diag, axis=-1)  # [N, L] indexed by m
+  sub = sub_c * x[:, None] * diag  # Pbar_{m+1}^m, indexed by m
 
   m_idx = np.arange(degree)
   rows = []
   prev2 = jnp.zeros_like(diag)
   prev1 = jnp.zeros_like(diag)
   for l in range(degree):
-    rec = a_c[l] * (x[:, None] * prev1 - b_c[l] * prev2)   # valid where m <= l-2, zero elsewhere
+    rec = a_c[l] * (x[:, None] * prev1 - b_c[l] * prev2)  # valid where m <= l-2, zero elsewhere
     row = jnp.where(m_idx == l, diag, rec)
     if l >= 1:
       # Pbar_l^{l-1} is `sub` at column m = l-1.
@@ -122,7 +124,7 @@ def spherical_harmonics(lonlat_deg: jax.Array, degree: int, convention: str = "c
     row = jnp.where(m_idx > l, 0.0, row)
     rows.append(row)
     prev2, prev1 = prev1, row
-  p = jnp.stack(rows, axis=1)                           # [N, L(l), L(m)]
+  p = jnp.stack(rows, axis=1)  # [N, L(l), L(m)]
 
   mphi = phi[:, None] * jnp.asarray(m_idx, dtype)
   root2 = jnp.asarray(math.sqrt(2.0), dtype)
@@ -134,9 +136,11 @@ def spherical_harmonics(lonlat_deg: jax.Array, degree: int, convention: str = "c
 
 # ---- SatCLIP: spherical harmonics + SIREN -------------------------------------------------------
 
+
 def _siren_uniform(bound: float):
   def init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
+
   return init
 
 
@@ -148,6 +152,7 @@ class SatCLIPLocationEncoder(nn.Module):
   (p = `dropout`, before the sine, as SatCLIP) acts only with train=True and a 'dropout' rng.
   Parameters are named after the PyTorch module: layers_<i>, last_layer.
   """
+
   degree: int = 10
   hidden: int = 256
   layers: int = 2
@@ -167,19 +172,28 @@ class SatCLIPLocationEncoder(nn.Module):
       bound = 1.0 / fan_in if first else math.sqrt(6.0 / fan_in) / w0
       # The L**2 harmonics axis is left unsharded: L**2 rarely divides a mesh axis.
       in_axis = None if first else "embed"
-      x = nn.Dense(self.hidden, name=f"layers_{i}", param_dtype=jnp.float32,
-                   kernel_init=nn.with_logical_partitioning(_siren_uniform(bound), (in_axis, "mlp")),
-                   bias_init=nn.with_logical_partitioning(_siren_uniform(bound), ("mlp",)))(x)
+      x = nn.Dense(
+        self.hidden,
+        name=f"layers_{i}",
+        param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(_siren_uniform(bound), (in_axis, "mlp")),
+        bias_init=nn.with_logical_partitioning(_siren_uniform(bound), ("mlp",)),
+      )(x)
       if train and self.dropout > 0:
         x = nn.Dropout(self.dropout, deterministic=False)(x)
       x = jnp.sin(w0 * x)
     bound = math.sqrt(6.0 / x.shape[-1]) / self.w0
-    return nn.Dense(self.out, name="last_layer", param_dtype=jnp.float32,
-                    kernel_init=nn.with_logical_partitioning(_siren_uniform(bound), ("mlp", "embed")),
-                    bias_init=nn.with_logical_partitioning(_siren_uniform(bound), ("embed",)))(x)
+    return nn.Dense(
+      self.out,
+      name="last_layer",
+      param_dtype=jnp.float32,
+      kernel_init=nn.with_logical_partitioning(_siren_uniform(bound), ("mlp", "embed")),
+      bias_init=nn.with_logical_partitioning(_siren_uniform(bound), ("embed",)),
+    )(x)
 
 
 # ---- GeoCLIP: Equal Earth + random Fourier features + summed MLP branches -----------------------
+
 
 def equal_earth(lat_deg: jax.Array, lon_deg: jax.Array) -> jax.Array:
   """Equal Earth projection of (lat, lon) degrees, scaled as GeoCLIP: [N] x 2 -> [N, 2] (x, y)."""
@@ -199,6 +213,7 @@ class _GeoCLIPBranch(nn.Module):
   The Fourier matrix `b` [rff_dim, 2] is fixed (never trained): it lives in the non-trainable
   'batch_stats' collection, the collection this project carries for every non-trainable buffer.
   """
+
   sigma: float
   rff_dim: int = 256
   hidden: int = 1024
@@ -207,17 +222,28 @@ class _GeoCLIPBranch(nn.Module):
 
   @nn.compact
   def __call__(self, xy: jax.Array) -> jax.Array:
-    b = self.variable("batch_stats", "b",
-                      lambda: self.sigma * jax.random.normal(self.make_rng("params"), (self.rff_dim, 2)))
+    b = self.variable(
+      "batch_stats", "b", lambda: self.sigma * jax.random.normal(self.make_rng("params"), (self.rff_dim, 2))
+    )
     vp = (2 * np.pi * xy) @ b.value.T
     x = jnp.concatenate([jnp.cos(vp), jnp.sin(vp)], axis=-1)
     for i in range(self.depth):
-      x = nn.relu(nn.Dense(self.hidden, name=f"capsule_{2 * i + 1}", param_dtype=jnp.float32,
-                           kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp")),
-                           bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x))
-    return nn.Dense(self.out, name="head_0", param_dtype=jnp.float32,
-                    kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("mlp", "embed")),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(x)
+      x = nn.relu(
+        nn.Dense(
+          self.hidden,
+          name=f"capsule_{2 * i + 1}",
+          param_dtype=jnp.float32,
+          kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp")),
+          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
+        )(x)
+      )
+    return nn.Dense(
+      self.out,
+      name="head_0",
+      param_dtype=jnp.float32,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("mlp", "embed")),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+    )(x)
 
 
 class GeoCLIPLocationEncoder(nn.Module):
@@ -226,6 +252,7 @@ class GeoCLIPLocationEncoder(nn.Module):
   Input is (lon, lat) like every encoder here (GeoCLIP's own module takes (lat, lon)); output
   [B, out]. Branch i is named LocEnc<i> with layers capsule_1/3/5 and head_0, as the PyTorch module.
   """
+
   sigmas: Sequence[float] = (2.0**0, 2.0**4, 2.0**8)
   rff_dim: int = 256
   hidden: int = 1024
@@ -241,8 +268,9 @@ class GeoCLIPLocationEncoder(nn.Module):
     xy = equal_earth(lonlat[:, 1], lonlat[:, 0])
     total = 0.0
     for i, sigma in enumerate(self.sigmas):
-      total = total + _GeoCLIPBranch(float(sigma), self.rff_dim, self.hidden, self.depth, self.out,
-                                     name=f"LocEnc{i}")(xy)
+      total = total + _GeoCLIPBranch(float(sigma), self.rff_dim, self.hidden, self.depth, self.out, name=f"LocEnc{i}")(
+        xy
+      )
     return total
 
 

@@ -20,6 +20,7 @@ BatchNorm modes (`bn_mode`):
 Running variance: Flax stores the biased batch variance in the running average; PyTorch stores the
 unbiased one (factor n/(n-1), n = B*H*W values per channel). Train-mode outputs are identical.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -35,21 +36,37 @@ _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # timm/
 
 def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
   pad = (kernel - 1) // 2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                 use_bias=False, dtype=dtype, param_dtype=jnp.float32, name=name,
-                 kernel_init=nn.with_logical_partitioning(_conv_init, ("conv_h", "conv_w", "conv_in", "conv_out")))
+  return nn.Conv(
+    features,
+    (kernel, kernel),
+    strides=(stride, stride),
+    padding=((pad, pad), (pad, pad)),
+    use_bias=False,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    name=name,
+    kernel_init=nn.with_logical_partitioning(_conv_init, ("conv_h", "conv_w", "conv_in", "conv_out")),
+  )
 
 
 def _bn(use_running_average: bool, dtype: Any, name: str, zero_init: bool = False) -> nn.BatchNorm:
   scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
-  return nn.BatchNorm(use_running_average=use_running_average, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                      param_dtype=jnp.float32, use_fast_variance=False, name=name,
-                      scale_init=nn.with_logical_partitioning(scale_init, ("norm",)),
-                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
+  return nn.BatchNorm(
+    use_running_average=use_running_average,
+    momentum=0.9,
+    epsilon=1e-5,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    use_fast_variance=False,
+    name=name,
+    scale_init=nn.with_logical_partitioning(scale_init, ("norm",)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+  )
 
 
 class BasicBlock(nn.Module):
   """Two 3x3 convs (ResNet-18/34); the stride sits on conv1."""
+
   width: int
   stride: int
   use_running_average: bool
@@ -59,16 +76,20 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     out_ch = self.width * self.expansion
-    y = nn.relu(_bn(self.use_running_average, self.dtype, "bn1")(_conv(self.width, 3, self.stride, self.dtype, "conv1")(x)))
+    y = nn.relu(
+      _bn(self.use_running_average, self.dtype, "bn1")(_conv(self.width, 3, self.stride, self.dtype, "conv1")(x))
+    )
     y = _bn(self.use_running_average, self.dtype, "bn2", zero_init=True)(_conv(out_ch, 3, 1, self.dtype, "conv2")(y))
     if self.stride != 1 or x.shape[-1] != out_ch:
       x = _bn(self.use_running_average, self.dtype, "downsample_bn")(
-          _conv(out_ch, 1, self.stride, self.dtype, "downsample_conv")(x))
+        _conv(out_ch, 1, self.stride, self.dtype, "downsample_conv")(x)
+      )
     return nn.relu(y + x)
 
 
 class Bottleneck(nn.Module):
   """1x1 -> 3x3 -> 1x1 (x4 expansion), stride on the 3x3 conv (ResNet v1.5, as timm and torchvision)."""
+
   width: int
   stride: int
   use_running_average: bool
@@ -92,6 +113,7 @@ BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 class ResNet(nn.Module):
   """ResNet feature extractor: x [B, H, W, in_chans] -> pooled features [B, widths[-1] * expansion]."""
+
   block: str = "bottleneck"
   layers: Sequence[int] = (3, 4, 6, 3)
   widths: Sequence[int] = (64, 128, 256, 512)

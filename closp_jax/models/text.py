@@ -14,6 +14,7 @@ Parameter tree (mirrors the Hugging Face names; see closp_jax/weights/minilm.py 
   layer_<i>/{query,key,value,attention_output,intermediate,output}/{kernel,bias},
   layer_<i>/{attention_norm,output_norm}/{scale,bias}
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,19 +29,31 @@ _normal = nn.initializers.normal(stddev=0.02)  # BERT's initializer_range
 
 
 def _dense(features: int, axes: tuple[str, str], dtype: Any, name: str) -> nn.Dense:
-  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name,
-                  kernel_init=nn.with_logical_partitioning(_normal, axes),
-                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
+  return nn.Dense(
+    features,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    name=name,
+    kernel_init=nn.with_logical_partitioning(_normal, axes),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
+  )
 
 
 def _layernorm(eps: float, dtype: Any, name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, use_fast_variance=False, name=name,
-                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
+  return nn.LayerNorm(
+    epsilon=eps,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    use_fast_variance=False,
+    name=name,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+  )
 
 
 class BertLayer(nn.Module):
   """One post-LN transformer block: self-attention + MLP, each with residual and LayerNorm."""
+
   hidden: int
   heads: int
   intermediate: int
@@ -80,6 +93,7 @@ class TextEncoder(nn.Module):
   Dropout (BERT's hidden and attention dropout, p = `dropout`) acts only with train=True and a
   'dropout' rng; the default (train=False) is deterministic.
   """
+
   vocab_size: int = 30522
   hidden: int = 384
   layers: int = 6
@@ -98,21 +112,28 @@ class TextEncoder(nn.Module):
     if self.hidden % self.heads:
       raise ValueError(f"text hidden size {self.hidden} is not divisible by heads {self.heads}")
     if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
-      raise ValueError(f"input_ids and attention_mask must both be [batch, length]; got {input_ids.shape} "
-                       f"and {attention_mask.shape}")
+      raise ValueError(
+        f"input_ids and attention_mask must both be [batch, length]; got {input_ids.shape} and {attention_mask.shape}"
+      )
     if input_ids.shape[1] > self.max_position:
       raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position {self.max_position}")
 
-  def _hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array, token_type_ids: jax.Array | None,
-                     train: bool) -> jax.Array:
+  def _hidden_states(
+    self, input_ids: jax.Array, attention_mask: jax.Array, token_type_ids: jax.Array | None, train: bool
+  ) -> jax.Array:
     """The last hidden state [B, T, hidden] (compute dtype); called from the compact __call__."""
     self._check(input_ids, attention_mask)
     t = input_ids.shape[1]
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     embed = lambda n, axes, name: nn.Embed(
-        n, self.hidden, dtype=self.dtype, param_dtype=jnp.float32, name=name,
-        embedding_init=nn.with_logical_partitioning(_normal, axes))
+      n,
+      self.hidden,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name=name,
+      embedding_init=nn.with_logical_partitioning(_normal, axes),
+    )
     x = embed(self.vocab_size, ("vocab", "embed"), "word_embeddings")(input_ids)
     x = x + embed(self.max_position, ("pos", "embed"), "position_embeddings")(jnp.arange(t)[None, :])
     x = x + embed(self.type_vocab, (None, "embed"), "token_type_embeddings")(token_type_ids)
@@ -121,13 +142,20 @@ class TextEncoder(nn.Module):
       x = nn.Dropout(self.dropout, deterministic=False)(x)
     mask = attention_mask.astype(bool)
     for i in range(self.layers):
-      x = BertLayer(self.hidden, self.heads, self.intermediate, self.layer_norm_eps, self.dropout, self.dtype,
-                    name=f"layer_{i}")(x, mask, train)
+      x = BertLayer(
+        self.hidden, self.heads, self.intermediate, self.layer_norm_eps, self.dropout, self.dtype, name=f"layer_{i}"
+      )(x, mask, train)
     return x
 
   @nn.compact
-  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, token_type_ids: jax.Array | None = None,
-               train: bool = False, all_tokens: bool = False) -> jax.Array:
+  def __call__(
+    self,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    token_type_ids: jax.Array | None = None,
+    train: bool = False,
+    all_tokens: bool = False,
+  ) -> jax.Array:
     """Pooled features [B, hidden] float32; with all_tokens=True the last hidden state [B, T, hidden]."""
     h = self._hidden_states(input_ids, attention_mask, token_type_ids, train).astype(jnp.float32)
     if all_tokens:

@@ -15,6 +15,7 @@ Temperature: `logit_scale` holds log(scale) and is a parameter only when `temper
 (scale = exp(logit_scale), clipped at 100 as CLIP); a fixed temperature is a constant, not a
 parameter, so the optimizer and checkpoints never see it. `logit_bias` (sigmoid losses) likewise.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,6 +43,7 @@ GEOCLIP_LOCATION = {"kind": "geoclip", "hidden": 1024, "layers": 3, "out": 512}
 
 # ---- config -------------------------------------------------------------------------------------
 
+
 def model_config(**overrides: Any) -> ml_collections.ConfigDict:
   """The tower config (locked): defaults below, then `overrides`.
 
@@ -55,20 +57,44 @@ def model_config(**overrides: Any) -> ml_collections.ConfigDict:
   c.s1_encoder = "resnet50"
   c.s2_in_chans = 13
   c.s1_in_chans = 2
-  c.s2_head_classes = 0          # >0: keep timm's classifier (fc/head) inside the encoder, as TorchGeo did
+  c.s2_head_classes = 0  # >0: keep timm's classifier (fc/head) inside the encoder, as TorchGeo did
   c.s1_head_classes = 0
   c.image_size = config_dict.placeholder(int)  # None: as given; int: bilinear resize (ViTs: 224)
   # The resize's sampling grid: False = half-pixel centres (jax.image.resize, PyTorch's
   # align_corners=False); True = corner pixels aligned, as the authors' kornia K.Resize(224) does.
   c.resize_align_corners = False
-  c.text = ml_collections.ConfigDict(dict(
-      vocab_size=30522, hidden=384, layers=6, heads=12, intermediate=1536, max_position=512, type_vocab=2,
-      pooling="cls", text_projection=False, dropout=0.1, layer_norm_eps=1e-12))
-  c.location = ml_collections.ConfigDict(dict(
-      enabled=False, kind="satclip", degree=10, hidden=256, layers=2, out=256,
-      sh_convention="closed_form", dropout=0.5, sigmas=(1.0, 16.0, 256.0), rff_dim=256))
-  c.temperature = ml_collections.ConfigDict(dict(
-      init_scale=1.0, learnable=False, sigmoid_bias=config_dict.placeholder(float)))
+  c.text = ml_collections.ConfigDict(
+    dict(
+      vocab_size=30522,
+      hidden=384,
+      layers=6,
+      heads=12,
+      intermediate=1536,
+      max_position=512,
+      type_vocab=2,
+      pooling="cls",
+      text_projection=False,
+      dropout=0.1,
+      layer_norm_eps=1e-12,
+    )
+  )
+  c.location = ml_collections.ConfigDict(
+    dict(
+      enabled=False,
+      kind="satclip",
+      degree=10,
+      hidden=256,
+      layers=2,
+      out=256,
+      sh_convention="closed_form",
+      dropout=0.5,
+      sigmas=(1.0, 16.0, 256.0),
+      rff_dim=256,
+    )
+  )
+  c.temperature = ml_collections.ConfigDict(
+    dict(init_scale=1.0, learnable=False, sigmoid_bias=config_dict.placeholder(float))
+  )
   c.dtype = "float32"
   c.bn_mode = "batch"
   for key, value in overrides.items():
@@ -98,6 +124,7 @@ def _override(c: ml_collections.ConfigDict, path: list[str], value: Any, full: s
 @dataclasses.dataclass(frozen=True)
 class TowerSpec:
   """A validated, hashable view of a model config."""
+
   embed_dim: int
   s2_encoder: str
   s1_encoder: str
@@ -122,9 +149,11 @@ def tower_spec(cfg: Any) -> TowerSpec:
   """Checks a model config (ConfigDict, FrozenConfigDict or TowerSpec) and returns its TowerSpec."""
   if isinstance(cfg, TowerSpec):
     return cfg
+
   def need(cond: bool, msg: str) -> None:
     if not cond:
       raise ValueError(f"model config: {msg}")
+
   t, loc, temp = cfg.text, cfg.location, cfg.temperature
   need(cfg.dtype in DTYPES, f"dtype={cfg.dtype!r}, expected one of {tuple(DTYPES)}")
   need(cfg.bn_mode in BN_MODES, f"bn_mode={cfg.bn_mode!r}, expected one of {BN_MODES}")
@@ -132,35 +161,68 @@ def tower_spec(cfg: Any) -> TowerSpec:
   need(t.pooling in POOLINGS, f"text.pooling={t.pooling!r}, expected one of {POOLINGS}")
   need(int(t.hidden) % int(t.heads) == 0, f"text.hidden={t.hidden} is not divisible by text.heads={t.heads}")
   need(cfg.image_size is None or int(cfg.image_size) > 0, f"image_size must be None or positive, got {cfg.image_size}")
-  need(float(temp.init_scale) > 0 and float(temp.init_scale) <= MAX_LOGIT_SCALE,
-       f"temperature.init_scale must be in (0, {MAX_LOGIT_SCALE}], got {temp.init_scale}")
+  need(
+    float(temp.init_scale) > 0 and float(temp.init_scale) <= MAX_LOGIT_SCALE,
+    f"temperature.init_scale must be in (0, {MAX_LOGIT_SCALE}], got {temp.init_scale}",
+  )
   text_projection = bool(t.text_projection) or int(t.hidden) != int(cfg.embed_dim)
-  text = (("vocab_size", int(t.vocab_size)), ("hidden", int(t.hidden)), ("layers", int(t.layers)),
-          ("heads", int(t.heads)), ("intermediate", int(t.intermediate)), ("max_position", int(t.max_position)),
-          ("type_vocab", int(t.type_vocab)), ("pooling", str(t.pooling)), ("dropout", float(t.dropout)),
-          ("layer_norm_eps", float(t.layer_norm_eps)))
+  text = (
+    ("vocab_size", int(t.vocab_size)),
+    ("hidden", int(t.hidden)),
+    ("layers", int(t.layers)),
+    ("heads", int(t.heads)),
+    ("intermediate", int(t.intermediate)),
+    ("max_position", int(t.max_position)),
+    ("type_vocab", int(t.type_vocab)),
+    ("pooling", str(t.pooling)),
+    ("dropout", float(t.dropout)),
+    ("layer_norm_eps", float(t.layer_norm_eps)),
+  )
   location = None
   if loc.enabled:
     need(loc.kind in LOCATION_KINDS, f"location.kind={loc.kind!r}, expected one of {LOCATION_KINDS}")
     if loc.kind == "satclip":
-      need(loc.sh_convention in SH_CONVENTIONS,
-           f"location.sh_convention={loc.sh_convention!r}, expected one of {SH_CONVENTIONS}")
+      need(
+        loc.sh_convention in SH_CONVENTIONS,
+        f"location.sh_convention={loc.sh_convention!r}, expected one of {SH_CONVENTIONS}",
+      )
       need(int(loc.degree) >= 1, f"location.degree must be >= 1, got {loc.degree}")
-      location = (("degree", int(loc.degree)), ("hidden", int(loc.hidden)), ("layers", int(loc.layers)),
-                  ("out", int(loc.out)), ("dropout", float(loc.dropout)), ("sh_convention", str(loc.sh_convention)))
+      location = (
+        ("degree", int(loc.degree)),
+        ("hidden", int(loc.hidden)),
+        ("layers", int(loc.layers)),
+        ("out", int(loc.out)),
+        ("dropout", float(loc.dropout)),
+        ("sh_convention", str(loc.sh_convention)),
+      )
     else:
-      location = (("sigmas", tuple(float(s) for s in loc.sigmas)), ("rff_dim", int(loc.rff_dim)),
-                  ("hidden", int(loc.hidden)), ("depth", int(loc.layers)), ("out", int(loc.out)))
+      location = (
+        ("sigmas", tuple(float(s) for s in loc.sigmas)),
+        ("rff_dim", int(loc.rff_dim)),
+        ("hidden", int(loc.hidden)),
+        ("depth", int(loc.layers)),
+        ("out", int(loc.out)),
+      )
   return TowerSpec(
-      embed_dim=int(cfg.embed_dim), s2_encoder=str(cfg.s2_encoder), s1_encoder=str(cfg.s1_encoder),
-      s2_in_chans=int(cfg.s2_in_chans), s1_in_chans=int(cfg.s1_in_chans),
-      s2_head_classes=int(cfg.s2_head_classes), s1_head_classes=int(cfg.s1_head_classes),
-      image_size=None if cfg.image_size is None else int(cfg.image_size),
-      resize_align_corners=bool(cfg.get("resize_align_corners", False)), text=text,  # absent in older configs
-      text_projection=text_projection, location=location, location_kind=str(loc.kind),
-      init_scale=float(temp.init_scale), learnable=bool(temp.learnable),
-      sigmoid_bias=None if temp.sigmoid_bias is None else float(temp.sigmoid_bias),
-      dtype=DTYPES[cfg.dtype], bn_mode=str(cfg.bn_mode))
+    embed_dim=int(cfg.embed_dim),
+    s2_encoder=str(cfg.s2_encoder),
+    s1_encoder=str(cfg.s1_encoder),
+    s2_in_chans=int(cfg.s2_in_chans),
+    s1_in_chans=int(cfg.s1_in_chans),
+    s2_head_classes=int(cfg.s2_head_classes),
+    s1_head_classes=int(cfg.s1_head_classes),
+    image_size=None if cfg.image_size is None else int(cfg.image_size),
+    resize_align_corners=bool(cfg.get("resize_align_corners", False)),
+    text=text,  # absent in older configs
+    text_projection=text_projection,
+    location=location,
+    location_kind=str(loc.kind),
+    init_scale=float(temp.init_scale),
+    learnable=bool(temp.learnable),
+    sigmoid_bias=None if temp.sigmoid_bias is None else float(temp.sigmoid_bias),
+    dtype=DTYPES[cfg.dtype],
+    bn_mode=str(cfg.bn_mode),
+  )
 
 
 # ---- modules ------------------------------------------------------------------------------------
@@ -171,11 +233,18 @@ _TORCH_LINEAR_KERNEL = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "un
 
 def _linear(features: int, axes: tuple[str, str], dtype: Any, fan_in: int | None = None) -> nn.Dense:
   bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0
-  bias_init = (lambda key, shape, dt=jnp.float32: jax.random.uniform(key, shape, dt, -bound, bound)) \
-      if fan_in else nn.initializers.zeros
-  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=nn.with_logical_partitioning(_TORCH_LINEAR_KERNEL, axes),
-                  bias_init=nn.with_logical_partitioning(bias_init, (axes[1],)))
+  bias_init = (
+    (lambda key, shape, dt=jnp.float32: jax.random.uniform(key, shape, dt, -bound, bound))
+    if fan_in
+    else nn.initializers.zeros
+  )
+  return nn.Dense(
+    features,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=nn.with_logical_partitioning(_TORCH_LINEAR_KERNEL, axes),
+    bias_init=nn.with_logical_partitioning(bias_init, (axes[1],)),
+  )
 
 
 def _align_corners_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -211,6 +280,7 @@ class ImageTower(nn.Module):
   Resize (when `image_size` is set and the input differs): bilinear, half-pixel centres
   (jax.image.resize) by default, or with the corners aligned (`resize_align_corners`, the authors'
   kornia K.Resize)."""
+
   encoder: str
   in_chans: int
   head_classes: int = 0
@@ -237,8 +307,9 @@ class ImageTower(nn.Module):
       if self.resize_align_corners:
         x = resize_bilinear_align_corners(x, (self.image_size, self.image_size))
       else:
-        x = jax.image.resize(x.astype(jnp.float32), (x.shape[0], self.image_size, self.image_size, x.shape[3]),
-                             method="bilinear")
+        x = jax.image.resize(
+          x.astype(jnp.float32), (x.shape[0], self.image_size, self.image_size, x.shape[3]), method="bilinear"
+        )
     f = self.backbone(x, train=train)
     if self.head_classes:
       f = (self.head if self.encoder.startswith("vit") else self.fc)(f)
@@ -253,17 +324,35 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 class CLOSP(nn.Module):
   """The CLOSP towers (GeoCLOSP when cfg.location.enabled). See the module docstring."""
+
   cfg: Any
 
   def setup(self):
     from closp_jax.models.image import num_features  # pylint: disable=import-outside-toplevel
+
     s = tower_spec(self.cfg)
     self.spec = s
     feat = {k: num_features(getattr(s, f"{k}_encoder")) for k in ("s2", "s1")}
-    self.s2_encoder = ImageTower(s.s2_encoder, s.s2_in_chans, s.s2_head_classes, feat["s2"], s.image_size,
-                                 s.dtype, s.bn_mode, s.resize_align_corners)
-    self.s1_encoder = ImageTower(s.s1_encoder, s.s1_in_chans, s.s1_head_classes, feat["s1"], s.image_size,
-                                 s.dtype, s.bn_mode, s.resize_align_corners)
+    self.s2_encoder = ImageTower(
+      s.s2_encoder,
+      s.s2_in_chans,
+      s.s2_head_classes,
+      feat["s2"],
+      s.image_size,
+      s.dtype,
+      s.bn_mode,
+      s.resize_align_corners,
+    )
+    self.s1_encoder = ImageTower(
+      s.s1_encoder,
+      s.s1_in_chans,
+      s.s1_head_classes,
+      feat["s1"],
+      s.image_size,
+      s.dtype,
+      s.bn_mode,
+      s.resize_align_corners,
+    )
     self.s2_projection = _linear(s.embed_dim, ("embed", "proj"), s.dtype, s.s2_head_classes or feat["s2"])
     self.s1_projection = _linear(s.embed_dim, ("embed", "proj"), s.dtype, s.s1_head_classes or feat["s1"])
     text = dict(s.text)
@@ -276,10 +365,12 @@ class CLOSP(nn.Module):
       self.location_projection = _linear(s.embed_dim, ("embed", "proj"), jnp.float32, loc["out"])
     if s.learnable:
       self.logit_scale_param = self.param(
-          "logit_scale", nn.with_logical_partitioning(nn.initializers.constant(math.log(s.init_scale)), ()), ())
+        "logit_scale", nn.with_logical_partitioning(nn.initializers.constant(math.log(s.init_scale)), ()), ()
+      )
       if s.sigmoid_bias is not None:
         self.logit_bias_param = self.param(
-            "logit_bias", nn.with_logical_partitioning(nn.initializers.constant(s.sigmoid_bias), ()), ())
+          "logit_bias", nn.with_logical_partitioning(nn.initializers.constant(s.sigmoid_bias), ()), ()
+        )
 
   # -- towers --
   def encode_s2(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -319,11 +410,21 @@ class CLOSP(nn.Module):
       bias = jnp.asarray(s.sigmoid_bias or 0.0, jnp.float32)
     return scale, bias
 
-  def __call__(self, s2: jax.Array, s1: jax.Array, input_ids: jax.Array, attention_mask: jax.Array,
-               lonlat: jax.Array | None = None, train: bool = False) -> dict[str, jax.Array]:
+  def __call__(
+    self,
+    s2: jax.Array,
+    s1: jax.Array,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    lonlat: jax.Array | None = None,
+    train: bool = False,
+  ) -> dict[str, jax.Array]:
     """Every tower at once (used by init): {'s2', 's1', 'text', ['location'], 'logit_scale', 'logit_bias'}."""
-    out = {"s2": self.encode_s2(s2, train), "s1": self.encode_s1(s1, train),
-           "text": self.encode_text(input_ids, attention_mask, train)}
+    out = {
+      "s2": self.encode_s2(s2, train),
+      "s1": self.encode_s1(s1, train),
+      "text": self.encode_text(input_ids, attention_mask, train),
+    }
     if self.spec.location is not None:
       if lonlat is None:
         raise ValueError("the location encoder is enabled: pass lonlat [B, 2] to initialise it")

@@ -19,6 +19,7 @@ resampled on the fly with `resample_pos_embed`, which reproduces timm's `resampl
 matches timm's `img_size=120` model loaded from 224 px weights, and any multiple of p matches timm's
 `dynamic_img_size=True`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -77,6 +78,7 @@ def resample_pos_embed(grid_embed: jnp.ndarray, new_grid: tuple[int, int]) -> jn
 
 class Attention(nn.Module):
   """Multi-head self attention with a fused qkv projection (timm Attention)."""
+
   dim: int
   num_heads: int
   dtype: Any = jnp.float32
@@ -84,22 +86,39 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x):
     hd = self.dim // self.num_heads
-    qkv = nn.DenseGeneral((3, self.num_heads, hd), dtype=self.dtype, param_dtype=jnp.float32, name="qkv",
-                          kernel_init=_lp(nn.initializers.xavier_uniform(), ("embed", None, "heads", "kv")),
-                          bias_init=_lp(nn.initializers.zeros, (None, "heads", "kv")))(x)
+    qkv = nn.DenseGeneral(
+      (3, self.num_heads, hd),
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name="qkv",
+      kernel_init=_lp(nn.initializers.xavier_uniform(), ("embed", None, "heads", "kv")),
+      bias_init=_lp(nn.initializers.zeros, (None, "heads", "kv")),
+    )(x)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, hd]
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q * (hd ** -0.5), k).astype(jnp.float32)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q * (hd**-0.5), k).astype(jnp.float32)
     weights = nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-    return nn.DenseGeneral(self.dim, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32, name="proj",
-                           kernel_init=_lp(nn.initializers.xavier_uniform(), ("heads", "kv", "embed")),
-                           bias_init=_lp(nn.initializers.zeros, ("embed",)))(out)
+    return nn.DenseGeneral(
+      self.dim,
+      axis=(-2, -1),
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name="proj",
+      kernel_init=_lp(nn.initializers.xavier_uniform(), ("heads", "kv", "embed")),
+      bias_init=_lp(nn.initializers.zeros, ("embed",)),
+    )(out)
 
 
 def _layernorm(dtype: Any, name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, use_fast_variance=False, name=name,
-                      scale_init=_lp(nn.initializers.ones, ("norm",)),
-                      bias_init=_lp(nn.initializers.zeros, ("norm",)))
+  return nn.LayerNorm(
+    epsilon=1e-6,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    use_fast_variance=False,
+    name=name,
+    scale_init=_lp(nn.initializers.ones, ("norm",)),
+    bias_init=_lp(nn.initializers.zeros, ("norm",)),
+  )
 
 
 class Mlp(nn.Module):
@@ -110,15 +129,28 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x):
     init = nn.initializers.xavier_uniform()
-    x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=jnp.float32, name="fc1",
-                 kernel_init=_lp(init, ("embed", "mlp")), bias_init=_lp(nn.initializers.zeros, ("mlp",)))(x)
+    x = nn.Dense(
+      self.hidden,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name="fc1",
+      kernel_init=_lp(init, ("embed", "mlp")),
+      bias_init=_lp(nn.initializers.zeros, ("mlp",)),
+    )(x)
     x = nn.gelu(x, approximate=False)
-    return nn.Dense(self.dim, dtype=self.dtype, param_dtype=jnp.float32, name="fc2",
-                    kernel_init=_lp(init, ("mlp", "embed")), bias_init=_lp(nn.initializers.zeros, ("embed",)))(x)
+    return nn.Dense(
+      self.dim,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name="fc2",
+      kernel_init=_lp(init, ("mlp", "embed")),
+      bias_init=_lp(nn.initializers.zeros, ("embed",)),
+    )(x)
 
 
 class Block(nn.Module):
   """Pre-norm transformer block."""
+
   dim: int
   num_heads: int
   mlp_hidden: int
@@ -132,6 +164,7 @@ class Block(nn.Module):
 
 class VisionTransformer(nn.Module):
   """ViT feature extractor: x [B, H, W, in_chans] -> CLS features [B, embed_dim]."""
+
   patch_size: int = 16
   embed_dim: int = 384
   depth: int = 12
@@ -156,16 +189,27 @@ class VisionTransformer(nn.Module):
     if x.shape[1] < p or x.shape[2] < p:
       raise ValueError(f"ViT input {x.shape[1]}x{x.shape[2]} is smaller than one {p}x{p} patch")
     b = x.shape[0]
-    x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, param_dtype=jnp.float32,
-                name="patch_embed",
-                kernel_init=_lp(nn.initializers.lecun_normal(), ("conv_h", "conv_w", "conv_in", "embed")),
-                bias_init=_lp(nn.initializers.zeros, ("embed",)))(x.astype(self.dtype))
+    x = nn.Conv(
+      d,
+      (p, p),
+      strides=(p, p),
+      padding="VALID",
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name="patch_embed",
+      kernel_init=_lp(nn.initializers.lecun_normal(), ("conv_h", "conv_w", "conv_in", "embed")),
+      bias_init=_lp(nn.initializers.zeros, ("embed",)),
+    )(x.astype(self.dtype))
     gh, gw = x.shape[1], x.shape[2]
     x = x.reshape(b, gh * gw, d)
     grid = self.img_size // p
     cls = self.param("cls_token", _lp(nn.initializers.normal(1e-6), (None, None, "embed")), (1, 1, d), jnp.float32)
-    pos = self.param("pos_embed", _lp(nn.initializers.truncated_normal(0.02), (None, "pos", "embed")),
-                     (1, 1 + grid * grid, d), jnp.float32)
+    pos = self.param(
+      "pos_embed",
+      _lp(nn.initializers.truncated_normal(0.02), (None, "pos", "embed")),
+      (1, 1 + grid * grid, d),
+      jnp.float32,
+    )
     patch_pos = resample_pos_embed(pos[0, 1:].reshape(grid, grid, d), (gh, gw)).reshape(1, gh * gw, d)
     pos = jnp.concatenate([pos[:, :1], patch_pos], axis=1)
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)).astype(self.dtype), x], axis=1)

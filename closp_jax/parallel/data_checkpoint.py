@@ -10,6 +10,7 @@ epoch schedule, each process reading its new share of the records from there on.
 `DataIteratorHandler` is grain's handler with that restore; `DataSave` / `DataRestore` are its
 orbax args. `restore_iterator` does the same for a `<step>/data` folder directly.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,17 +60,21 @@ def state_for_this_process(directory) -> tuple[Any, str]:
   files = layouts[saved_count]
   if len(files) != saved_count:
     raise DataStateError(
-        f"{directory}: the data-iterator state of a {saved_count}-process run is incomplete "
-        f"(files for processes {sorted(files)})")
+      f"{directory}: the data-iterator state of a {saved_count}-process run is incomplete "
+      f"(files for processes {sorted(files)})"
+    )
   states = {i: json.loads(text) for i, text in files.items()}
   first = states[0]
   if any(s != first for s in states.values()):
     raise DataStateError(
-        f"{directory}: written by {saved_count} processes whose iterator states differ "
-        f"({', '.join(f'{i}: {states[i]}' for i in sorted(states)[:3])}); they cannot be mapped onto "
-        f"{count} process(es). Resume with {saved_count} processes.")
-  note = (f"data iterator: checkpoint written by {saved_count} process(es), resumed by {count}; "
-          f"continuing at the same position {first} (each process now reads its new share)")
+      f"{directory}: written by {saved_count} processes whose iterator states differ "
+      f"({', '.join(f'{i}: {states[i]}' for i in sorted(states)[:3])}); they cannot be mapped onto "
+      f"{count} process(es). Resume with {saved_count} processes."
+    )
+  note = (
+    f"data iterator: checkpoint written by {saved_count} process(es), resumed by {count}; "
+    f"continuing at the same position {first} (each process now reads its new share)"
+  )
   return first, note
 
 

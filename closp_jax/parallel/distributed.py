@@ -14,13 +14,15 @@ A single process needs nothing and starts nothing.
 `plan()` decides (a pure function of its arguments and the environment, so it is tested
 without starting anything); `initialize()` carries the plan out.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import re
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 
@@ -39,7 +41,8 @@ class DistributedConfigError(UserError, ValueError):
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """How this process joins the run. `kwargs` go to jax.distributed.initialize (None: do not call)."""
-  source: str                      # 'single', 'flags', 'environment', 'slurm' or 'auto'
+
+  source: str  # 'single', 'flags', 'environment', 'slurm' or 'auto'
   kwargs: dict[str, Any] | None
 
   @property
@@ -57,8 +60,7 @@ def _int(value, name: str) -> int:
 def _explicit(coordinator_address, num_processes, process_id, source: str, names: tuple[str, str, str]) -> Plan:
   if not coordinator_address or num_processes is None or process_id is None:
     given = dict(zip(names, (coordinator_address, num_processes, process_id)))
-    raise DistributedConfigError(
-        f"a multi-process start from {source} needs all of {', '.join(names)} (got {given})")
+    raise DistributedConfigError(f"a multi-process start from {source} needs all of {', '.join(names)} (got {given})")
   n, i = _int(num_processes, names[1]), _int(process_id, names[2])
   if n < 1 or not 0 <= i < n:
     raise DistributedConfigError(f"{names[2]}={i} must be in [0, {names[1]}={n})")
@@ -68,8 +70,15 @@ def _explicit(coordinator_address, num_processes, process_id, source: str, names
     return Plan("single", None)
   # Detection off: the layout is fully given, and SLURM detection would otherwise hide all but
   # one GPU of a node from a process that owns the whole node.
-  return Plan(source, {"coordinator_address": str(coordinator_address), "num_processes": n,
-                       "process_id": i, "cluster_detection_method": "deactivate"})
+  return Plan(
+    source,
+    {
+      "coordinator_address": str(coordinator_address),
+      "num_processes": n,
+      "process_id": i,
+      "cluster_detection_method": "deactivate",
+    },
+  )
 
 
 def first_host(nodelist: str) -> str:
@@ -104,20 +113,28 @@ def _slurm(env: Mapping[str, str]) -> Plan:
     return Plan("single", None)
   nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST")
   if not nodes:
-    raise DistributedConfigError("SLURM_NTASKS > 1 but neither SLURM_STEP_NODELIST nor "
-                                 "SLURM_JOB_NODELIST is set: run the trainer under srun")
+    raise DistributedConfigError(
+      "SLURM_NTASKS > 1 but neither SLURM_STEP_NODELIST nor SLURM_JOB_NODELIST is set: run the trainer under srun"
+    )
   coordinator = env.get(ENV_COORDINATOR)
   if not coordinator:
     port = env.get("JAX_COORDINATOR_PORT") or str(_int(env.get("SLURM_JOB_ID", "0"), "SLURM_JOB_ID") % 4096 + 61440)
     coordinator = f"{first_host(nodes)}:{port}"
-  kwargs = {"coordinator_address": coordinator, "num_processes": n,
-            "process_id": _int(env["SLURM_PROCID"], "SLURM_PROCID"),
-            "cluster_detection_method": "deactivate"}
+  kwargs = {
+    "coordinator_address": coordinator,
+    "num_processes": n,
+    "process_id": _int(env["SLURM_PROCID"], "SLURM_PROCID"),
+    "cluster_detection_method": "deactivate",
+  }
   # Several tasks on a node: one GPU each, unless SLURM (--gpus-per-task=1) already made only
   # that one visible. One task on a node: it drives all the node's GPUs.
   visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-  if (_slurm_tasks_on_this_node(env) > 1 and "SLURM_LOCALID" in env and len(visible) != 1
-      and not env.get("JAX_LOCAL_DEVICE_IDS")):
+  if (
+    _slurm_tasks_on_this_node(env) > 1
+    and "SLURM_LOCALID" in env
+    and len(visible) != 1
+    and not env.get("JAX_LOCAL_DEVICE_IDS")
+  ):
     kwargs["local_device_ids"] = [_int(env["SLURM_LOCALID"], "SLURM_LOCALID")]
   return Plan("slurm", kwargs)
 
@@ -127,19 +144,34 @@ def _tpu_multihost(env: Mapping[str, str]) -> bool:
   return len(hosts) > 1 or any(env.get(k) for k in _TPU_HINTS)
 
 
-def plan(coordinator_address: str | None = None, num_processes: int | None = None,
-         process_id: int | None = None, *, auto: bool | None = None,
-         environ: Mapping[str, str] | None = None) -> Plan:
+def plan(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  *,
+  auto: bool | None = None,
+  environ: Mapping[str, str] | None = None,
+) -> Plan:
   """Decides how this process joins the run (see the module docstring for the order)."""
   env = os.environ if environ is None else environ
   if coordinator_address or (num_processes is not None and int(num_processes) > 1) or process_id is not None:
-    return _explicit(coordinator_address, num_processes, process_id, "flags",
-                     ("--coordinator_address", "--num_processes", "--process_id"))
+    return _explicit(
+      coordinator_address,
+      num_processes,
+      process_id,
+      "flags",
+      ("--coordinator_address", "--num_processes", "--process_id"),
+    )
   if auto is False:
     return Plan("single", None)
   if env.get(ENV_NUM_PROCESSES) or env.get(ENV_PROCESS_ID):
-    return _explicit(env.get(ENV_COORDINATOR), env.get(ENV_NUM_PROCESSES), env.get(ENV_PROCESS_ID),
-                     "the environment", (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID))
+    return _explicit(
+      env.get(ENV_COORDINATOR),
+      env.get(ENV_NUM_PROCESSES),
+      env.get(ENV_PROCESS_ID),
+      "the environment",
+      (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID),
+    )
   if "SLURM_JOB_ID" in env and "SLURM_NTASKS" in env and "SLURM_PROCID" in env:
     return _slurm(env)
   if auto or _tpu_multihost(env):
@@ -147,8 +179,13 @@ def plan(coordinator_address: str | None = None, num_processes: int | None = Non
   return Plan("single", None)
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, auto: bool | None = None) -> Plan:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  *,
+  auto: bool | None = None,
+) -> Plan:
   """Starts jax.distributed when this run has several processes; a no-op for one process.
 
   Must run before anything touches a JAX device. Returns the plan it carried out.
@@ -174,10 +211,13 @@ def quiet_other_processes() -> None:
   """absl logging at ERROR on processes other than 0 (their warnings repeat process 0's)."""
   if not is_main_process():
     from absl import logging  # pylint: disable=import-outside-toplevel
+
     logging.set_verbosity(logging.ERROR)
 
 
 def describe() -> str:
   """One line: process i of n, local/global devices and platform."""
-  return (f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local / "
-          f"{jax.device_count()} global {jax.devices()[0].platform} device(s)")
+  return (
+    f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local / "
+    f"{jax.device_count()} global {jax.devices()[0].platform} device(s)"
+  )

@@ -11,16 +11,19 @@ factor of 'data' across slices (multi-slice TPU over DCN, or groups of GPU hosts
 Per-process data: every process feeds the rows of the global batch its devices hold
 (`process_rows`, `local_rows`), and `global_batch` assembles the global jax.Arrays.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from closp_jax.errors import UserError
 
@@ -32,11 +35,11 @@ BATCH_AXES = ("data", "fsdp")
 DP_RULES: tuple[tuple[str, Any], ...] = ()
 # FSDP: the largest parameter dimensions are split over 'fsdp'; 'tensor' splits heads/mlp when > 1.
 FSDP_RULES: tuple[tuple[str, Any], ...] = (
-    ("embed", "fsdp"),
-    ("conv_out", "fsdp"),
-    ("vocab", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
+  ("embed", "fsdp"),
+  ("conv_out", "fsdp"),
+  ("vocab", "fsdp"),
+  ("mlp", "tensor"),
+  ("heads", "tensor"),
 )
 RULES = {"dp": DP_RULES, "fsdp": FSDP_RULES}
 
@@ -56,13 +59,15 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
   if -1 in sizes:
     if num_devices % known:
       raise MeshConfigError(
-          f"config.mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices are not divisible by "
-          f"{known}; set the fixed axes to divisors of {num_devices}")
+        f"config.mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices are not divisible by "
+        f"{known}; set the fixed axes to divisors of {num_devices}"
+      )
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
     raise MeshConfigError(
-        f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but this run has "
-        f"{num_devices}; set one axis to -1 (e.g. --config.mesh.data=-1) to take the rest")
+      f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but this run has "
+      f"{num_devices}; set one axis to -1 (e.g. --config.mesh.data=-1) to take the rest"
+    )
   return tuple(sizes)
 
 
@@ -86,18 +91,21 @@ def _slice_grid(devices: Sequence[jax.Device], ici: tuple[int, ...], slices: int
   seen = {getattr(d, "slice_index", None) for d in devices}
   if None not in seen and len(seen) > 1:
     if len(seen) != slices:
-      raise MeshConfigError(f"config.mesh.slices={slices}, but the devices span {len(seen)} TPU slices; "
-                            f"set --config.mesh.slices={len(seen)} (or -1)")
+      raise MeshConfigError(
+        f"config.mesh.slices={slices}, but the devices span {len(seen)} TPU slices; "
+        f"set --config.mesh.slices={len(seen)} (or -1)"
+      )
     return mesh_utils.create_hybrid_device_mesh(ici, (slices, 1, 1), devices, allow_split_physical_axes=True)
   procs = sorted({d.process_index for d in devices})
   if len(procs) % slices:
     raise MeshConfigError(
-        f"config.mesh.slices={slices}: the devices span {len(seen - {None}) or 1} slice(s) and "
-        f"{len(procs)} process(es); the slices must be TPU slices or whole groups of processes")
+      f"config.mesh.slices={slices}: the devices span {len(seen - {None}) or 1} slice(s) and "
+      f"{len(procs)} process(es); the slices must be TPU slices or whole groups of processes"
+    )
   per = len(procs) // slices
   blocks = []
   for k in range(slices):
-    members = set(procs[k * per:(k + 1) * per])
+    members = set(procs[k * per : (k + 1) * per])
     group = sorted((d for d in devices if d.process_index in members), key=lambda d: (d.process_index, d.id))
     blocks.append(np.asarray(group, dtype=object).reshape(ici))
   return np.concatenate(blocks, axis=0)
@@ -118,8 +126,9 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
   if slices > 1:
     if shape[0] % slices:
       raise MeshConfigError(
-          f"config.mesh.data={shape[0]} must be a multiple of config.mesh.slices={slices}: the slices "
-          f"split the 'data' axis (e.g. --config.mesh.data={slices} --config.mesh.fsdp=-1)")
+        f"config.mesh.data={shape[0]} must be a multiple of config.mesh.slices={slices}: the slices "
+        f"split the 'data' axis (e.g. --config.mesh.data={slices} --config.mesh.fsdp=-1)"
+      )
     grid = _slice_grid(devices, (shape[0] // slices, shape[1], shape[2]), slices)
     return Mesh(grid, MESH_AXES, axis_types=auto)
   if devices == jax.devices():
@@ -166,8 +175,11 @@ def param_shardings(boxed_abstract_params, mesh: Mesh, rules) -> Any:
   mesh_specs = nn.logical_to_mesh(specs, rules)
   plain = nn.unbox(boxed_abstract_params)
   return jax.tree.map(
-      lambda spec, leaf: NamedSharding(mesh, _fit_spec(spec, tuple(leaf.shape), mesh)),
-      mesh_specs, plain, is_leaf=lambda x: isinstance(x, P))
+    lambda spec, leaf: NamedSharding(mesh, _fit_spec(spec, tuple(leaf.shape), mesh)),
+    mesh_specs,
+    plain,
+    is_leaf=lambda x: isinstance(x, P),
+  )
 
 
 def process_rows(mesh: Mesh, global_batch_size: int) -> np.ndarray:
@@ -180,8 +192,9 @@ def process_rows(mesh: Mesh, global_batch_size: int) -> np.ndarray:
   """
   dp = data_parallel_size(mesh)
   if global_batch_size % dp:
-    raise MeshConfigError(f"global batch {global_batch_size} is not divisible by the data-parallel "
-                          f"size {dp} (mesh data x fsdp)")
+    raise MeshConfigError(
+      f"global batch {global_batch_size} is not divisible by the data-parallel size {dp} (mesh data x fsdp)"
+    )
   index_map = batch_sharding(mesh, 1).addressable_devices_indices_map((global_batch_size,))
   starts = sorted({idx[0].start or 0 for idx in index_map.values()})
   per_device = global_batch_size // dp
@@ -211,9 +224,11 @@ def global_batch(local_batch, mesh: Mesh):
   Each process passes its own rows (`local_rows` of a shared batch, or its own pipeline's
   batch of global_batch / process_count rows); the result has the global batch size.
   """
+
   def put(x):
     x = np.asarray(x)
     return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
+
   return jax.tree.map(put, local_batch)
 
 

@@ -15,6 +15,7 @@ Two layers:
 
 Protocol, query types, relevance grades and the tie rule: docs/evaluation.md.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,12 +31,12 @@ import numpy as np
 from closp_jax import atomic
 from closp_jax.data import labels as labels_lib
 from closp_jax.data import preprocess
+from closp_jax.errors import UserError
 from closp_jax.retrieval import queries_rule, trec
 from closp_jax.retrieval import ranking as fusion_lib
 from closp_jax.retrieval.metrics import DEFAULT_METRICS, evaluate_run
 from closp_jax.retrieval.ranking import classification_map, similarity
 from closp_jax.retrieval.topk import topk_search
-from closp_jax.errors import UserError
 
 
 class EvaluationInputError(UserError, ValueError):
@@ -45,8 +46,8 @@ class EvaluationInputError(UserError, ValueError):
 class EvaluationFileNotFound(UserError, FileNotFoundError):
   """A file or folder the evaluation was pointed at does not exist."""
 
-RANKINGS: dict[str, tuple[str, ...]] = {
-    "text->s2": ("s2",), "text->s1": ("s1",), "text->all": ("s2", "s1")}
+
+RANKINGS: dict[str, tuple[str, ...]] = {"text->s2": ("s2",), "text->s1": ("s1",), "text->all": ("s2", "s1")}
 RUN_FILES = {"text->s2": "run.s2.trec", "text->s1": "run.s1.trec", "text->all": "run.all.trec"}
 QRELS_FILES = {"text->s2": "qrels.s2.trec", "text->s1": "qrels.s1.trec", "text->all": "qrels.trec"}
 METRICS_FILE = "metrics.json"
@@ -62,6 +63,7 @@ class Corpus:
   """Embedded corpus samples: emb [N, D] (unit norm), keys [N], labels [N, 12] multi-hot,
   lonlat [N, 2], sensor [N] ('s2'/'s1'), source [N] (key prefix, e.g. 'benv2s2'), row [N]
   (position in the corpus it was selected from, kept through `select`)."""
+
   emb: np.ndarray
   keys: np.ndarray
   labels: np.ndarray
@@ -77,7 +79,7 @@ class Corpus:
   def __len__(self) -> int:
     return len(self.keys)
 
-  def select(self, mask: np.ndarray) -> "Corpus":
+  def select(self, mask: np.ndarray) -> Corpus:
     """The rows where `mask` is True; a view (no copy) when they are one contiguous run, as a
     sensor's or a source's rows are (keys sorted, S2 first)."""
     rows = np.flatnonzero(mask)
@@ -88,7 +90,7 @@ class Corpus:
     return Corpus(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
 
   @classmethod
-  def from_embedded(cls, embedded: Mapping[str, Mapping[str, np.ndarray]]) -> "Corpus":
+  def from_embedded(cls, embedded: Mapping[str, Mapping[str, np.ndarray]]) -> Corpus:
     """From {sensor: embed_split result} (S2 rows first, then S1)."""
     parts = [(s, embedded[s]) for s in RANKINGS["text->all"] if s in embedded]
     if not parts:
@@ -98,12 +100,13 @@ class Corpus:
     if dup is not None:
       raise ValueError(f"corpus key {dup!r} appears twice; sample keys must be unique")
     return cls(
-        emb=np.concatenate([np.asarray(p["emb"], np.float32) for _, p in parts]),
-        keys=keys,
-        labels=np.concatenate([np.asarray(p["labels"], np.float32) for _, p in parts]),
-        lonlat=np.concatenate([np.asarray(p["lonlat"], np.float32) for _, p in parts]),
-        sensor=np.concatenate([np.full(len(p["key"]), s) for s, p in parts]),
-        source=np.array([preprocess.source_of_key(k) for k in keys], dtype=str))
+      emb=np.concatenate([np.asarray(p["emb"], np.float32) for _, p in parts]),
+      keys=keys,
+      labels=np.concatenate([np.asarray(p["labels"], np.float32) for _, p in parts]),
+      lonlat=np.concatenate([np.asarray(p["lonlat"], np.float32) for _, p in parts]),
+      sensor=np.concatenate([np.full(len(p["key"]), s) for s, p in parts]),
+      source=np.array([preprocess.source_of_key(k) for k in keys], dtype=str),
+    )
 
 
 def _first_duplicate(keys: np.ndarray):
@@ -117,10 +120,11 @@ def _first_duplicate(keys: np.ndarray):
 @dataclasses.dataclass
 class Ranking:
   """One ranking's top-k lists and how they were judged."""
+
   name: str
   qids: list[str]
-  scores: np.ndarray        # [Q, k] float32, best first
-  doc_keys: np.ndarray      # [Q, k] str
+  scores: np.ndarray  # [Q, k] float32, best first
+  doc_keys: np.ndarray  # [Q, k] str
   qrels: dict[str, dict[str, int]]
   mean: dict[str, float]
   per_query: dict[str, dict[str, float]]
@@ -134,7 +138,7 @@ class Judgments:
   Judgments of documents outside the corpus are dropped here.
   """
 
-  def __init__(self, qrels: Mapping[str, Mapping[str, int]], corpus: "Corpus"):
+  def __init__(self, qrels: Mapping[str, Mapping[str, int]], corpus: Corpus):
     row_of = dict(zip(corpus.keys.tolist(), corpus.row.tolist()))
     self.keys = np.empty(int(corpus.row.max()) + 1 if len(corpus) else 0, dtype=corpus.keys.dtype)
     self.keys[corpus.row] = corpus.keys
@@ -150,7 +154,7 @@ class Judgments:
           grades.append(grade)
       self.index[str(qid)] = (np.asarray(rows, np.int64), np.asarray(grades, np.int64))
 
-  def restrict(self, corpus: "Corpus") -> dict[str, dict[str, int]]:
+  def restrict(self, corpus: Corpus) -> dict[str, dict[str, int]]:
     """{qid: {key: grade}} of the documents in `corpus` (a selection of the indexed one), for
     the queries left with a relevant (grade >= 1) document there."""
     member = np.zeros(len(self.keys), bool)
@@ -164,9 +168,17 @@ class Judgments:
     return out
 
 
-def rank_corpus(name: str, corpus: Corpus, qids: Sequence[str], query_emb: np.ndarray,
-                judged: Mapping[str, Mapping[str, int]], *, k: int = DEPTH,
-                metrics: Sequence[str] = DEFAULT_METRICS, block: int = 65536) -> Ranking | None:
+def rank_corpus(
+  name: str,
+  corpus: Corpus,
+  qids: Sequence[str],
+  query_emb: np.ndarray,
+  judged: Mapping[str, Mapping[str, int]],
+  *,
+  k: int = DEPTH,
+  metrics: Sequence[str] = DEFAULT_METRICS,
+  block: int = 65536,
+) -> Ranking | None:
   """Ranks `corpus` for the queries of `judged` and scores the run against `judged`.
 
   `judged` holds the judgments of this corpus's documents only, for the queries with a
@@ -186,10 +198,19 @@ def rank_corpus(name: str, corpus: Corpus, qids: Sequence[str], query_emb: np.nd
   return Ranking(name, kept, scores, doc_keys, sub, mean, per_query, len(corpus))
 
 
-def rank_fused(name: str, corpus: Corpus, qids: Sequence[str], query_emb: np.ndarray,
-               judged: Mapping[str, Mapping[str, int]], *, fusion: str,
-               reference: np.ndarray | None = None, k: int = DEPTH,
-               metrics: Sequence[str] = DEFAULT_METRICS, block: int = 65536) -> Ranking | None:
+def rank_fused(
+  name: str,
+  corpus: Corpus,
+  qids: Sequence[str],
+  query_emb: np.ndarray,
+  judged: Mapping[str, Mapping[str, int]],
+  *,
+  fusion: str,
+  reference: np.ndarray | None = None,
+  k: int = DEPTH,
+  metrics: Sequence[str] = DEFAULT_METRICS,
+  block: int = 65536,
+) -> Ranking | None:
   """As `rank_corpus` over a corpus of several sensors, with each sensor's scores mapped by
   `fusion` (ranking.fuse_scores) before the merge: every sensor's own top k (exact, blocked),
   fused, merged (equal fused scores: the sensor stored first, then its list order). With
@@ -201,7 +222,7 @@ def rank_fused(name: str, corpus: Corpus, qids: Sequence[str], query_emb: np.nda
   q = np.asarray(query_emb)[keep]
   scores, index, stats, offset = {}, {}, {}, 0
   keys = []
-  for sensor in dict.fromkeys(corpus.sensor.tolist()):   # storage order: S2 first
+  for sensor in dict.fromkeys(corpus.sensor.tolist()):  # storage order: S2 first
     part = corpus.select(corpus.sensor == sensor)
     s, i = topk_search(q, part.emb, min(int(k), len(part)), block=block)
     scores[sensor], index[sensor] = np.asarray(s), np.asarray(i) + offset
@@ -209,7 +230,8 @@ def rank_fused(name: str, corpus: Corpus, qids: Sequence[str], query_emb: np.nda
     offset += len(part)
     if fusion in ("zscore", "reference"):
       stats[sensor] = fusion_lib.SensorScoreStats.from_embeddings(
-          part.emb, reference if fusion == "reference" else None)
+        part.emb, reference if fusion == "reference" else None
+      )
   fused = fusion_lib.fuse_scores(scores, fusion, query_emb=q, stats=stats)
   merged, rows, _ = fusion_lib.merge_ranked(fused, index, k)
   doc_keys = np.concatenate(keys)[rows]
@@ -220,13 +242,16 @@ def rank_fused(name: str, corpus: Corpus, qids: Sequence[str], query_emb: np.nda
   return Ranking(name, kept, merged, doc_keys, sub, mean, per_query, len(corpus))
 
 
-def _group_means(per_query: Mapping[str, Mapping[str, float]], groups: Mapping[str, str],
-                 metrics: Sequence[str]) -> dict[str, dict]:
+def _group_means(
+  per_query: Mapping[str, Mapping[str, float]], groups: Mapping[str, str], metrics: Sequence[str]
+) -> dict[str, dict]:
   out = {}
   for group in sorted(set(groups[q] for q in per_query)):
     members = [q for q in per_query if groups[q] == group]
-    out[group] = {"num_queries": len(members),
-                  "metrics": {m: float(np.mean([per_query[q][m] for q in members])) for m in metrics}}
+    out[group] = {
+      "num_queries": len(members),
+      "metrics": {m: float(np.mean([per_query[q][m] for q in members])) for m in metrics},
+    }
   return out
 
 
@@ -236,15 +261,24 @@ def _group_means(per_query: Mapping[str, Mapping[str, float]], groups: Mapping[s
 @dataclasses.dataclass
 class Evaluation:
   """metrics: the JSON-ready results (metrics.json); rankings: the runs behind them."""
+
   metrics: dict
   rankings: dict[str, Ranking]
 
 
-def evaluate_embeddings(corpus: Corpus, queries: Sequence[Mapping], query_emb: np.ndarray,
-                        qrels: Mapping[str, Mapping[str, int]], class_emb: np.ndarray | None = None,
-                        *, k: int = DEPTH, metrics: Sequence[str] = DEFAULT_METRICS,
-                        block: int = 65536, fusion: str = fusion_lib.DEFAULT_FUSION,
-                        fusion_reference: np.ndarray | None = None) -> Evaluation:
+def evaluate_embeddings(
+  corpus: Corpus,
+  queries: Sequence[Mapping],
+  query_emb: np.ndarray,
+  qrels: Mapping[str, Mapping[str, int]],
+  class_emb: np.ndarray | None = None,
+  *,
+  k: int = DEPTH,
+  metrics: Sequence[str] = DEFAULT_METRICS,
+  block: int = 65536,
+  fusion: str = fusion_lib.DEFAULT_FUSION,
+  fusion_reference: np.ndarray | None = None,
+) -> Evaluation:
   """All figures of the protocol from embeddings (see the module docstring).
 
   queries: [{query_id, text, type}] with `type` one of queries_rule.QUERY_TYPES; query_emb:
@@ -268,27 +302,42 @@ def evaluate_embeddings(corpus: Corpus, queries: Sequence[Mapping], query_emb: n
     if not mask.any():
       continue
     sub_corpus = corpus.select(mask)
-    r = rank_corpus(source, sub_corpus, qids, query_emb, judgments.restrict(sub_corpus), k=k,
-                    metrics=metrics, block=block)
-    by_source[source] = {"num_docs": int(mask.sum()),
-                         "num_queries": len(r.qids) if r else 0,
-                         "metrics": r.mean if r else None}
+    r = rank_corpus(
+      source, sub_corpus, qids, query_emb, judgments.restrict(sub_corpus), k=k, metrics=metrics, block=block
+    )
+    by_source[source] = {
+      "num_docs": int(mask.sum()),
+      "num_queries": len(r.qids) if r else 0,
+      "metrics": r.mean if r else None,
+    }
   for name, sensors in RANKINGS.items():
     sub_corpus = corpus.select(np.isin(corpus.sensor, sensors))
     present = [s for s in sensors if np.any(sub_corpus.sensor == s)]
     if len(present) > 1 and fusion != "raw":
-      r = rank_fused(name, sub_corpus, qids, query_emb, judgments.restrict(sub_corpus), fusion=fusion,
-                     reference=query_emb if fusion_reference is None else fusion_reference, k=k,
-                     metrics=metrics, block=block)
+      r = rank_fused(
+        name,
+        sub_corpus,
+        qids,
+        query_emb,
+        judgments.restrict(sub_corpus),
+        fusion=fusion,
+        reference=query_emb if fusion_reference is None else fusion_reference,
+        k=k,
+        metrics=metrics,
+        block=block,
+      )
     else:
-      r = rank_corpus(name, sub_corpus, qids, query_emb, judgments.restrict(sub_corpus), k=k,
-                      metrics=metrics, block=block)
-    entry = {"num_docs": len(sub_corpus), "num_queries": len(r.qids) if r else 0,
-             "metrics": r.mean if r else None,
-             "by_source": {s: v for s, v in by_source.items()
-                           if preprocess.sensor_of_source(s) in sensors},
-             "by_type": _group_means(r.per_query, types, metrics) if r else {},
-             "files": {"run": RUN_FILES[name], "qrels": QRELS_FILES[name]} if r else None}
+      r = rank_corpus(
+        name, sub_corpus, qids, query_emb, judgments.restrict(sub_corpus), k=k, metrics=metrics, block=block
+      )
+    entry = {
+      "num_docs": len(sub_corpus),
+      "num_queries": len(r.qids) if r else 0,
+      "metrics": r.mean if r else None,
+      "by_source": {s: v for s, v in by_source.items() if preprocess.sensor_of_source(s) in sensors},
+      "by_type": _group_means(r.per_query, types, metrics) if r else {},
+      "files": {"run": RUN_FILES[name], "qrels": QRELS_FILES[name]} if r else None,
+    }
     if len(sensors) > 1:
       entry["fusion"] = fusion
     out["rankings"][name] = entry
@@ -308,32 +357,34 @@ def zero_shot(corpus: Corpus, class_emb: np.ndarray, *, k: int = DEPTH, block: i
   """
   class_emb = np.asarray(class_emb, np.float32)
   if class_emb.shape[0] != labels_lib.NUM_CLASSES:
-    raise ValueError(f"class_emb must hold the {labels_lib.NUM_CLASSES} class names, got "
-                     f"{class_emb.shape[0]} rows")
+    raise ValueError(f"class_emb must hold the {labels_lib.NUM_CLASSES} class names, got {class_emb.shape[0]} rows")
   scores = similarity(corpus.emb, class_emb, block=block)
   mean_ap, ap = classification_map(scores, corpus.labels)
   cq = queries_rule.class_queries()
-  qrels = {q["query_id"]: dict.fromkeys(corpus.keys[corpus.labels[:, i] > 0].tolist(), 1)
-           for i, q in enumerate(cq)}
+  qrels = {q["query_id"]: dict.fromkeys(corpus.keys[corpus.labels[:, i] > 0].tolist(), 1) for i, q in enumerate(cq)}
   qrels = {q: judged for q, judged in qrels.items() if judged}
   ndcg_name = f"nDCG@{k}"
-  r = rank_corpus("classes", corpus, [q["query_id"] for q in cq], class_emb, qrels, k=k,
-                  metrics=(ndcg_name,), block=block)
+  r = rank_corpus(
+    "classes", corpus, [q["query_id"] for q in cq], class_emb, qrels, k=k, metrics=(ndcg_name,), block=block
+  )
   ndcg = {}
   for q in cq:
     value = r.per_query.get(q["query_id"]) if r else None
     ndcg[q["class"]] = None if value is None else value[ndcg_name]
-  return {"mAP": None if np.isnan(mean_ap) else mean_ap,
-          "num_classes": int(np.sum(~np.isnan(ap))),
-          "AP": {c: (None if np.isnan(v) else float(v)) for c, v in zip(labels_lib.CLASSES, ap)},
-          ndcg_name: ndcg}
+  return {
+    "mAP": None if np.isnan(mean_ap) else mean_ap,
+    "num_classes": int(np.sum(~np.isnan(ap))),
+    "AP": {c: (None if np.isnan(v) else float(v)) for c, v in zip(labels_lib.CLASSES, ap)},
+    ndcg_name: ndcg,
+  }
 
 
 # --------------------------------------------------------------------------- queries
 
 
-def resolve_queries(builder_dir, corpus: Corpus, queries_path=None, qrels_path=None
-                    ) -> tuple[list[dict], dict[str, dict[str, int]], str]:
+def resolve_queries(
+  builder_dir, corpus: Corpus, queries_path=None, qrels_path=None
+) -> tuple[list[dict], dict[str, dict[str, int]], str]:
   """(queries typed, qrels, origin) where origin is 'user', 'official' or 'labels'.
 
   User files (`--queries` / `--qrels`, both or neither) first; else the dataset's
@@ -341,9 +392,11 @@ def resolve_queries(builder_dir, corpus: Corpus, queries_path=None, qrels_path=N
   (queries_rule.queries_from_labels).
   """
   from closp_jax.data import queries as queries_lib  # pylint: disable=import-outside-toplevel
+
   if (queries_path is None) != (qrels_path is None):
-    raise EvaluationInputError("--queries and --qrels go together: pass both files, or neither to use "
-                     "the dataset's own (or label-built) queries")
+    raise EvaluationInputError(
+      "--queries and --qrels go together: pass both files, or neither to use the dataset's own (or label-built) queries"
+    )
   if queries_path is not None:
     queries, qrels, origin = read_queries(queries_path), queries_lib.read_qrels(qrels_path), "user"
   else:
@@ -357,8 +410,9 @@ def resolve_queries(builder_dir, corpus: Corpus, queries_path=None, qrels_path=N
   known = {q["query_id"] for q in queries}
   unknown = sorted(set(qrels) - known)
   if unknown and origin != "labels":
-    print(f"note: {len(unknown)} judged query ids have no query text and are ignored "
-          f"(e.g. {unknown[:3]})", file=sys.stderr)
+    print(
+      f"note: {len(unknown)} judged query ids have no query text and are ignored (e.g. {unknown[:3]})", file=sys.stderr
+    )
   queries = queries_rule.assign_types(queries, qrels, corpus.keys, corpus.lonlat)
   return queries, qrels, origin
 
@@ -367,6 +421,7 @@ def read_queries(path) -> list[dict]:
   """Queries from a JSON-lines file ({query_id|_id|id|qid, text, [type]}), a TSV file
   (`qid<TAB>text[<TAB>type]`), or a folder holding queries.jsonl."""
   from closp_jax.data import queries as queries_lib  # pylint: disable=import-outside-toplevel
+
   path = Path(path)
   if path.is_dir():
     return queries_lib.load_queries(path)
@@ -376,6 +431,7 @@ def read_queries(path) -> list[dict]:
     first = next((line for line in f if line.strip()), "")
   if first.lstrip().startswith("{"):
     import tempfile  # pylint: disable=import-outside-toplevel
+
     with tempfile.TemporaryDirectory() as tmp:  # load_queries reads <folder>/queries.jsonl
       os.symlink(path.absolute(), Path(tmp) / queries_lib.QUERIES_FILE)
       return queries_lib.load_queries(tmp)
@@ -386,14 +442,16 @@ def read_queries(path) -> list[dict]:
         continue
       fields = line.rstrip("\n").split("\t")
       if len(fields) not in (2, 3) or not fields[0].strip() or not fields[1].strip():
-        raise EvaluationInputError(f"{path}:{line_no}: expected 'query_id<TAB>text[<TAB>type]' or a JSON "
-                         f"object per line, got {line.strip()!r}")
+        raise EvaluationInputError(
+          f"{path}:{line_no}: expected 'query_id<TAB>text[<TAB>type]' or a JSON object per line, got {line.strip()!r}"
+        )
       qid = fields[0].strip()
       if qid in seen:
         raise EvaluationInputError(f"{path}:{line_no}: query_id {qid!r} appears twice")
       seen.add(qid)
-      queries.append({"query_id": qid, "text": fields[1].strip(),
-                      "type": fields[2].strip() if len(fields) == 3 else ""})
+      queries.append(
+        {"query_id": qid, "text": fields[1].strip(), "type": fields[2].strip() if len(fields) == 3 else ""}
+      )
   if not queries:
     raise EvaluationInputError(f"{path} holds no query")
   return queries
@@ -416,6 +474,7 @@ def write_outputs(out_dir, evaluation: Evaluation, *, tag: str, report: bool = T
         path.unlink(missing_ok=True)  # a stale file of an earlier evaluation into this folder
   if report:
     from closp_jax.retrieval import report as report_lib  # pylint: disable=import-outside-toplevel
+
     report_lib.write_report(out_dir, evaluation.metrics)
   write_json(out_dir / METRICS_FILE, evaluation.metrics)
   return out_dir
@@ -429,8 +488,10 @@ def load_metrics(out_dir) -> dict:
   path = Path(out_dir)
   path = path / METRICS_FILE if path.is_dir() else path
   if not path.is_file():
-    raise EvaluationFileNotFound(f"{path} not found: expected an evaluation output folder holding "
-                            f"{METRICS_FILE} (python -m closp_jax.evaluate --output ...)")
+    raise EvaluationFileNotFound(
+      f"{path} not found: expected an evaluation output folder holding "
+      f"{METRICS_FILE} (python -m closp_jax.evaluate --output ...)"
+    )
   return json.loads(path.read_text())
 
 
@@ -440,19 +501,37 @@ def load_metrics(out_dir) -> dict:
 def check_eval_batch(batch: int, mesh) -> None:
   """The global embedding batch must split evenly over the data axes and the processes."""
   import jax  # pylint: disable=import-outside-toplevel
+
   shards = int(mesh.shape["data"]) * int(mesh.shape["fsdp"])
   step = int(np.lcm(shards, jax.process_count()))
   if batch <= 0 or batch % step:
     raise EvaluationInputError(
-        f"config.data.eval_batch_size={batch} must be a positive multiple of {step} (the mesh's "
-        f"data x fsdp size {shards} and the process count {jax.process_count()}); e.g. "
-        f"--config.data.eval_batch_size={step * max(1, round(batch / step))}")
+      f"config.data.eval_batch_size={batch} must be a positive multiple of {step} (the mesh's "
+      f"data x fsdp size {shards} and the process count {jax.process_count()}); e.g. "
+      f"--config.data.eval_batch_size={step * max(1, round(batch / step))}"
+    )
 
 
-def evaluate_and_write(corpus: Corpus, builder, encode_texts, *, name: str, checkpoint: dict, max_corpus: int,
-                        out_dir: Path, tag: str, queries_path, qrels_path, k: int, metrics: Sequence[str],
-                        t0: float, t_embed: float, write: bool, say,
-                        fusion: str = fusion_lib.DEFAULT_FUSION) -> dict:
+def evaluate_and_write(
+  corpus: Corpus,
+  builder,
+  encode_texts,
+  *,
+  name: str,
+  checkpoint: dict,
+  max_corpus: int,
+  out_dir: Path,
+  tag: str,
+  queries_path,
+  qrels_path,
+  k: int,
+  metrics: Sequence[str],
+  t0: float,
+  t_embed: float,
+  write: bool,
+  say,
+  fusion: str = fusion_lib.DEFAULT_FUSION,
+) -> dict:
   """Queries, rankings, metrics and files of an embedded corpus: the part every evaluation shares.
 
   encode_texts(list of str) -> [N, D] unit vectors (the model's text tower). Writes (from `write`)
@@ -463,43 +542,63 @@ def evaluate_and_write(corpus: Corpus, builder, encode_texts, *, name: str, chec
   class_emb = encode_texts([q["text"] for q in queries_rule.class_queries()])
   result = evaluate_embeddings(corpus, queries, query_emb, qrels, class_emb, k=k, metrics=metrics, fusion=fusion)
   t_rank = time.perf_counter()
-  result.metrics.update({
+  result.metrics.update(
+    {
       "config": name,
       "checkpoint": checkpoint,
-      "dataset": {"name": builder.info.full_name, "split": "test", "max_corpus": int(max_corpus),
-                  "docs": {s: int(np.sum(corpus.sensor == s)) for s in ("s2", "s1")}},
-      "queries": {"origin": origin, "count": len(queries),
-                  "by_type": {t: sum(q["type"] == t for q in queries)
-                              for t in queries_rule.QUERY_TYPES},
-                  "paths": {"queries": str(queries_path), "qrels": str(qrels_path)}
-                  if origin == "user" else None},
+      "dataset": {
+        "name": builder.info.full_name,
+        "split": "test",
+        "max_corpus": int(max_corpus),
+        "docs": {s: int(np.sum(corpus.sensor == s)) for s in ("s2", "s1")},
+      },
+      "queries": {
+        "origin": origin,
+        "count": len(queries),
+        "by_type": {t: sum(q["type"] == t for q in queries) for t in queries_rule.QUERY_TYPES},
+        "paths": {"queries": str(queries_path), "qrels": str(qrels_path)} if origin == "user" else None,
+      },
       "seconds": {"embed": round(t_embed - t0, 2), "rank": round(t_rank - t_embed, 2)},
-  })
+    }
+  )
   if write:
     write_outputs(out_dir, result, tag=tag)
-    atomic.write_text(Path(out_dir) / QUERIES_FILE, "".join(
-        json.dumps({"query_id": q["query_id"], "text": q["text"], "type": q["type"]}) + "\n" for q in queries))
+    atomic.write_text(
+      Path(out_dir) / QUERIES_FILE,
+      "".join(json.dumps({"query_id": q["query_id"], "text": q["text"], "type": q["type"]}) + "\n" for q in queries),
+    )
     say(f"wrote {out_dir} ({time.perf_counter() - t0:.1f} s)")
     from closp_jax.retrieval import report as report_lib  # pylint: disable=import-outside-toplevel
+
     say(report_lib.summary_table(result.metrics))
   return result.metrics
 
 
-def evaluate_checkpoint(config, workdir, *, checkpoint: str = "latest", output=None,
-                        queries_path=None, qrels_path=None, k: int = DEPTH,
-                        metrics: Sequence[str] = DEFAULT_METRICS, stream=None,
-                        fusion: str = fusion_lib.DEFAULT_FUSION) -> dict:
+def evaluate_checkpoint(
+  config,
+  workdir,
+  *,
+  checkpoint: str = "latest",
+  output=None,
+  queries_path=None,
+  qrels_path=None,
+  k: int = DEPTH,
+  metrics: Sequence[str] = DEFAULT_METRICS,
+  stream=None,
+  fusion: str = fusion_lib.DEFAULT_FUSION,
+) -> dict:
   """Restore, embed (sharded over all processes), rank, write. Returns the metrics dict.
 
   Writes into `output` (default WORKDIR/eval/<step>, or .../untrained) from process 0.
   All processes must call this together.
   """
   import jax  # pylint: disable=import-outside-toplevel
+
   from closp_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   from closp_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   from closp_jax.data.tokenize import load_tokenizer  # pylint: disable=import-outside-toplevel
-  from closp_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
   from closp_jax.models import embed as embed_lib  # pylint: disable=import-outside-toplevel
+  from closp_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
 
   stream = stream or sys.stdout
   main = jax.process_index() == 0
@@ -508,45 +607,71 @@ def evaluate_checkpoint(config, workdir, *, checkpoint: str = "latest", output=N
   workdir = Path(workdir).expanduser().absolute()
   mesh = mesh_lib.make_mesh(config.mesh)
   check_eval_batch(int(config.data.eval_batch_size), mesh)
-  builder = pipeline.get_builder(config.data.name, data_dir=config.data.data_dir or None,
-                                 manual_dir=config.data.manual_dir or None)
+  builder = pipeline.get_builder(
+    config.data.name, data_dir=config.data.data_dir or None, manual_dir=config.data.manual_dir or None
+  )
   model, variables, label = ckpt_lib.restore_variables(workdir, config, checkpoint, mesh=mesh)
   out_dir = Path(output) if output else workdir / "eval" / label
-  say(f"evaluating {config.name} ({'untrained' if label == 'untrained' else 'step ' + label}) on "
-      f"{builder.info.full_name} test, {jax.device_count()} device(s), "
-      f"{jax.process_count()} process(es)")
+  say(
+    f"evaluating {config.name} ({'untrained' if label == 'untrained' else 'step ' + label}) on "
+    f"{builder.info.full_name} test, {jax.device_count()} device(s), "
+    f"{jax.process_count()} process(es)"
+  )
   embedded = embed_lib.embed_corpus(
-      model, variables, builder, mesh, "test", eval_batch_size=int(config.data.eval_batch_size),
-      inputs=pipeline.input_kwargs(config),
-      max_items=int(config.eval.max_corpus), progress=True)
+    model,
+    variables,
+    builder,
+    mesh,
+    "test",
+    eval_batch_size=int(config.data.eval_batch_size),
+    inputs=pipeline.input_kwargs(config),
+    max_items=int(config.eval.max_corpus),
+    progress=True,
+  )
   corpus = Corpus.from_embedded(embedded)
   t_embed = time.perf_counter()
   tokenizer = load_tokenizer()
   max_len = int(config.data.max_len)
   return evaluate_and_write(
-      corpus, builder, lambda texts: embed_lib.embed_texts(model, variables, tokenizer, texts, max_len=max_len),
-      name=config.name, checkpoint={"which": str(checkpoint), "step": label, "workdir": str(workdir)},
-      max_corpus=int(config.eval.max_corpus), out_dir=out_dir, tag=f"{config.name.replace(':', '-')}-{label}",
-      queries_path=queries_path, qrels_path=qrels_path, k=k, metrics=metrics, t0=t0, t_embed=t_embed,
-      write=main, say=say, fusion=fusion)
+    corpus,
+    builder,
+    lambda texts: embed_lib.embed_texts(model, variables, tokenizer, texts, max_len=max_len),
+    name=config.name,
+    checkpoint={"which": str(checkpoint), "step": label, "workdir": str(workdir)},
+    max_corpus=int(config.eval.max_corpus),
+    out_dir=out_dir,
+    tag=f"{config.name.replace(':', '-')}-{label}",
+    queries_path=queries_path,
+    qrels_path=qrels_path,
+    k=k,
+    metrics=metrics,
+    t0=t0,
+    t_embed=t_embed,
+    write=main,
+    say=say,
+    fusion=fusion,
+  )
 
 
 # --------------------------------------------------------------------------- exported model
 
 
-def embed_corpus_exported(model, builder, split: str = "test", *, batch_size: int = 64,
-                          max_items: int = 0, progress: bool = True) -> dict[str, dict]:
+def embed_corpus_exported(
+  model, builder, split: str = "test", *, batch_size: int = 64, max_items: int = 0, progress: bool = True
+) -> dict[str, dict]:
   """{sensor: {'emb', 'key', 'labels', 'lonlat'}} of a split, embedded by an exported model
   (closp_jax.exported.ExportedModel) from the raw archive values: the exported functions apply
   the NaN fill and normalisation the model expects. One process."""
   from closp_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+
   raw = {s: "none" for s in RANKINGS["text->all"]}
   out = {}
   for sensor in model.sensors:
     parts: dict[str, list] = {k: [] for k in ("emb", "key", "labels", "lonlat")}
     count, t0 = 0, time.perf_counter()
-    for batch in pipeline.eval_iterator(builder, split, sensor, batch_size=batch_size, normalization=raw,
-                                        shard_by_process=False):
+    for batch in pipeline.eval_iterator(
+      builder, split, sensor, batch_size=batch_size, normalization=raw, shard_by_process=False
+    ):
       keep = np.asarray(batch["mask"], bool)
       if max_items:
         keep &= np.cumsum(keep) + count <= max_items
@@ -558,24 +683,40 @@ def embed_corpus_exported(model, builder, split: str = "test", *, batch_size: in
       parts["lonlat"].append(np.asarray(batch["lonlat"], np.float32)[keep])
       count += int(keep.sum())
       if progress and len(parts["emb"]) % 10 == 0:
-        print(f"  embedding {sensor}: {count} samples ({count / max(time.perf_counter() - t0, 1e-9):.0f}/s)",
-              file=sys.stderr, flush=True)
+        print(
+          f"  embedding {sensor}: {count} samples ({count / max(time.perf_counter() - t0, 1e-9):.0f}/s)",
+          file=sys.stderr,
+          flush=True,
+        )
     if not parts["emb"]:
       raise ValueError(f"the {sensor} {split} split of {builder.info.full_name} has no sample to embed")
     out[sensor] = {k: np.concatenate(v) for k, v in parts.items()}
   return out
 
 
-def evaluate_exported(model_dir, *, data: str = "crisis_landmark/sample", data_dir=None, manual_dir=None,
-                      output=None, queries_path=None, qrels_path=None, k: int = DEPTH,
-                      metrics: Sequence[str] = DEFAULT_METRICS, batch_size: int = 64, max_corpus: int = 0,
-                      stream=None, fusion: str = fusion_lib.DEFAULT_FUSION) -> dict:
+def evaluate_exported(
+  model_dir,
+  *,
+  data: str = "crisis_landmark/sample",
+  data_dir=None,
+  manual_dir=None,
+  output=None,
+  queries_path=None,
+  qrels_path=None,
+  k: int = DEPTH,
+  metrics: Sequence[str] = DEFAULT_METRICS,
+  batch_size: int = 64,
+  max_corpus: int = 0,
+  stream=None,
+  fusion: str = fusion_lib.DEFAULT_FUSION,
+) -> dict:
   """Evaluates an export folder (python -m closp_jax.export, from a workdir or --from-official) on
   the retrieval protocol, without a workdir: the test split of dataset `data` embedded by the
   exported functions, then the same rankings, metrics and files as evaluate_checkpoint. Writes
   into `output` (default MODEL_DIR/eval/<data>). Returns the metrics dict."""
   from closp_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   from closp_jax.exported import load_exported  # pylint: disable=import-outside-toplevel
+
   stream = stream or sys.stdout
   say = lambda s: print(s, file=stream, flush=True)  # noqa: E731
   t0 = time.perf_counter()
@@ -586,14 +727,29 @@ def evaluate_exported(model_dir, *, data: str = "crisis_landmark/sample", data_d
   source = model.config.get("checkpoint") or {}
   name = str(model.config.get("name", model_dir.name))
   say(f"evaluating the export {model_dir} ({name}) on {builder.info.full_name} test")
-  corpus = Corpus.from_embedded(embed_corpus_exported(model, builder, "test", batch_size=batch_size,
-                                                      max_items=max_corpus))
+  corpus = Corpus.from_embedded(
+    embed_corpus_exported(model, builder, "test", batch_size=batch_size, max_items=max_corpus)
+  )
   t_embed = time.perf_counter()
   step = source.get("step")
   # What the run files and `compare` call it: the training step, or "official" for the authors' weights.
   label = str(step) if step is not None else ("official" if source.get("kind") == "official" else "export")
   return evaluate_and_write(
-      corpus, builder, lambda texts: model.encode_text(texts) if texts else np.zeros((0, model.embed_dim), np.float32),
-      name=name, checkpoint={"which": "export", "step": label, "model": str(model_dir), "source": source},
-      max_corpus=max_corpus, out_dir=out_dir, tag=f"{name}-{label}", queries_path=queries_path,
-      qrels_path=qrels_path, k=k, metrics=metrics, t0=t0, t_embed=t_embed, write=True, say=say, fusion=fusion)
+    corpus,
+    builder,
+    lambda texts: model.encode_text(texts) if texts else np.zeros((0, model.embed_dim), np.float32),
+    name=name,
+    checkpoint={"which": "export", "step": label, "model": str(model_dir), "source": source},
+    max_corpus=max_corpus,
+    out_dir=out_dir,
+    tag=f"{name}-{label}",
+    queries_path=queries_path,
+    qrels_path=qrels_path,
+    k=k,
+    metrics=metrics,
+    t0=t0,
+    t_embed=t_embed,
+    write=True,
+    say=say,
+    fusion=fusion,
+  )

@@ -25,21 +25,20 @@ The numbers equal trec_eval's `ndcg_cut`, `map_cut`, `recall` and `P` measures
   but absent from the run are skipped (`missing_queries="skip"`, trec_eval's
   default) or scored 0 (`missing_queries="zero"`, trec_eval -c).
 """
+
 from __future__ import annotations
 
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Union
 
 import numpy as np
 
 # A run: query id -> {doc id: score} or query id -> [(doc id, score), ...].
-Run = Mapping[str, Union[Mapping[str, float], Sequence[tuple[str, float]]]]
+Run = Mapping[str, Mapping[str, float] | Sequence[tuple[str, float]]]
 Qrels = Mapping[str, Mapping[str, int]]
 
-DEFAULT_METRICS = ("nDCG@10", "nDCG@100", "nDCG@1000", "mAP@100", "mAP@1000",
-                   "R@1", "R@10", "R@100", "P@10")
+DEFAULT_METRICS = ("nDCG@10", "nDCG@100", "nDCG@1000", "mAP@100", "mAP@1000", "R@1", "R@10", "R@100", "P@10")
 _FAMILIES = {"ndcg": "nDCG", "map": "mAP", "r": "R", "p": "P"}
 _NAME = re.compile(r"^\s*(ndcg|map|r|p)@(\d+)\s*$", re.IGNORECASE)
 
@@ -48,8 +47,9 @@ def parse_metric(name: str) -> tuple[str, int]:
   """'nDCG@10' -> ('nDCG', 10). Families nDCG, mAP, R, P (any case); cutoff >= 1."""
   match = _NAME.match(name) if isinstance(name, str) else None
   if match is None or int(match.group(2)) < 1:
-    raise ValueError(f"metric {name!r}: expected one of nDCG@k, mAP@k, R@k, P@k with an "
-                     "integer cutoff k >= 1 (e.g. 'nDCG@1000').")
+    raise ValueError(
+      f"metric {name!r}: expected one of nDCG@k, mAP@k, R@k, P@k with an integer cutoff k >= 1 (e.g. 'nDCG@1000')."
+    )
   return _FAMILIES[match.group(1).lower()], int(match.group(2))
 
 
@@ -92,9 +92,9 @@ def _ranked_grades(run_q, judged: Mapping[str, int], depth: int, qid: str) -> li
   return [judged.get(doc, 0) for doc, _ in ranked[:depth]]
 
 
-def evaluate_run(run: Run, qrels: Qrels, metrics: Sequence[str] = DEFAULT_METRICS, *,
-                 missing_queries: str = "skip") -> tuple[dict[str, float],
-                                                         dict[str, dict[str, float]]]:
+def evaluate_run(
+  run: Run, qrels: Qrels, metrics: Sequence[str] = DEFAULT_METRICS, *, missing_queries: str = "skip"
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
   """Scores a run against graded judgments; returns (mean, per_query).
 
   mean: {metric: mean over the scored queries}; per_query: {qid: {metric: value}}.
@@ -110,21 +110,23 @@ def evaluate_run(run: Run, qrels: Qrels, metrics: Sequence[str] = DEFAULT_METRIC
 
   qids = [q for q in qrels if qrels[q] and (q in run or missing_queries == "zero")]
   if not qids:
-    raise ValueError(f"no query to score: the run has {len(run)} queries, the qrels "
-                     f"{len(qrels)}, and none is in both with at least one judgment.")
+    raise ValueError(
+      f"no query to score: the run has {len(run)} queries, the qrels "
+      f"{len(qrels)}, and none is in both with at least one judgment."
+    )
   n = len(qids)
-  gains = np.zeros((n, depth), np.float64)     # grade of the document at each rank
-  ideal = np.zeros((n, depth), np.float64)     # positive grades sorted descending
+  gains = np.zeros((n, depth), np.float64)  # grade of the document at each rank
+  ideal = np.zeros((n, depth), np.float64)  # positive grades sorted descending
   num_rel = np.zeros(n, np.float64)
   for row, qid in enumerate(qids):
     judged = qrels[qid]
     _check_grades(qid, judged)
     positive = sorted((g for g in judged.values() if g > 0), reverse=True)
     num_rel[row] = len(positive)
-    ideal[row, :min(depth, len(positive))] = positive[:depth]
+    ideal[row, : min(depth, len(positive))] = positive[:depth]
     if qid in run:
       grades = _ranked_grades(run[qid], judged, depth, qid)
-      gains[row, :len(grades)] = grades
+      gains[row, : len(grades)] = grades
 
   relevant = gains >= 1
   gains = np.where(gains > 0, gains, 0.0)
@@ -149,6 +151,5 @@ def evaluate_run(run: Run, qrels: Qrels, metrics: Sequence[str] = DEFAULT_METRIC
     values[name] = v
 
   mean = {name: float(np.mean(v)) for name, v in values.items()}
-  per_query = {qid: {name: float(v[row]) for name, v in values.items()}
-               for row, qid in enumerate(qids)}
+  per_query = {qid: {name: float(v[row]) for name, v in values.items()} for row, qid in enumerate(qids)}
   return mean, per_query

@@ -24,6 +24,7 @@ Rule (docs/evaluation.md, "Queries from labels"):
 `query_type` applies the same typing to queries from any source (official files without a
 type field, user files) given the keys judged relevant to them.
 """
+
 from __future__ import annotations
 
 import collections
@@ -37,11 +38,21 @@ from closp_jax.data import labels as labels_lib
 CRISIS_CLASSES = ("Flooded Area", "Earthquake Damage", "Burned Area")
 QUERY_TYPES = ("land_cover", "crisis", "location")
 _TYPE_ALIASES = {
-    "land_cover": "land_cover", "landcover": "land_cover", "land cover": "land_cover",
-    "land-cover": "land_cover", "semantic": "land_cover", "general": "land_cover",
-    "crisis": "crisis", "disaster": "crisis", "event": "crisis",
-    "location": "location", "location_dependent": "location", "location-dependent": "location",
-    "location dependent": "location", "geographic": "location", "geo": "location",
+  "land_cover": "land_cover",
+  "landcover": "land_cover",
+  "land cover": "land_cover",
+  "land-cover": "land_cover",
+  "semantic": "land_cover",
+  "general": "land_cover",
+  "crisis": "crisis",
+  "disaster": "crisis",
+  "event": "crisis",
+  "location": "location",
+  "location_dependent": "location",
+  "location-dependent": "location",
+  "location dependent": "location",
+  "geographic": "location",
+  "geo": "location",
 }
 
 
@@ -53,8 +64,7 @@ def normalize_type(value: str) -> str | None:
 def _check_corpus(labels: np.ndarray, keys: Sequence[str], lonlat: np.ndarray | None) -> np.ndarray:
   labels = np.asarray(labels)
   if labels.ndim != 2 or labels.shape[1] != labels_lib.NUM_CLASSES:
-    raise ValueError(f"corpus labels must be a [N, {labels_lib.NUM_CLASSES}] multi-hot array, "
-                     f"got shape {labels.shape}")
+    raise ValueError(f"corpus labels must be a [N, {labels_lib.NUM_CLASSES}] multi-hot array, got shape {labels.shape}")
   if len(keys) != labels.shape[0]:
     raise ValueError(f"corpus keys ({len(keys)}) and labels ({labels.shape[0]}) differ in length")
   if lonlat is not None and np.shape(lonlat) != (labels.shape[0], 2):
@@ -62,8 +72,7 @@ def _check_corpus(labels: np.ndarray, keys: Sequence[str], lonlat: np.ndarray | 
   return labels > 0
 
 
-def _candidates(hot: np.ndarray, num_pairs: int, num_triples: int,
-                min_support: int) -> list[tuple[int, ...]]:
+def _candidates(hot: np.ndarray, num_pairs: int, num_triples: int, min_support: int) -> list[tuple[int, ...]]:
   singles = [(c,) for c in range(hot.shape[1]) if hot[:, c].any()]
   combos: list[tuple[int, ...]] = []
   for size, top in ((2, num_pairs), (3, num_triples)):
@@ -83,8 +92,9 @@ def cell_of(lonlat: np.ndarray, cell_degrees: float) -> np.ndarray:
   return ix * 100_000 + iy
 
 
-def is_location_dependent(relevant_cells: np.ndarray, corpus_cells: np.ndarray, *,
-                          min_share: float = 0.5, min_lift: float = 3.0) -> bool:
+def is_location_dependent(
+  relevant_cells: np.ndarray, corpus_cells: np.ndarray, *, min_share: float = 0.5, min_lift: float = 3.0
+) -> bool:
   """True when the relevant samples crowd into one grid cell (see the module docstring)."""
   if len(relevant_cells) == 0 or len(corpus_cells) == 0:
     return False
@@ -101,8 +111,9 @@ def names_crisis(text: str) -> bool:
   return any(labels_lib.class_text(c) in lowered for c in CRISIS_CLASSES)
 
 
-def query_type(text: str, relevant_keys: Sequence[str], key_index: Mapping[str, int],
-               corpus_cells: np.ndarray | None) -> str:
+def query_type(
+  text: str, relevant_keys: Sequence[str], key_index: Mapping[str, int], corpus_cells: np.ndarray | None
+) -> str:
   """crisis / location / land_cover for a query (text, keys of its most relevant samples)."""
   if names_crisis(text):
     return "crisis"
@@ -134,8 +145,7 @@ def _combo_type(combo: Sequence[int], full: np.ndarray, cells: np.ndarray | None
   return "land_cover"
 
 
-def _balanced(hot: np.ndarray, cells: np.ndarray | None, per_type: int, min_support: int
-              ) -> list[tuple[int, ...]]:
+def _balanced(hot: np.ndarray, cells: np.ndarray | None, per_type: int, min_support: int) -> list[tuple[int, ...]]:
   """Up to per_type combinations of each type: singles first, then by frequency."""
   chosen: dict[str, list] = {t: [] for t in QUERY_TYPES}
   for combo, n in _supported_combos(hot, 3, min_support):
@@ -145,10 +155,18 @@ def _balanced(hot: np.ndarray, cells: np.ndarray | None, per_type: int, min_supp
   return [combo for t in QUERY_TYPES for _, _, combo in sorted(chosen[t])[:per_type]]
 
 
-def queries_from_labels(labels: np.ndarray, keys: Sequence[str], lonlat: np.ndarray | None = None,
-                        *, num_pairs: int = 12, num_triples: int = 6, min_support: int = 3,
-                        cell_degrees: float = 5.0, prefix: str = "L", per_type: int | None = None
-                        ) -> tuple[list[dict], dict[str, dict[str, int]]]:
+def queries_from_labels(
+  labels: np.ndarray,
+  keys: Sequence[str],
+  lonlat: np.ndarray | None = None,
+  *,
+  num_pairs: int = 12,
+  num_triples: int = 6,
+  min_support: int = 3,
+  cell_degrees: float = 5.0,
+  prefix: str = "L",
+  per_type: int | None = None,
+) -> tuple[list[dict], dict[str, dict[str, int]]]:
   """(queries [{query_id, text, type}], qrels {qid: {key: grade}}) by the rule above.
 
   labels: [N, 12] multi-hot of the corpus samples, keys: their ids, lonlat: [N, 2] degrees
@@ -172,8 +190,9 @@ def queries_from_labels(labels: np.ndarray, keys: Sequence[str], lonlat: np.ndar
     judged = {keys[i]: 2 for i in full}
     judged.update({keys[i]: 1 for i in some})
     qrels[qid] = judged
-    queries.append({"query_id": qid, "text": labels_lib.classes_to_text(names),
-                    "type": _combo_type(combo, full, cells)})
+    queries.append(
+      {"query_id": qid, "text": labels_lib.classes_to_text(names), "type": _combo_type(combo, full, cells)}
+    )
   if not queries:
     raise ValueError("no query can be built from the corpus labels: no sample carries a class")
   return queries, qrels
@@ -181,12 +200,19 @@ def queries_from_labels(labels: np.ndarray, keys: Sequence[str], lonlat: np.ndar
 
 def class_queries(prefix: str = "C") -> list[dict]:
   """One query per class, its name as text (zero-shot classification): ids C00..C11."""
-  return [{"query_id": f"{prefix}{i:02d}", "text": labels_lib.class_text(c), "class": c}
-          for i, c in enumerate(labels_lib.CLASSES)]
+  return [
+    {"query_id": f"{prefix}{i:02d}", "text": labels_lib.class_text(c), "class": c}
+    for i, c in enumerate(labels_lib.CLASSES)
+  ]
 
 
-def assign_types(queries: list[dict], qrels: Mapping[str, Mapping[str, int]], keys: Sequence[str],
-                 lonlat: np.ndarray | None, cell_degrees: float = 5.0) -> list[dict]:
+def assign_types(
+  queries: list[dict],
+  qrels: Mapping[str, Mapping[str, int]],
+  keys: Sequence[str],
+  lonlat: np.ndarray | None,
+  cell_degrees: float = 5.0,
+) -> list[dict]:
   """Copies of `queries` whose `type` is one of QUERY_TYPES.
 
   A recognised type field is kept (normalised); otherwise the type follows the rule, with the

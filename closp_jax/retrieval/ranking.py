@@ -1,5 +1,6 @@
 """Text -> image retrieval figures for a set of queries over embedded corpora, and the fusion of
 the two sensors' scores into one ranking (`fuse_scores`, `merge_ranked`)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +17,9 @@ from closp_jax.retrieval.topk import topk_search
 TRAIN_TABLE_METRICS = ("nDCG@10", "nDCG@100", "nDCG@1000", "mAP@100", "R@10", "P@10")
 
 
-def rank(query_emb: np.ndarray, corpus_emb: np.ndarray, corpus_keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def rank(
+  query_emb: np.ndarray, corpus_emb: np.ndarray, corpus_keys: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
   """(scores [Q,k'], keys [Q,k']) with k' = min(k, N), exact, by blocked top-k."""
   k = min(int(k), len(corpus_keys))
   scores, idx = topk_search(query_emb, corpus_emb, k)
@@ -27,8 +30,9 @@ def run_dict(qids, scores, keys) -> dict[str, dict[str, float]]:
   return {str(q): {str(d): float(s) for d, s in zip(krow, srow)} for q, srow, krow in zip(qids, scores, keys)}
 
 
-def retrieval_metrics(query_ids, query_emb, corpus_emb, corpus_keys, qrels, *, k: int = 1000,
-                      metrics=TRAIN_TABLE_METRICS) -> dict[str, float]:
+def retrieval_metrics(
+  query_ids, query_emb, corpus_emb, corpus_keys, qrels, *, k: int = 1000, metrics=TRAIN_TABLE_METRICS
+) -> dict[str, float]:
   """Mean metrics of the text->corpus ranking, judged by `qrels` restricted to this corpus."""
   keyset = set(map(str, corpus_keys))
   sub_qrels = {q: {d: g for d, g in rel.items() if d in keyset} for q, rel in qrels.items()}
@@ -87,8 +91,9 @@ def classification_map(scores: np.ndarray, labels: np.ndarray) -> tuple[float, n
 
 @jax.jit
 def _block_scores(block, queries):
-  return jnp.dot(block.astype(jnp.float32), queries.T, precision=jax.lax.Precision.HIGHEST,
-                 preferred_element_type=jnp.float32)
+  return jnp.dot(
+    block.astype(jnp.float32), queries.T, precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32
+  )
 
 
 def similarity(corpus: np.ndarray, queries: np.ndarray, block: int = 65536) -> np.ndarray:
@@ -97,18 +102,17 @@ def similarity(corpus: np.ndarray, queries: np.ndarray, block: int = 65536) -> n
   one compiled shape serves the whole corpus)."""
   corpus, queries = np.asarray(corpus), np.asarray(queries, np.float32)
   if corpus.ndim != 2 or queries.ndim != 2 or corpus.shape[1] != queries.shape[1]:
-    raise ValueError(f"corpus [N, D] and queries [Q, D] must share D; got {corpus.shape} and "
-                     f"{queries.shape}")
+    raise ValueError(f"corpus [N, D] and queries [Q, D] must share D; got {corpus.shape} and {queries.shape}")
   n = corpus.shape[0]
   block = max(1, min(int(block), n))
   out = np.empty((n, queries.shape[0]), np.float32)
   q = jnp.asarray(queries)
   for start in range(0, n, block):
-    rows = corpus[start:start + block]
+    rows = corpus[start : start + block]
     m = rows.shape[0]
     if m < block:
       rows = np.concatenate([rows, np.zeros((block - m, rows.shape[1]), rows.dtype)])
-    out[start:start + m] = np.asarray(_block_scores(jnp.asarray(rows), q))[:m]
+    out[start : start + m] = np.asarray(_block_scores(jnp.asarray(rows), q))[:m]
   return out
 
 
@@ -135,6 +139,7 @@ class SensorScoreStats:
   ('zscore'); ref_mean, ref_std: the mean and standard deviation of the scores of a reference set
   of texts against the whole corpus ('reference'; NaN when no reference was given).
   """
+
   count: int
   mean: np.ndarray
   second: np.ndarray
@@ -142,8 +147,9 @@ class SensorScoreStats:
   ref_std: float = float("nan")
 
   @classmethod
-  def from_embeddings(cls, emb: np.ndarray, reference: np.ndarray | None = None,
-                      block: int = 65536) -> "SensorScoreStats":
+  def from_embeddings(
+    cls, emb: np.ndarray, reference: np.ndarray | None = None, block: int = 65536
+  ) -> SensorScoreStats:
     """Moments of `emb` [N, D] (one pass in blocks, float64), and the reference texts'
     [R, D] score mean / standard deviation over all R x N pairs (from the same moments)."""
     emb = np.asarray(emb)
@@ -152,7 +158,7 @@ class SensorScoreStats:
     d = emb.shape[1]
     total, second = np.zeros(d), np.zeros((d, d))
     for start in range(0, emb.shape[0], block):
-      rows = np.asarray(emb[start:start + block], np.float64)
+      rows = np.asarray(emb[start : start + block], np.float64)
       total += rows.sum(axis=0)
       second += rows.T @ rows
     n = emb.shape[0]
@@ -175,13 +181,23 @@ class SensorScoreStats:
     return mu, np.sqrt(np.maximum(var, 0.0))
 
   def to_dict(self) -> dict:
-    return {"count": self.count, "mean": self.mean.tolist(), "second": self.second.tolist(),
-            "ref_mean": self.ref_mean, "ref_std": self.ref_std}
+    return {
+      "count": self.count,
+      "mean": self.mean.tolist(),
+      "second": self.second.tolist(),
+      "ref_mean": self.ref_mean,
+      "ref_std": self.ref_std,
+    }
 
   @classmethod
-  def from_dict(cls, d: dict) -> "SensorScoreStats":
-    return cls(int(d["count"]), np.asarray(d["mean"], np.float64), np.asarray(d["second"], np.float64),
-               float(d.get("ref_mean", "nan")), float(d.get("ref_std", "nan")))
+  def from_dict(cls, d: dict) -> SensorScoreStats:
+    return cls(
+      int(d["count"]),
+      np.asarray(d["mean"], np.float64),
+      np.asarray(d["second"], np.float64),
+      float(d.get("ref_mean", "nan")),
+      float(d.get("ref_std", "nan")),
+    )
 
 
 def check_fusion(method: str) -> str:
@@ -194,10 +210,14 @@ class FusionError(UserError, ValueError):
   """An unknown fusion method, or one without the statistics it needs."""
 
 
-def fuse_scores(scores_by_sensor: Mapping[str, np.ndarray], method: str = DEFAULT_FUSION, *,
-                query_emb: np.ndarray | None = None,
-                stats: Mapping[str, SensorScoreStats] | None = None,
-                rrf_k: int = RRF_K) -> dict[str, np.ndarray]:
+def fuse_scores(
+  scores_by_sensor: Mapping[str, np.ndarray],
+  method: str = DEFAULT_FUSION,
+  *,
+  query_emb: np.ndarray | None = None,
+  stats: Mapping[str, SensorScoreStats] | None = None,
+  rrf_k: int = RRF_K,
+) -> dict[str, np.ndarray]:
   """Each sensor's scores [Q, k_s] (rows: queries, columns: that sensor's ranked documents, best
   first; -inf marks padding) mapped onto one scale, so that merging them by value is meaningful.
 
@@ -226,8 +246,9 @@ def fuse_scores(scores_by_sensor: Mapping[str, np.ndarray], method: str = DEFAUL
     else:
       st = (stats or {}).get(sensor)
       if st is None:
-        raise FusionError(f"fusion {method!r} needs the score statistics of the {sensor} corpus "
-                          "(SensorScoreStats.from_embeddings)")
+        raise FusionError(
+          f"fusion {method!r} needs the score statistics of the {sensor} corpus (SensorScoreStats.from_embeddings)"
+        )
       if method == "zscore":
         if query_emb is None:
           raise FusionError("fusion 'zscore' needs the query embeddings")
@@ -235,16 +256,18 @@ def fuse_scores(scores_by_sensor: Mapping[str, np.ndarray], method: str = DEFAUL
         fused = (s - mu[:, None]) / np.where(sd > 0, sd, 1.0)[:, None]
       else:
         if not np.isfinite(st.ref_std):
-          raise FusionError(f"fusion 'reference' needs reference texts: the {sensor} statistics "
-                            "were computed without them")
+          raise FusionError(
+            f"fusion 'reference' needs reference texts: the {sensor} statistics were computed without them"
+          )
         fused = (s - st.ref_mean) / (st.ref_std if st.ref_std > 0 else 1.0)
     fused[pad] = -np.inf
     out[sensor] = fused
   return out
 
 
-def merge_ranked(fused_by_sensor: Mapping[str, np.ndarray], index_by_sensor: Mapping[str, np.ndarray],
-                 k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def merge_ranked(
+  fused_by_sensor: Mapping[str, np.ndarray], index_by_sensor: Mapping[str, np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Merges per-sensor ranked lists into one top-k per query by fused score.
 
   index_by_sensor: {sensor: int [Q, k_s]} any row ids (e.g. corpus rows; -1 padding). Equal

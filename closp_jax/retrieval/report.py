@@ -5,6 +5,7 @@ source dataset and per class, horizontal bars drawn with Pillow). `summary_table
 short text table the binary prints; `compare_table` puts several evaluations side by side
 with their differences to the first.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -41,21 +42,32 @@ def markdown(metrics: Mapping) -> str:
   ds = metrics.get("dataset") or {}
   qs = metrics.get("queries") or {}
   if ck or ds or qs:
-    out += [f"- checkpoint: {ck.get('step', '?')} ({ck.get('workdir', '')})",
-            f"- corpus: {ds.get('name', '?')} {ds.get('split', '')}, "
-            + ", ".join(f"{s} {n}" for s, n in (ds.get('docs') or {}).items()),
-            f"- queries: {qs.get('count', '?')} ({qs.get('origin', '?')}), by type "
-            + ", ".join(f"{t} {n}" for t, n in (qs.get('by_type') or {}).items()),
-            f"- ranking depth: top {metrics.get('depth')} per query; values are fractions in [0, 1]", ""]
+    out += [
+      f"- checkpoint: {ck.get('step', '?')} ({ck.get('workdir', '')})",
+      f"- corpus: {ds.get('name', '?')} {ds.get('split', '')}, "
+      + ", ".join(f"{s} {n}" for s, n in (ds.get("docs") or {}).items()),
+      f"- queries: {qs.get('count', '?')} ({qs.get('origin', '?')}), by type "
+      + ", ".join(f"{t} {n}" for t, n in (qs.get("by_type") or {}).items()),
+      f"- ranking depth: top {metrics.get('depth')} per query; values are fractions in [0, 1]",
+      "",
+    ]
   out += ["## Overall", ""]
-  rows = [[name, str(r["num_queries"]), str(r["num_docs"])]
-          + [_fmt((r["metrics"] or {}).get(m)) for m in names] for name, r in rankings.items()]
+  rows = [
+    [name, str(r["num_queries"]), str(r["num_docs"])] + [_fmt((r["metrics"] or {}).get(m)) for m in names]
+    for name, r in rankings.items()
+  ]
   out += _md_table(["ranking", "queries", "docs"] + names, rows) + [""]
-  out += ["## By source dataset", "",
-          "Each source's samples ranked on their own, judged by the qrels restricted to them.", ""]
+  out += [
+    "## By source dataset",
+    "",
+    "Each source's samples ranked on their own, judged by the qrels restricted to them.",
+    "",
+  ]
   sources = rankings.get("text->all", {}).get("by_source") or {}
-  rows = [[s, str(v["num_queries"]), str(v["num_docs"])] + [_fmt((v["metrics"] or {}).get(m)) for m in names]
-          for s, v in sources.items()]
+  rows = [
+    [s, str(v["num_queries"]), str(v["num_docs"])] + [_fmt((v["metrics"] or {}).get(m)) for m in names]
+    for s, v in sources.items()
+  ]
   out += _md_table(["source", "queries", "docs"] + names, rows) + [""]
   out += ["## By query type", "", "Means over the queries of each type within each ranking.", ""]
   rows = []
@@ -66,19 +78,23 @@ def markdown(metrics: Mapping) -> str:
   zero = metrics.get("zero_shot") or {}
   if zero:
     ndcg = chart_metric(metrics)
-    out += ["## Zero-shot multi-label classification (class names as texts)", "",
-            "mAP: mean over the classes present of each class's average precision over every "
-            f"sample; {ndcg}: the class name as a retrieval query.", ""]
+    out += [
+      "## Zero-shot multi-label classification (class names as texts)",
+      "",
+      "mAP: mean over the classes present of each class's average precision over every "
+      f"sample; {ndcg}: the class name as a retrieval query.",
+      "",
+    ]
     header = ["class"] + [f"AP {n}" for n in zero] + [f"{ndcg} {n}" for n in zero]
     classes = list(next(iter(zero.values()))["AP"])
-    rows = [[c] + [_fmt(z["AP"].get(c)) for z in zero.values()]
-            + [_fmt(z[ndcg].get(c)) for z in zero.values()] for c in classes]
+    rows = [
+      [c] + [_fmt(z["AP"].get(c)) for z in zero.values()] + [_fmt(z[ndcg].get(c)) for z in zero.values()]
+      for c in classes
+    ]
     rows.append(["**mAP**"] + [f"**{_fmt(z['mAP'])}**" for z in zero.values()] + [""] * len(zero))
     out += _md_table(header, rows) + [""]
-  out += ["## Files", "",
-          "| ranking | run | qrels |", "|---|---|---|"]
-  out += [f"| {name} | {r['files']['run']} | {r['files']['qrels']} |"
-          for name, r in rankings.items() if r.get("files")]
+  out += ["## Files", "", "| ranking | run | qrels |", "|---|---|---|"]
+  out += [f"| {name} | {r['files']['run']} | {r['files']['qrels']} |" for name, r in rankings.items() if r.get("files")]
   out += ["", f"![{chart_metric(metrics)} per source and per class]({CHART_FILE})", ""]
   return "\n".join(out)
 
@@ -92,8 +108,7 @@ def summary_table(metrics: Mapping, names: Sequence[str] = SUMMARY_METRICS) -> s
     lines.append(f"{name:<10} {r['num_queries']:>7} " + " ".join(f"{_fmt(vals.get(m)):>9}" for m in names))
   zero = metrics.get("zero_shot") or {}
   if zero:
-    lines.append("zero-shot classification mAP: "
-                 + ", ".join(f"{n} {_fmt(z['mAP'])}" for n, z in zero.items()))
+    lines.append("zero-shot classification mAP: " + ", ".join(f"{n} {_fmt(z['mAP'])}" for n, z in zero.items()))
   return "\n".join(lines)
 
 
@@ -126,7 +141,7 @@ def compare_table(entries: Sequence[tuple[str, Mapping]]) -> str:
   kw = max(len(k) for k in keys)
   base = labels[0]
   header = f"{'':<{kw}} " + " ".join(f"{lb:>{width}}" for lb in labels)
-  header += "".join(f" {'Δ ' + lb[:width - 2]:>{width}}" for lb in labels[1:])
+  header += "".join(f" {'Δ ' + lb[: width - 2]:>{width}}" for lb in labels[1:])
   lines = [f"differences (Δ) are each column minus {base!r}", header, "-" * len(header)]
   for k in keys:
     vals = [rows.get(k) for _, rows in tables]
@@ -146,18 +161,22 @@ def chart_bars(metrics: Mapping) -> list[tuple[str, list[tuple[str, float | None
   depth = chart_metric(metrics)
   panels = []
   sources = metrics["rankings"].get("text->all", {}).get("by_source") or {}
-  panels.append((f"{depth} per source dataset (each source ranked on its own)",
-                 [(s, (v["metrics"] or {}).get(depth)) for s, v in sources.items()]))
+  panels.append(
+    (
+      f"{depth} per source dataset (each source ranked on its own)",
+      [(s, (v["metrics"] or {}).get(depth)) for s, v in sources.items()],
+    )
+  )
   zero = (metrics.get("zero_shot") or {}).get("text->all")
   if zero:
-    panels.append((f"{depth} per class (class name as query, both sensors)",
-                   list(zero[depth].items())))
+    panels.append((f"{depth} per class (class name as query, both sensors)", list(zero[depth].items())))
   return panels
 
 
 def draw_chart(panels, path, *, width: int = 760) -> None:
   """Horizontal bar chart (values in [0, 1]) written to `path` as PNG (temporary name, then rename)."""
   from PIL import Image, ImageDraw, ImageFont  # pylint: disable=import-outside-toplevel
+
   font = ImageFont.load_default()
   bar_h, gap, title_h, left, right = 18, 6, 30, 190, 70
   height = 16 + sum(title_h + len(bars) * (bar_h + gap) + 24 for _, bars in panels)

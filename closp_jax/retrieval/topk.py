@@ -25,6 +25,7 @@ documents at the k-th place make the cut follows this rule; how the kept
 documents are then ranked for the metrics and TREC files follows trec_eval
 (see closp_jax/retrieval/metrics.py), which only reorders ties.
 """
+
 from __future__ import annotations
 
 import functools
@@ -36,14 +37,15 @@ import numpy as np
 _MAX_INDEX = np.iinfo(np.int32).max
 
 
-SEGMENT = 4096          # columns per segment
-SEGMENT_K = 32          # candidates kept per segment
+SEGMENT = 4096  # columns per segment
+SEGMENT_K = 32  # candidates kept per segment
 MAX_SCORE_BYTES = 3 << 29  # score matrices held by one compiled call (1.5 GiB)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "segment", "segment_k"), donate_argnums=(0, 1))
-def _merge_blocks(best_scores, best_index, queries, blocks, valids, offsets, limit, *, k: int, segment: int,
-                  segment_k: int):
+def _merge_blocks(
+  best_scores, best_index, queries, blocks, valids, offsets, limit, *, k: int, segment: int, segment_k: int
+):
   """Folds equal-sized corpus blocks into the running top-k (scores float32, indices int32).
 
   With segment_k > 0 each block passes on the best segment_k scores of every segment of
@@ -57,8 +59,9 @@ def _merge_blocks(best_scores, best_index, queries, blocks, valids, offsets, lim
   all_scores, all_index = [best_scores], [best_index]
   floor = jnp.full((num_queries,), -jnp.inf, jnp.float32)
   for i, (block, offset) in enumerate(zip(blocks, offsets)):
-    scores = jnp.dot(queries, block.astype(jnp.float32).T, precision=jax.lax.Precision.HIGHEST,
-                     preferred_element_type=jnp.float32)
+    scores = jnp.dot(
+      queries, block.astype(jnp.float32).T, precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32
+    )
     if valids is not None:
       scores = jnp.where(valids[i][None, :], scores, -jnp.inf)
     if segment_k:
@@ -81,8 +84,9 @@ def _merge_blocks(best_scores, best_index, queries, blocks, valids, offsets, lim
   return best_scores, best_index, floor
 
 
-def _plan(num_docs: int, num_queries: int, block: int, segment: int, segmented: bool,
-          max_score_bytes: int) -> tuple[int, int, int]:
+def _plan(
+  num_docs: int, num_queries: int, block: int, segment: int, segmented: bool, max_score_bytes: int
+) -> tuple[int, int, int]:
   """(rows per block, blocks per call, calls): equal blocks, equal calls, at most `block` rows per
   block (a multiple of `segment` when segmented) and about max_score_bytes of scores per call."""
   per_block = num_queries * block * 4
@@ -116,8 +120,17 @@ def _scan(q, corpus, corpus_mask, k: int, rows: int, group: int, calls: int, seg
     # Segmented scans without a corpus mask drop the padding after selection (no masking pass).
     masks = None if (segment_k and corpus_mask is None) else tuple(valids)
     best_scores, best_index, call_floor = _merge_blocks(
-        best_scores, best_index, q, tuple(blocks), masks, tuple(offsets), jnp.int32(num_docs), k=k,
-        segment=segment, segment_k=segment_k)
+      best_scores,
+      best_index,
+      q,
+      tuple(blocks),
+      masks,
+      tuple(offsets),
+      jnp.int32(num_docs),
+      k=k,
+      segment=segment,
+      segment_k=segment_k,
+    )
     floor = jnp.maximum(floor, call_floor)
   return np.array(best_scores), np.array(best_index, dtype=np.int64), np.asarray(floor)
 
@@ -129,9 +142,17 @@ def _pad_rows(array, rows: int):
   return jnp.pad(array, [(0, missing)] + [(0, 0)] * (array.ndim - 1))
 
 
-def topk_search(queries, corpus, k: int, block: int = 65536, corpus_mask=None, *,
-                segment: int = SEGMENT, segment_k: int = SEGMENT_K,
-                max_score_bytes: int = MAX_SCORE_BYTES) -> tuple[np.ndarray, np.ndarray]:
+def topk_search(
+  queries,
+  corpus,
+  k: int,
+  block: int = 65536,
+  corpus_mask=None,
+  *,
+  segment: int = SEGMENT,
+  segment_k: int = SEGMENT_K,
+  max_score_bytes: int = MAX_SCORE_BYTES,
+) -> tuple[np.ndarray, np.ndarray]:
   """Top-k corpus rows by inner product for every query, exactly.
 
   Args:
@@ -150,8 +171,10 @@ def topk_search(queries, corpus, k: int, block: int = 65536, corpus_mask=None, *
     `corpus_mask`, the tail is padded with score -inf and index -1.
   """
   if getattr(queries, "ndim", None) != 2 or getattr(corpus, "ndim", None) != 2:
-    raise ValueError(f"queries and corpus must be 2-D [rows, dim]; got shapes "
-                     f"{getattr(queries, 'shape', None)} and {getattr(corpus, 'shape', None)}.")
+    raise ValueError(
+      f"queries and corpus must be 2-D [rows, dim]; got shapes "
+      f"{getattr(queries, 'shape', None)} and {getattr(corpus, 'shape', None)}."
+    )
   (num_queries, dim), (num_docs, corpus_dim) = queries.shape, corpus.shape
   if dim != corpus_dim:
     raise ValueError(f"queries have dim {dim} but the corpus has dim {corpus_dim}.")
@@ -164,15 +187,15 @@ def topk_search(queries, corpus, k: int, block: int = 65536, corpus_mask=None, *
   if corpus_mask is not None:
     corpus_mask = np.asarray(corpus_mask)
     if corpus_mask.shape != (num_docs,) or corpus_mask.dtype != np.bool_:
-      raise ValueError(f"corpus_mask must be a bool array of shape ({num_docs},); got "
-                       f"{corpus_mask.dtype} {corpus_mask.shape}.")
+      raise ValueError(
+        f"corpus_mask must be a bool array of shape ({num_docs},); got {corpus_mask.dtype} {corpus_mask.shape}."
+      )
 
   block = min(block, num_docs)
   q = jnp.asarray(queries).astype(jnp.float32)
   segmented = 0 < segment_k < k and segment_k <= segment < block
   rows, group, calls = _plan(num_docs, num_queries, block, segment, segmented, max_score_bytes)
-  scores, index, floor = _scan(q, corpus, corpus_mask, k, rows, group, calls, segment,
-                               segment_k if segmented else 0)
+  scores, index, floor = _scan(q, corpus, corpus_mask, k, rows, group, calls, segment, segment_k if segmented else 0)
   if segmented:
     # A segment whose segment_k-th score reaches the k-th may have held more of the top k.
     again = np.flatnonzero(np.isfinite(floor) & (floor >= scores[:, -1]))
@@ -180,7 +203,7 @@ def topk_search(queries, corpus, k: int, block: int = 65536, corpus_mask=None, *
       padded = np.pad(again, (0, _bucket(again.size) - again.size), mode="edge")
       plain = _plan(num_docs, padded.size, block, segment, False, max_score_bytes)
       s2, i2, _ = _scan(q[padded], corpus, corpus_mask, k, *plain, segment, 0)
-      scores[again], index[again] = s2[:again.size], i2[:again.size]
+      scores[again], index[again] = s2[: again.size], i2[: again.size]
   index[np.isneginf(scores)] = -1
   return scores, index
 

@@ -5,9 +5,9 @@ The training loop (closp_jax/train/loop.py) does not import this module: the bin
 (`TrainingEvaluator(cfg, builder, mesh, tokenizer)`). The validation loss is the training
 objective (closp_jax.train.step.objective) over the whole validation split.
 """
+
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -24,9 +24,17 @@ SENSORS = ("s2", "s1")
 def embed_corpus(model, variables, builder, mesh, cfg, split: str, *, with_location: bool, max_items: int = 0):
   """{sensor: embed_split(...) result} for both sensors of a split."""
   return embed_lib.embed_corpus(
-      model, variables, builder, mesh, split, eval_batch_size=int(cfg.data.eval_batch_size),
-      inputs=pipeline.input_kwargs(cfg), with_location=with_location,
-      max_items=max_items, sensors=SENSORS)
+    model,
+    variables,
+    builder,
+    mesh,
+    split,
+    eval_batch_size=int(cfg.data.eval_batch_size),
+    inputs=pipeline.input_kwargs(cfg),
+    with_location=with_location,
+    max_items=max_items,
+    sensors=SENSORS,
+  )
 
 
 def validation_metrics(model, variables, builder, mesh, cfg, text_emb: np.ndarray) -> dict[str, float]:
@@ -40,8 +48,9 @@ def validation_metrics(model, variables, builder, mesh, cfg, text_emb: np.ndarra
   scale, bias = model.apply(variables, method=model.logit_params)
   weights = step_lib.loss_weights(cfg)
   if weights.pop("all_text", None) is not None:  # validation contrasts each sensor with its own texts
-    weights.update({f"{s}_text": float(cfg.loss.weights[f"{s}_text"]) for s in SENSORS
-                    if float(cfg.loss.weights[f"{s}_text"]) > 0})
+    weights.update(
+      {f"{s}_text": float(cfg.loss.weights[f"{s}_text"]) for s in SENSORS if float(cfg.loss.weights[f"{s}_text"]) > 0}
+    )
   terms = {}
   for sensor in SENSORS:
     c = corpus[sensor]
@@ -57,6 +66,7 @@ def validation_metrics(model, variables, builder, mesh, cfg, text_emb: np.ndarra
 
 def class_query_ndcg(model, variables, corpus, cfg, k: int) -> float:
   from closp_jax.data.tokenize import load_tokenizer  # pylint: disable=import-outside-toplevel
+
   tok = load_tokenizer()
   keys = np.concatenate([corpus[s]["key"] for s in SENSORS])
   labels = np.concatenate([corpus[s]["labels"] for s in SENSORS])
@@ -79,8 +89,7 @@ class TrainingEvaluator:
     self.texts = pipeline.dataset_texts(builder)
 
   def validation(self, model, variables) -> dict[str, float]:
-    text_emb = embed_lib.embed_texts(model, variables, self.tokenizer, self.texts,
-                                     max_len=int(self.cfg.data.max_len))
+    text_emb = embed_lib.embed_texts(model, variables, self.tokenizer, self.texts, max_len=int(self.cfg.data.max_len))
     return validation_metrics(model, variables, self.builder, self.mesh, self.cfg, np.asarray(text_emb))
 
   def table(self, model, variables) -> dict[str, dict[str, float]]:
@@ -94,14 +103,16 @@ class TrainingEvaluator:
 def retrieval_table(model, variables, builder, mesh, cfg, tokenizer) -> dict[str, dict[str, float]]:
   """{'text->s2'|'text->s1'|'text->all': metrics} on the test corpus, by the evaluation binary's
   protocol (closp_jax.retrieval.evaluator): the dataset's queries, or label-built ones."""
-  corpus = evaluator.Corpus.from_embedded(embed_corpus(
-      model, variables, builder, mesh, cfg, "test", with_location=False, max_items=int(cfg.eval.max_corpus)))
+  corpus = evaluator.Corpus.from_embedded(
+    embed_corpus(model, variables, builder, mesh, cfg, "test", with_location=False, max_items=int(cfg.eval.max_corpus))
+  )
   queries, qrels, _ = evaluator.resolve_queries(builder.data_dir, corpus)
-  qemb = embed_lib.embed_texts(model, variables, tokenizer, [q["text"] for q in queries],
-                               max_len=int(cfg.data.max_len))
+  qemb = embed_lib.embed_texts(model, variables, tokenizer, [q["text"] for q in queries], max_len=int(cfg.data.max_len))
   result = evaluator.evaluate_embeddings(corpus, queries, qemb, qrels, metrics=TRAIN_TABLE_METRICS)
-  return {name: r["metrics"] or {m: float("nan") for m in TRAIN_TABLE_METRICS}
-          for name, r in result.metrics["rankings"].items()}
+  return {
+    name: r["metrics"] or {m: float("nan") for m in TRAIN_TABLE_METRICS}
+    for name, r in result.metrics["rankings"].items()
+  }
 
 
 def format_table(final: dict, untrained: dict | None) -> str:

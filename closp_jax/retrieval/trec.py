@@ -11,6 +11,7 @@ as closp_jax.retrieval.metrics does.
 Qrels file: `qid 0 docid grade` (TREC), written sorted; read back with the project's one qrels
 reader, closp_jax.data.queries.read_qrels (TREC and BEIR, a file or a folder).
 """
+
 from __future__ import annotations
 
 import math
@@ -25,18 +26,21 @@ from closp_jax.retrieval.metrics import rank_documents
 
 def _atomic_write_lines(path, lines: Iterable[str]) -> None:
   """Writes lines to a temporary file beside `path`, then renames it into place."""
+
   def write(tmp: Path) -> None:
     with open(tmp, "w", encoding="utf-8", newline="\n") as f:
       for line in lines:
         f.write(line + "\n")
+
   atomic.write_with(path, write)
 
 
 def _check_token(value, what: str) -> str:
   text = str(value)
   if not text or any(c.isspace() for c in text):
-    raise ValueError(f"{what} {text!r} must be non-empty and contain no whitespace "
-                     "(TREC files are whitespace-separated).")
+    raise ValueError(
+      f"{what} {text!r} must be non-empty and contain no whitespace (TREC files are whitespace-separated)."
+    )
   return text
 
 
@@ -57,8 +61,10 @@ def make_run(qids: Sequence[str], doc_ids, scores) -> dict[str, dict[str, float]
   """
   scores = np.asarray(scores)
   if scores.ndim != 2 or len(qids) != scores.shape[0] or len(doc_ids) != scores.shape[0]:
-    raise ValueError(f"expected {len(qids)} rows of doc_ids and scores, got {len(doc_ids)} "
-                     f"rows of doc ids and scores of shape {scores.shape}.")
+    raise ValueError(
+      f"expected {len(qids)} rows of doc_ids and scores, got {len(doc_ids)} "
+      f"rows of doc ids and scores of shape {scores.shape}."
+    )
   run = {}
   for qid, docs, row in zip(qids, doc_ids, scores):
     qid = _check_token(qid, "query id")
@@ -104,8 +110,9 @@ def read_run(path) -> dict[str, dict[str, float]]:
       if not fields:
         continue
       if len(fields) != 6:
-        raise ValueError(f"{path}:{lineno}: expected 6 columns 'qid Q0 docid rank score tag', "
-                         f"got {len(fields)}: {line.strip()!r}")
+        raise ValueError(
+          f"{path}:{lineno}: expected 6 columns 'qid Q0 docid rank score tag', got {len(fields)}: {line.strip()!r}"
+        )
       qid, _, doc, _, score_text, _ = fields
       try:
         score = float(score_text)
@@ -131,7 +138,3 @@ def write_qrels(path, qrels: Mapping[str, Mapping[str, int]]) -> None:
         raise ValueError(f"qrels[{qid!r}][{doc!r}] = {grade!r}: grades must be integers.")
       rows.append(f"{qid} 0 {_check_token(doc, 'document id')} {int(grade)}")
   _atomic_write_lines(path, rows)
-
-
-
-

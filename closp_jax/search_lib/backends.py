@@ -17,9 +17,11 @@ first within the returned k.
   every backend scores exactly those rows (gathered from the memory map), so narrow filters never
   lose results to an approximate index; wider ones use faiss's ID selector inside the index.
 """
+
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -33,9 +35,9 @@ from closp_jax import atomic
 from closp_jax.errors import UserError
 
 INDEX_TYPES = ("exact", "ivfpq", "hnsw")
-FAISS_MAX_QUERIES = 32      # faiss fp16 flat for smaller batches; topk_search from here (benchmarks/index_scale.py)
-SUBSET_EXACT = 65536        # filters passing at most this many rows are searched exactly by every backend
-ADD_CHUNK = 262144          # rows converted to float32 at a time while building
+FAISS_MAX_QUERIES = 32  # faiss fp16 flat for smaller batches; topk_search from here (benchmarks/index_scale.py)
+SUBSET_EXACT = 65536  # filters passing at most this many rows are searched exactly by every backend
+ADD_CHUNK = 262144  # rows converted to float32 at a time while building
 
 
 class BackendError(UserError, ValueError):
@@ -51,11 +53,7 @@ def _faiss(why: str):
 
 
 def faiss_available() -> bool:
-  try:
-    import faiss  # pylint: disable=import-outside-toplevel,unused-import
-  except ImportError:
-    return False
-  return True
+  return importlib.util.find_spec("faiss") is not None
 
 
 def _finish(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +65,7 @@ def _finish(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, n
     ok = rows[i] >= 0
     s, r = scores[i][ok], rows[i][ok]
     order = np.lexsort((r, -s))[:k]
-    out_s[i, :len(order)], out_r[i, :len(order)] = s[order], r[order]
+    out_s[i, : len(order)], out_r[i, : len(order)] = s[order], r[order]
   return out_s, out_r
 
 
@@ -104,6 +102,7 @@ def _fp16_flat(faiss, embeddings: np.ndarray):
 
 class _Backend:
   """The common part of search(): float32 queries, k capped at N, narrow filters scored exactly."""
+
   embeddings: np.ndarray
 
   def search(self, queries, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -119,6 +118,7 @@ class _Backend:
 
 class ExactBackend(_Backend):
   """Scores every allowed row (see the module docstring for which engine runs)."""
+
   kind = "exact"
 
   def __init__(self, embeddings: np.ndarray, engine: str = "auto"):
@@ -134,6 +134,7 @@ class ExactBackend(_Backend):
     if not faiss_available():
       return False
     import jax  # pylint: disable=import-outside-toplevel
+
     return jax.default_backend() == "cpu" and num_queries < FAISS_MAX_QUERIES
 
   def flat(self):
@@ -148,25 +149,28 @@ class ExactBackend(_Backend):
       scores, rows = self.flat().search(queries, k, params=params)
       return _finish(scores, rows, k)
     from closp_jax.retrieval.topk import topk_search  # pylint: disable=import-outside-toplevel
+
     scores, rows = topk_search(queries, self.embeddings, k, corpus_mask=mask)
     return _finish(scores, rows, k)
 
 
 # ---- approximate indexes ------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class AnnParams:
   """Build and search parameters of an approximate index (defaults follow the row count)."""
-  nlist: int = 0          # ivfpq: inverted lists (0: 4 sqrt(N), a power of two in [16, 8192])
-  pq_m: int = 0           # ivfpq: sub-quantizers of 8 bits (0: D / 4, i.e. D / 4 bytes per row)
-  nprobe: int = 0         # ivfpq: lists visited per query (0: nlist / 16, at least 32)
-  hnsw_m: int = 32        # hnsw: graph degree
-  ef_construction: int = 80
-  ef_search: int = 256    # hnsw: candidate list while searching (at least refine x k)
-  refine: int = 0         # candidates re-scored exactly: refine x k (0: 10 for ivfpq, 4 for hnsw)
-  train_size: int = 0     # rows sampled to train (0: 64 x nlist for ivfpq, 65,536 for hnsw's SQ8)
 
-  def resolved(self, kind: str, n: int, d: int) -> "AnnParams":
+  nlist: int = 0  # ivfpq: inverted lists (0: 4 sqrt(N), a power of two in [16, 8192])
+  pq_m: int = 0  # ivfpq: sub-quantizers of 8 bits (0: D / 4, i.e. D / 4 bytes per row)
+  nprobe: int = 0  # ivfpq: lists visited per query (0: nlist / 16, at least 32)
+  hnsw_m: int = 32  # hnsw: graph degree
+  ef_construction: int = 80
+  ef_search: int = 256  # hnsw: candidate list while searching (at least refine x k)
+  refine: int = 0  # candidates re-scored exactly: refine x k (0: 10 for ivfpq, 4 for hnsw)
+  train_size: int = 0  # rows sampled to train (0: 64 x nlist for ivfpq, 65,536 for hnsw's SQ8)
+
+  def resolved(self, kind: str, n: int, d: int) -> AnnParams:
     p = dataclasses.replace(self)
     if kind == "ivfpq":
       if not p.nlist:
@@ -182,8 +186,9 @@ class AnnParams:
       if not p.train_size:
         p.train_size = 64 * p.nlist
       if n < 256:
-        raise BackendError(f"an ivfpq index needs at least 256 rows to train its 8-bit codes, this index has {n}; "
-                           "use the exact index")
+        raise BackendError(
+          f"an ivfpq index needs at least 256 rows to train its 8-bit codes, this index has {n}; use the exact index"
+        )
     elif not p.train_size:
       p.train_size = 65536
     if not p.refine:
@@ -208,8 +213,15 @@ def _factory(faiss, kind: str, d: int, p: AnnParams):
   raise BackendError(f"unknown index type {kind!r}: expected one of {INDEX_TYPES}")
 
 
-def build_ann(folder: str | os.PathLike, embeddings: np.ndarray, kind: str, params: AnnParams | None = None, *,
-              seed: int = 0, stream=None) -> Path:
+def build_ann(
+  folder: str | os.PathLike,
+  embeddings: np.ndarray,
+  kind: str,
+  params: AnnParams | None = None,
+  *,
+  seed: int = 0,
+  stream=None,
+) -> Path:
   """Trains and fills an approximate index over `embeddings` (float16 [N, D]) into folder/ann-<kind>.faiss.
 
   Rows are converted to float32 ADD_CHUNK at a time; the training sample is `train_size` rows drawn
@@ -229,33 +241,56 @@ def build_ann(folder: str | os.PathLike, embeddings: np.ndarray, kind: str, para
   index.train(np.asarray(embeddings[sample], np.float32))
   t_train = time.perf_counter() - t0
   for start in range(0, n, ADD_CHUNK):
-    index.add(np.asarray(embeddings[start:start + ADD_CHUNK], np.float32))
+    index.add(np.asarray(embeddings[start : start + ADD_CHUNK], np.float32))
     if stream is not None:
       print(f"{kind}: added {min(start + ADD_CHUNK, n)}/{n}", file=stream, flush=True)
   seconds = time.perf_counter() - t0
   index_path, meta_path = ann_paths(folder, kind)
   atomic.write_with(index_path, lambda tmp: faiss.write_index(index, str(tmp)))
-  atomic.write_json(meta_path, {"type": kind, "count": n, "embed_dim": d, "params": dataclasses.asdict(p),
-                                "build_seconds": round(seconds, 3), "train_seconds": round(t_train, 3),
-                                "faiss_version": faiss.__version__}, indent=2, sort_keys=True)
+  atomic.write_json(
+    meta_path,
+    {
+      "type": kind,
+      "count": n,
+      "embed_dim": d,
+      "params": dataclasses.asdict(p),
+      "build_seconds": round(seconds, 3),
+      "train_seconds": round(t_train, 3),
+      "faiss_version": faiss.__version__,
+    },
+    indent=2,
+    sort_keys=True,
+  )
   return index_path
 
 
 class AnnBackend(_Backend):
   """An approximate faiss index whose candidates are re-scored exactly against the float16 rows."""
 
-  def __init__(self, folder: str | os.PathLike, embeddings: np.ndarray, kind: str, *, nprobe: int | None = None,
-               ef_search: int | None = None, refine: int | None = None):
+  def __init__(
+    self,
+    folder: str | os.PathLike,
+    embeddings: np.ndarray,
+    kind: str,
+    *,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+    refine: int | None = None,
+  ):
     faiss = _faiss(f"--index_type {kind}")
     self.kind, self.embeddings = kind, embeddings
     index_path, meta_path = ann_paths(Path(folder), kind)
     if not index_path.is_file() or not meta_path.is_file():
-      raise BackendError(f"{index_path} not found: build it with `closp-search index --index_type {kind} ...` "
-                         "(the same command that built the index, plus --index_type)")
+      raise BackendError(
+        f"{index_path} not found: build it with `closp-search index --index_type {kind} ...` "
+        "(the same command that built the index, plus --index_type)"
+      )
     meta = json.loads(meta_path.read_text())
     if meta.get("count") != embeddings.shape[0]:
-      raise BackendError(f"{index_path} holds {meta.get('count')} rows, the index {embeddings.shape[0]}: "
-                         f"remove it and build it again with --index_type {kind}")
+      raise BackendError(
+        f"{index_path} holds {meta.get('count')} rows, the index {embeddings.shape[0]}: "
+        f"remove it and build it again with --index_type {kind}"
+      )
     self.params = AnnParams(**meta["params"])
     if nprobe:
       self.params.nprobe = nprobe
@@ -270,11 +305,15 @@ class AnnBackend(_Backend):
     faiss = self._faiss
     sel = _bitmap_selector(faiss, mask) if mask is not None else None
     if self.kind == "ivfpq":
-      return faiss.SearchParametersIVF(sel=sel, nprobe=self.params.nprobe) if sel is not None else \
-          faiss.SearchParametersIVF(nprobe=self.params.nprobe)
+      return (
+        faiss.SearchParametersIVF(sel=sel, nprobe=self.params.nprobe)
+        if sel is not None
+        else faiss.SearchParametersIVF(nprobe=self.params.nprobe)
+      )
     ef = max(self.params.ef_search, k)
-    return faiss.SearchParametersHNSW(sel=sel, efSearch=ef) if sel is not None else \
-        faiss.SearchParametersHNSW(efSearch=ef)
+    return (
+      faiss.SearchParametersHNSW(sel=sel, efSearch=ef) if sel is not None else faiss.SearchParametersHNSW(efSearch=ef)
+    )
 
   def _search(self, queries, k, mask):
     cand = min(self.embeddings.shape[0], max(k, self.params.refine * k))

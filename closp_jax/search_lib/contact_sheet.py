@@ -7,10 +7,11 @@ Tiles (raw archive values in, 8-bit RGB out):
       over [0, 15]; dB = 10 log10(max(x, 1e-6)) of the linear backscatter.
 Each tile is captioned with its rank, score and sensor/source on one line and its labels on the next.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -32,8 +33,9 @@ def _stretch(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
 def s2_true_colour(image: np.ndarray) -> np.ndarray:
   """[H, W, 13 or 12] raw S2 (S2_BANDS or S2_STORED_BANDS order) -> uint8 [H, W, 3] (B4, B3, B2)."""
   if image.ndim != 3 or image.shape[-1] not in (len(S2_BANDS), len(S2_STORED_BANDS)):
-    raise ValueError(f"S2 tile: expected [H, W, {len(S2_BANDS)}] (or {len(S2_STORED_BANDS)}) bands, got shape "
-                     f"{image.shape}")
+    raise ValueError(
+      f"S2 tile: expected [H, W, {len(S2_BANDS)}] (or {len(S2_STORED_BANDS)}) bands, got shape {image.shape}"
+    )
   names = S2_BANDS if image.shape[-1] == len(S2_BANDS) else S2_STORED_BANDS
   rgb = image[..., [names.index(b) for b in S2_RGB]].astype(np.float32)
   return (_stretch(rgb, 0.0, S2_MAX) * 255.0 + 0.5).astype(np.uint8)
@@ -59,6 +61,7 @@ def tile_rgb(image: np.ndarray, sensor: str) -> np.ndarray:
 
 def _font(size: int):
   from PIL import ImageFont  # pylint: disable=import-outside-toplevel
+
   try:
     return ImageFont.load_default(size=size)
   except TypeError:  # Pillow < 10.1: the fixed bitmap font
@@ -73,10 +76,18 @@ def _fit(draw, text: str, font, width: int) -> str:
   return text + "..."
 
 
-def contact_sheet(results: Sequence[dict], images: Sequence[np.ndarray], *, columns: int = 5, tile: int = 180,
-                  margin: int = 6, caption: int = 34):
+def contact_sheet(
+  results: Sequence[dict],
+  images: Sequence[np.ndarray],
+  *,
+  columns: int = 5,
+  tile: int = 180,
+  margin: int = 6,
+  caption: int = 34,
+):
   """(PIL.Image, boxes): the sheet and each result's image box (left, top, right, bottom), in rank order."""
   from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
+
   if len(results) != len(images):
     raise ValueError(f"{len(results)} results but {len(images)} images")
   if not results:

@@ -6,13 +6,14 @@ Properties: rank, score, key, sensor, source, timestamp, labels (a string of nam
 "; ", which QGIS shows as text; labels_list keeps the JSON list), thumbnail (a URL, from the server)
 and row. CSV: the same fields, one line per result, lon and lat as columns.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import json
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from closp_jax import atomic
 
@@ -29,10 +30,18 @@ def feature_collection(results: Sequence[dict], **meta) -> dict:
   for r in results:
     lon, lat = _num(r.get("lon")), _num(r.get("lat"))
     geom = {"type": "Point", "coordinates": [lon, lat]} if lon is not None and lat is not None else None
-    props = {"rank": r.get("rank"), "score": r.get("score"), "key": r.get("key"), "sensor": r.get("sensor"),
-             "source": r.get("source"), "timestamp": r.get("timestamp") or None,
-             "labels": "; ".join(r.get("labels") or []), "labels_list": list(r.get("labels") or []),
-             "thumbnail": r.get("thumbnail"), "row": r.get("row")}
+    props = {
+      "rank": r.get("rank"),
+      "score": r.get("score"),
+      "key": r.get("key"),
+      "sensor": r.get("sensor"),
+      "source": r.get("source"),
+      "timestamp": r.get("timestamp") or None,
+      "labels": "; ".join(r.get("labels") or []),
+      "labels_list": list(r.get("labels") or []),
+      "thumbnail": r.get("thumbnail"),
+      "row": r.get("row"),
+    }
     feats.append({"type": "Feature", "id": r.get("key"), "geometry": geom, "properties": props})
   return {"type": "FeatureCollection", **meta, "features": feats}
 

@@ -12,11 +12,12 @@ Locations: the pixel (row H // 2, column W // 2) of a patch, at its middle, thro
 affine transform (GDAL folds PixelIsPoint rasters' half-pixel shift into it) and CRS, converted to
 lon/lat degrees with rasterio's own transformation (PROJ).
 """
+
 from __future__ import annotations
 
 import os
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -24,9 +25,21 @@ from closp_jax.data.preprocess import S1_BANDS, S2_BANDS, S2_STORED_BANDS
 from closp_jax.errors import UserError
 
 # STAC `eo:bands` common names and Earth Search asset keys of Sentinel-2 L2A -> band ids.
-S2_COMMON_NAMES = {"coastal": "B1", "blue": "B2", "green": "B3", "red": "B4", "rededge1": "B5",
-                   "rededge2": "B6", "rededge3": "B7", "nir": "B8", "nir08": "B8A", "nir09": "B9",
-                   "cirrus": "B10", "swir16": "B11", "swir22": "B12"}
+S2_COMMON_NAMES = {
+  "coastal": "B1",
+  "blue": "B2",
+  "green": "B3",
+  "red": "B4",
+  "rededge1": "B5",
+  "rededge2": "B6",
+  "rededge3": "B7",
+  "nir": "B8",
+  "nir08": "B8A",
+  "nir09": "B9",
+  "cirrus": "B10",
+  "swir16": "B11",
+  "swir22": "B12",
+}
 SENSOR_BANDS = {"s2": S2_STORED_BANDS, "s1": S1_BANDS}
 
 
@@ -38,8 +51,10 @@ def rasterio_module():
   try:
     import rasterio  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise GeoTiffError("reading GeoTIFF files needs rasterio: pip install 'closp-jax[scenes]'; or save patches "
-                       "as .npy with a sidecar .json") from e
+    raise GeoTiffError(
+      "reading GeoTIFF files needs rasterio: pip install 'closp-jax[scenes]'; or save patches "
+      "as .npy with a sidecar .json"
+    ) from e
   return rasterio
 
 
@@ -67,8 +82,10 @@ def parse_bands(text: str | Sequence[str] | None) -> list[str] | None:
   ids = [band_id(n) for n in names]
   bad = [n for n, i in zip(names, ids) if i is None]
   if bad:
-    raise GeoTiffError(f"--bands: {bad} name no Sentinel-2 or Sentinel-1 band (expected e.g. "
-                       f"{','.join(S2_STORED_BANDS)} or {','.join(S1_BANDS)})")
+    raise GeoTiffError(
+      f"--bands: {bad} name no Sentinel-2 or Sentinel-1 band (expected e.g. "
+      f"{','.join(S2_STORED_BANDS)} or {','.join(S1_BANDS)})"
+    )
   return ids  # type: ignore[return-value]
 
 
@@ -100,8 +117,10 @@ def file_band_names(src, path: str, bands: Sequence[str] | None) -> list[str]:
     return list(bands)
   ids = [band_id(d) for d in src.descriptions]
   if any(i is None for i in ids):
-    raise GeoTiffError(f"{path}: band descriptions {list(src.descriptions)} do not name every band; give the "
-                       f"band order with --bands (e.g. {','.join(S2_STORED_BANDS)}) or write band descriptions")
+    raise GeoTiffError(
+      f"{path}: band descriptions {list(src.descriptions)} do not name every band; give the "
+      f"band order with --bands (e.g. {','.join(S2_STORED_BANDS)}) or write band descriptions"
+    )
   return ids  # type: ignore[return-value]
 
 
@@ -110,9 +129,12 @@ def pixel_lonlat(src, row: float, col: float, path: str = "") -> tuple[float, fl
   if src.transform.is_identity:
     return None
   if src.crs is None or not (src.crs.is_geographic or src.crs.is_projected):
-    raise GeoTiffError(f"{path}: georeferenced in a coordinate system with no EPSG / PROJ definition ({src.crs}); "
-                       "write the raster with a CRS, or give lon and lat in a sidecar .json")
+    raise GeoTiffError(
+      f"{path}: georeferenced in a coordinate system with no EPSG / PROJ definition ({src.crs}); "
+      "write the raster with a CRS, or give lon and lat in a sidecar .json"
+    )
   from rasterio.warp import transform as warp  # pylint: disable=import-outside-toplevel
+
   x, y = src.transform @ (col, row)
   (lon,), (lat,) = warp(src.crs, "EPSG:4326", [x], [y])
   if not (np.isfinite(lon) and np.isfinite(lat)) or abs(lat) > 90:
@@ -120,8 +142,9 @@ def pixel_lonlat(src, row: float, col: float, path: str = "") -> tuple[float, fl
   return float(lon), float(lat)
 
 
-def read_geotiff(path: str | os.PathLike, bands: Sequence[str] | None = None,
-                 sensor: str | None = None) -> tuple[np.ndarray, tuple[float, float] | None, str]:
+def read_geotiff(
+  path: str | os.PathLike, bands: Sequence[str] | None = None, sensor: str | None = None
+) -> tuple[np.ndarray, tuple[float, float] | None, str]:
   """One patch: (image [H, W, C] float32 in the model's band order, centre (lon, lat) or None, sensor)."""
   rasterio = rasterio_module()
   path = os.fspath(path)

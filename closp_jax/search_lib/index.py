@@ -19,6 +19,7 @@ a row's embedding does not depend on the chunk size, on which rows share its chu
 processes built the index: XLA's CPU convolutions round differently for different batch sizes
 (tests/test_search.py, test_embeddings_do_not_depend_on_the_chunk).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,8 +57,10 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str:
 
 def _table(items) -> Any:
   import pyarrow as pa  # pylint: disable=import-outside-toplevel
+
   rows = [dataclasses.asdict(it) for it in items]
-  return pa.table({
+  return pa.table(
+    {
       "key": pa.array([r["key"] for r in rows], pa.string()),
       "sensor": pa.array([r["sensor"] for r in rows], pa.string()),
       "source": pa.array([r["source"] for r in rows], pa.string()),
@@ -67,11 +70,13 @@ def _table(items) -> Any:
       "labels": pa.array([r["labels"] for r in rows], pa.list_(pa.string())),
       "record": pa.array([r["record"] for r in rows], pa.int64()),
       "path": pa.array([r["path"] for r in rows], pa.string()),
-  })
+    }
+  )
 
 
 def _write_parquet(table, path: Path) -> None:
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+
   atomic.write_with(path, lambda tmp: pq.write_table(table, tmp))
 
 
@@ -85,13 +90,26 @@ class _Progress:
       return
     rate = (done - self.start) / max(time.perf_counter() - self.t0, 1e-9)
     eta = (self.total - done) / rate if rate > 0 else 0.0
-    print(f"indexed {done}/{self.total} ({100.0 * done / max(self.total, 1):.0f}%, {rate:.0f}/s, "
-          f"ETA {int(eta) // 60:02d}:{int(eta) % 60:02d})", file=self.stream, flush=True)
+    print(
+      f"indexed {done}/{self.total} ({100.0 * done / max(self.total, 1):.0f}%, {rate:.0f}/s, "
+      f"ETA {int(eta) // 60:02d}:{int(eta) % 60:02d})",
+      file=self.stream,
+      flush=True,
+    )
 
 
-def build_index(model_dir: str | os.PathLike, out: str | os.PathLike, source, *, chunk: int = 512,
-                batch_size: int = 64, progress: bool = True, stream=None, stop_after_chunks: int | None = None,
-                model=None) -> Path:
+def build_index(
+  model_dir: str | os.PathLike,
+  out: str | os.PathLike,
+  source,
+  *,
+  chunk: int = 512,
+  batch_size: int = 64,
+  progress: bool = True,
+  stream=None,
+  stop_after_chunks: int | None = None,
+  model=None,
+) -> Path:
   """Embeds every item of `source` (sources.ArchiveSource / FolderSource) into the index `out`.
 
   Resumes an unfinished index of the same model and source; an existing index of another model or
@@ -99,27 +117,39 @@ def build_index(model_dir: str | os.PathLike, out: str | os.PathLike, source, *,
   index that a later call completes. Returns the index folder.
   """
   from closp_jax.exported import load_exported  # pylint: disable=import-outside-toplevel
+
   stream = stream or sys.stderr
   out = Path(out).absolute()
   model_dir = Path(model_dir).absolute()
   model = model or load_exported(model_dir)
   n, dim = len(source), int(model.embed_dim)
   manifest = {
-      "format": FORMAT, "version": VERSION, "count": n, "embed_dim": dim, "dtype": "float16",
-      "model": {"path": str(model_dir), "name": model.config.get("name"),
-                "step": model.config.get("checkpoint", {}).get("step"), "fingerprint": model_fingerprint(model_dir)},
-      "source": source.describe(), "complete": False,
+    "format": FORMAT,
+    "version": VERSION,
+    "count": n,
+    "embed_dim": dim,
+    "dtype": "float16",
+    "model": {
+      "path": str(model_dir),
+      "name": model.config.get("name"),
+      "step": model.config.get("checkpoint", {}).get("step"),
+      "fingerprint": model_fingerprint(model_dir),
+    },
+    "source": source.describe(),
+    "complete": False,
   }
   emb_path, progress_path, parts = out / "embeddings.npy", out / "progress.json", out / "parts"
   done = 0
   if (out / "index.json").is_file():
     old = json.loads((out / "index.json").read_text())
-    same = {k: old.get(k) for k in ("count", "embed_dim", "source")} == \
-        {k: manifest[k] for k in ("count", "embed_dim", "source")} and \
-        old.get("model", {}).get("fingerprint") == manifest["model"]["fingerprint"]
+    same = {k: old.get(k) for k in ("count", "embed_dim", "source")} == {
+      k: manifest[k] for k in ("count", "embed_dim", "source")
+    } and old.get("model", {}).get("fingerprint") == manifest["model"]["fingerprint"]
     if not same:
-      raise SearchIndexError(f"{out} holds an index of another model or source ({old.get('model', {}).get('path')}, "
-                        f"{old.get('source')}); choose another --out or remove it")
+      raise SearchIndexError(
+        f"{out} holds an index of another model or source ({old.get('model', {}).get('path')}, "
+        f"{old.get('source')}); choose another --out or remove it"
+      )
     if old.get("complete"):
       if progress:
         print(f"{out} is complete ({n} rows); nothing to do", file=stream, flush=True)
@@ -173,11 +203,13 @@ def embed_fixed_batch(model, images: np.ndarray, sensor: str, batch_size: int) -
 def _finish(out: Path, manifest: dict, n: int) -> None:
   import pyarrow as pa  # pylint: disable=import-outside-toplevel
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+
   files = sorted((out / "parts").glob("meta-*.parquet"))
   table = pa.concat_tables([pq.read_table(f) for f in files]) if files else _table([])
   if table.num_rows != n:
-    raise SearchIndexError(f"{out}/parts holds {table.num_rows} metadata rows for {n} embeddings; remove {out} and "
-                      "index again")
+    raise SearchIndexError(
+      f"{out}/parts holds {table.num_rows} metadata rows for {n} embeddings; remove {out} and index again"
+    )
   _write_parquet(table, out / "metadata.parquet")
   _write_json(out / "index.json", {**manifest, "complete": True})
   shutil.rmtree(out / "parts", ignore_errors=True)
@@ -227,6 +259,7 @@ def merge_shards(model_dir, out, source, num_processes: int, *, stream=None) -> 
   """
   import pyarrow as pa  # pylint: disable=import-outside-toplevel
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+
   out, model_dir = Path(out).absolute(), Path(model_dir).absolute()
   n = len(source)
   shards = [open_index(shard_dir(out, i, num_processes)) for i in range(num_processes)]
@@ -234,15 +267,16 @@ def merge_shards(model_dir, out, source, num_processes: int, *, stream=None) -> 
   manifest = {**shards[0].manifest, "count": n, "source": source.describe(), "complete": False}
   manifest["model"] = {**manifest["model"], "path": str(model_dir)}
   if sum(len(s) for s in shards) != n:
-    raise SearchIndexError(f"{out}/shards hold {sum(len(s) for s in shards)} rows, the source {n}; remove "
-                           f"{out}/shards and index again")
+    raise SearchIndexError(
+      f"{out}/shards hold {sum(len(s) for s in shards)} rows, the source {n}; remove {out}/shards and index again"
+    )
   tmp = out / f".embeddings.npy.tmp{os.getpid()}"
   emb = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, dim))
   at = 0
   for s in shards:
     for lo in range(0, len(s), 1 << 18):
       hi = min(lo + (1 << 18), len(s))
-      emb[at + lo:at + hi] = s.embeddings[lo:hi]
+      emb[at + lo : at + hi] = s.embeddings[lo:hi]
     at += len(s)
   emb.flush()
   del emb
@@ -259,10 +293,11 @@ def merge_shards(model_dir, out, source, num_processes: int, *, stream=None) -> 
 @dataclasses.dataclass
 class SearchIndex:
   """An opened, complete index: memory-mapped embeddings and the metadata columns."""
+
   folder: Path
   manifest: dict
-  embeddings: np.ndarray          # float16 [N, D], memory-mapped
-  meta: dict[str, np.ndarray]     # COLUMNS -> arrays (labels: object array of lists)
+  embeddings: np.ndarray  # float16 [N, D], memory-mapped
+  meta: dict[str, np.ndarray]  # COLUMNS -> arrays (labels: object array of lists)
 
   def __len__(self) -> int:
     return int(self.embeddings.shape[0])
@@ -285,6 +320,7 @@ class SearchIndex:
 
   def source(self):
     from closp_jax.search_lib.sources import open_source  # pylint: disable=import-outside-toplevel
+
     return open_source(self.manifest["source"])
 
 
@@ -297,23 +333,32 @@ def _py(v):
 def open_index(folder: str | os.PathLike) -> SearchIndex:
   """Opens a complete index (embeddings memory-mapped); a clear error when it is not one."""
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+
   folder = Path(folder)
   path = folder / "index.json"
   if not path.is_file():
-    raise SearchIndexError(f"{path} not found: build the index with `python -m closp_jax.search index ... --out {folder}`")
+    raise SearchIndexError(
+      f"{path} not found: build the index with `python -m closp_jax.search index ... --out {folder}`"
+    )
   manifest = json.loads(path.read_text())
   if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-    raise SearchIndexError(f"{path}: format {manifest.get('format')!r} version {manifest.get('version')!r}, expected "
-                      f"{FORMAT!r} version {VERSION}")
+    raise SearchIndexError(
+      f"{path}: format {manifest.get('format')!r} version {manifest.get('version')!r}, expected "
+      f"{FORMAT!r} version {VERSION}"
+    )
   if not manifest.get("complete"):
     done = json.loads((folder / "progress.json").read_text())["done"] if (folder / "progress.json").is_file() else 0
-    raise SearchIndexError(f"{folder} is incomplete ({done}/{manifest['count']} rows); run the same "
-                      "`python -m closp_jax.search index` command again to finish it")
+    raise SearchIndexError(
+      f"{folder} is incomplete ({done}/{manifest['count']} rows); run the same "
+      "`python -m closp_jax.search index` command again to finish it"
+    )
   emb = np.load(folder / "embeddings.npy", mmap_mode="r")
   table = pq.read_table(folder / "metadata.parquet")
   if emb.shape != (manifest["count"], manifest["embed_dim"]) or table.num_rows != manifest["count"]:
-    raise SearchIndexError(f"{folder}: embeddings {emb.shape} / metadata {table.num_rows} rows do not match index.json "
-                      f"({manifest['count']} x {manifest['embed_dim']})")
+    raise SearchIndexError(
+      f"{folder}: embeddings {emb.shape} / metadata {table.num_rows} rows do not match index.json "
+      f"({manifest['count']} x {manifest['embed_dim']})"
+    )
   missing = [c for c in COLUMNS if c not in table.column_names]
   if missing:
     raise SearchIndexError(f"{folder / 'metadata.parquet'} lacks columns {missing}")
@@ -323,4 +368,3 @@ def open_index(folder: str | os.PathLike) -> SearchIndex:
     labels[i] = names
   meta["labels"] = labels
   return SearchIndex(folder=folder, manifest=manifest, embeddings=emb, meta=meta)
-

@@ -1,9 +1,10 @@
 """Queries against an index: text or a stored embedding -> top-k, with sensor, place and date filters."""
+
 from __future__ import annotations
 
 import json
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -33,8 +34,9 @@ def parse_lonlat(text: str) -> tuple[float, float]:
   try:
     lon, lat = (float(p) for p in parts)
   except ValueError:
-    raise QueryError(f"--near {text!r}: expected LON,LAT in degrees, e.g. 13.40,52.52 (write --near=-3.7,40.4 "
-                     "when LON is negative)") from None
+    raise QueryError(
+      f"--near {text!r}: expected LON,LAT in degrees, e.g. 13.40,52.52 (write --near=-3.7,40.4 when LON is negative)"
+    ) from None
   if abs(lat) > 90 or abs(lon) > 180:
     raise QueryError(f"--near {text!r}: lon must be in [-180, 180] and lat in [-90, 90]")
   return lon, lat
@@ -51,8 +53,7 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
     raise QueryError(f"bbox {text!r}: expected MINLON,MINLAT,MAXLON,MAXLAT in degrees, e.g. 12.9,52.3,13.8,52.7")
   minlon, minlat, maxlon, maxlat = box
   if not (-180 <= minlon <= 180 and -180 <= maxlon <= 180 and -90 <= minlat <= maxlat <= 90):
-    raise QueryError(f"bbox {text!r}: longitudes must be in [-180, 180], latitudes in [-90, 90] with "
-                     "MINLAT <= MAXLAT")
+    raise QueryError(f"bbox {text!r}: longitudes must be in [-180, 180], latitudes in [-90, 90] with MINLAT <= MAXLAT")
   return box  # type: ignore[return-value]
 
 
@@ -84,9 +85,15 @@ def row_times(index: SearchIndex) -> np.ndarray:
   return cache["times"]
 
 
-def filter_mask(index: SearchIndex, sensor: str = "all", near: tuple[float, float] | None = None,
-                radius_km: float | None = None, bbox: tuple[float, float, float, float] | None = None,
-                start: np.datetime64 | None = None, end: np.datetime64 | None = None) -> np.ndarray:
+def filter_mask(
+  index: SearchIndex,
+  sensor: str = "all",
+  near: tuple[float, float] | None = None,
+  radius_km: float | None = None,
+  bbox: tuple[float, float, float, float] | None = None,
+  start: np.datetime64 | None = None,
+  end: np.datetime64 | None = None,
+) -> np.ndarray:
   """bool [N]: rows of `sensor` ('all', 's2', 's1') within radius_km of near=(lon, lat), inside bbox
   (lon/lat degrees; MINLON > MAXLON wraps the antimeridian) and taken between start and end
   (inclusive). Rows without a location never pass a place filter, rows without a time never a date filter."""
@@ -127,9 +134,11 @@ def check_model(index: SearchIndex, model, model_dir) -> None:
   want = index.manifest["model"]["fingerprint"]
   got = model_fingerprint(model_dir)
   if want != got:
-    raise SearchIndexError(f"{model_dir} is not the model that built {index.folder} (that was "
-                           f"{index.manifest['model']['path']}, step {index.manifest['model']['step']}); "
-                           "query with the same model or index again")
+    raise SearchIndexError(
+      f"{model_dir} is not the model that built {index.folder} (that was "
+      f"{index.manifest['model']['path']}, step {index.manifest['model']['step']}); "
+      "query with the same model or index again"
+    )
   if int(model.embed_dim) != int(index.manifest["embed_dim"]):
     raise SearchIndexError(f"model dim {model.embed_dim} != index dim {index.manifest['embed_dim']}")
 
@@ -152,12 +161,21 @@ def _backend(index: SearchIndex, backend):
   cache = index.__dict__.setdefault("_cache", {})
   if "exact" not in cache:
     from closp_jax.search_lib.backends import ExactBackend  # pylint: disable=import-outside-toplevel
+
     cache["exact"] = ExactBackend(index.embeddings)
   return cache["exact"]
 
 
-def search_vector(index: SearchIndex, query: np.ndarray, *, k: int = 20, backend=None, near=None,
-                  exclude_row: int | None = None, **filters) -> list[dict]:
+def search_vector(
+  index: SearchIndex,
+  query: np.ndarray,
+  *,
+  k: int = 20,
+  backend=None,
+  near=None,
+  exclude_row: int | None = None,
+  **filters,
+) -> list[dict]:
   """Ranked rows for one query vector [D] under the filters of `filter_mask` (sensor, near +
   radius_km, bbox, start, end); `exclude_row` is never returned."""
   if k < 1:
@@ -168,14 +186,25 @@ def search_vector(index: SearchIndex, query: np.ndarray, *, k: int = 20, backend
   if not mask.any():
     return []
   full = bool(mask.all())
-  scores, rows = _backend(index, backend).search(np.asarray(query, np.float32)[None], min(k, len(index)),
-                                                 None if full else mask)
+  scores, rows = _backend(index, backend).search(
+    np.asarray(query, np.float32)[None], min(k, len(index)), None if full else mask
+  )
   return _results(index, scores[0], rows[0], near)
 
 
-def search(index: SearchIndex, model, text: str, *, sensor: str = "all", k: int = 20,
-           near: tuple[float, float] | None = None, radius_km: float | None = None, backend=None,
-           fusion: str = DEFAULT_FUSION, **filters) -> list[dict]:
+def search(
+  index: SearchIndex,
+  model,
+  text: str,
+  *,
+  sensor: str = "all",
+  k: int = 20,
+  near: tuple[float, float] | None = None,
+  radius_km: float | None = None,
+  backend=None,
+  fusion: str = DEFAULT_FUSION,
+  **filters,
+) -> list[dict]:
   """Ranked results for one text: [{rank, score, row, key, sensor, source, lon, lat, timestamp, labels, ...}].
 
   The default backend is exact: every allowed row is scored (the memory-mapped float16 embeddings, in
@@ -192,12 +221,21 @@ def search(index: SearchIndex, model, text: str, *, sensor: str = "all", k: int 
   if not mask.any():
     return []
   q = model.encode_text([text])[0]
-  return search_text_vector(index, q, k=k, backend=backend, sensor=sensor, fusion=fusion, near=near,
-                            radius_km=radius_km, **filters)
+  return search_text_vector(
+    index, q, k=k, backend=backend, sensor=sensor, fusion=fusion, near=near, radius_km=radius_km, **filters
+  )
 
 
-def search_text_vector(index: SearchIndex, q: np.ndarray, *, k: int = 20, backend=None, sensor: str = "all",
-                       fusion: str = DEFAULT_FUSION, **filters) -> list[dict]:
+def search_text_vector(
+  index: SearchIndex,
+  q: np.ndarray,
+  *,
+  k: int = 20,
+  backend=None,
+  sensor: str = "all",
+  fusion: str = DEFAULT_FUSION,
+  **filters,
+) -> list[dict]:
   """Ranked rows for one text embedding [D]: `search_vector`, with the two sensors' lists merged by
   `fusion` when sensor is 'all' (raw: one ranking by inner product, as the paper evaluates)."""
   check_fusion(fusion)
@@ -215,12 +253,14 @@ def _sensor_stats(index: SearchIndex, sensor: str) -> SensorScoreStats:
   return cache[key]
 
 
-def _search_fused(index: SearchIndex, q: np.ndarray, *, k: int, backend, fusion: str, near=None, radius_km=None,
-                  **filters) -> list[dict]:
+def _search_fused(
+  index: SearchIndex, q: np.ndarray, *, k: int, backend, fusion: str, near=None, radius_km=None, **filters
+) -> list[dict]:
   """Each sensor's own top k, mapped onto one scale by `fusion`, merged (closp_jax.retrieval.ranking)."""
   if fusion == "reference":
-    raise QueryError("fusion 'reference' needs a reference set of texts, which a search index does not keep; "
-                     "use raw, zscore or rrf")
+    raise QueryError(
+      "fusion 'reference' needs a reference set of texts, which a search index does not keep; use raw, zscore or rrf"
+    )
   scores, rows, stats = {}, {}, {}
   for sensor in ("s2", "s1"):
     found = search_vector(index, q, k=k, backend=backend, sensor=sensor, near=near, radius_km=radius_km, **filters)
@@ -238,7 +278,7 @@ def _search_fused(index: SearchIndex, q: np.ndarray, *, k: int, backend, fusion:
 
 
 def similar(index: SearchIndex, key: str, *, k: int = 20, backend=None, **filters) -> list[dict]:
-  """"More like this": the rows nearest the stored embedding of `key` (itself excluded)."""
+  """ "More like this": the rows nearest the stored embedding of `key` (itself excluded)."""
   row = index.row_of(key)
   query = np.asarray(index.embeddings[row], np.float32)
   return search_vector(index, query, k=k, backend=backend, exclude_row=row, **filters)
@@ -252,13 +292,17 @@ def format_results(results: Sequence[dict]) -> str:
   lines = [f"{'rank':>4}  {'score':>7}  {'key':<{width}}  {'sensor':<6}  {'source':<10}  {'lon,lat':<19}  labels"]
   for r in results:
     lonlat = "-" if math.isnan(r["lon"]) else f"{r['lon']:.4f},{r['lat']:.4f}"
-    lines.append(f"{r['rank']:>4}  {r['score']:>7.4f}  {r['key']:<{width}}  {r['sensor']:<6}  {r['source']:<10}  "
-                 f"{lonlat:<19}  {', '.join(r['labels']) or '-'}")
+    lines.append(
+      f"{r['rank']:>4}  {r['score']:>7.4f}  {r['key']:<{width}}  {r['sensor']:<6}  {r['source']:<10}  "
+      f"{lonlat:<19}  {', '.join(r['labels']) or '-'}"
+    )
   return "\n".join(lines)
 
 
 def results_json(results: Sequence[dict]) -> str:
   """JSON list of results (NaN locations as null)."""
+
   def clean(r):
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+
   return json.dumps([clean(r) for r in results], indent=2)

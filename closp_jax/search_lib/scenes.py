@@ -21,17 +21,18 @@ Chips are indexed with key `<scene>_r<row>_c<col>` (chip row and column), path =
 record = the chip's number within the scene (row * columns + col), so the image of a result is
 read again from the scene without scanning it.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
 from closp_jax.search_lib import geotiff
-from closp_jax.search_lib.geotiff import GeoTiffError, SENSOR_BANDS
+from closp_jax.search_lib.geotiff import SENSOR_BANDS, GeoTiffError
 from closp_jax.search_lib.sources import Item, SourceError
 
 CHIP = 120
@@ -40,23 +41,28 @@ S2_REFLECTANCE_UNITS = 10000.0
 
 @dataclasses.dataclass
 class Band:
-  href: str                 # file path or URL GDAL opens
-  index: int = 1            # 1-based band number in that file
-  scale: float = 1.0        # physical = stored * scale + offset
+  href: str  # file path or URL GDAL opens
+  index: int = 1  # 1-based band number in that file
+  scale: float = 1.0  # physical = stored * scale + offset
   offset: float = 0.0
 
 
 @dataclasses.dataclass
 class Scene:
-  id: str                   # relative path (GeoTIFF) or STAC item id
+  id: str  # relative path (GeoTIFF) or STAC item id
   sensor: str
-  bands: dict[str, Band]    # band id -> where it is
+  bands: dict[str, Band]  # band id -> where it is
   timestamp: str = ""
   source: str = ""
 
   def describe(self) -> dict:
-    return {"id": self.id, "sensor": self.sensor, "timestamp": self.timestamp, "source": self.source,
-            "bands": {k: dataclasses.asdict(v) for k, v in self.bands.items()}}
+    return {
+      "id": self.id,
+      "sensor": self.sensor,
+      "timestamp": self.timestamp,
+      "source": self.source,
+      "bands": {k: dataclasses.asdict(v) for k, v in self.bands.items()},
+    }
 
 
 def _tiff_datetime(src) -> str:
@@ -67,8 +73,14 @@ def _tiff_datetime(src) -> str:
   return raw
 
 
-def geotiff_scene(path: str | os.PathLike, root: str | os.PathLike | None = None, *, bands: Sequence[str] | None = None,
-                  sensor: str | None = None, timestamp: str | None = None) -> Scene:
+def geotiff_scene(
+  path: str | os.PathLike,
+  root: str | os.PathLike | None = None,
+  *,
+  bands: Sequence[str] | None = None,
+  sensor: str | None = None,
+  timestamp: str | None = None,
+) -> Scene:
   """A multi-band GeoTIFF as a Scene: bands by description or `bands`, scales and offsets from the file."""
   rasterio = geotiff.rasterio_module()
   path = Path(path).absolute()
@@ -95,8 +107,9 @@ class SceneReader:
     self.order = list(SENSOR_BANDS[scene.sensor])
     missing = [b for b in self.order if b not in scene.bands]
     if missing:
-      raise GeoTiffError(f"scene {scene.id}: missing band(s) {missing}; the {scene.sensor.upper()} encoder reads "
-                         f"{self.order}")
+      raise GeoTiffError(
+        f"scene {scene.id}: missing band(s) {missing}; the {scene.sensor.upper()} encoder reads {self.order}"
+      )
     self._files: dict[str, object] = {}
     try:
       for band in self.order:
@@ -106,10 +119,12 @@ class SceneReader:
     except rasterio.errors.RasterioIOError as e:
       self.close()
       raise GeoTiffError(f"scene {scene.id}: cannot open {href} ({e})") from e
+
     # The grid: the band with the smallest pixels.
     def pixel(band):
       src = self._files[scene.bands[band].href]
       return abs(src.transform.a * src.transform.e)
+
     self.grid_band = min(self.order, key=pixel)
     ref = self._files[scene.bands[self.grid_band].href]
     self.crs, self.transform, self.height, self.width = ref.crs, ref.transform, ref.height, ref.width
@@ -119,11 +134,13 @@ class SceneReader:
   def _view(self, band: str):
     from rasterio.enums import Resampling  # pylint: disable=import-outside-toplevel
     from rasterio.vrt import WarpedVRT  # pylint: disable=import-outside-toplevel
+
     src = self._files[self.scene.bands[band].href]
     if (src.crs, src.transform, src.height, src.width) == (self.crs, self.transform, self.height, self.width):
       return src
-    return WarpedVRT(src, crs=self.crs, transform=self.transform, height=self.height, width=self.width,
-                     resampling=Resampling.bilinear)
+    return WarpedVRT(
+      src, crs=self.crs, transform=self.transform, height=self.height, width=self.width, resampling=Resampling.bilinear
+    )
 
   def close(self) -> None:
     for v in getattr(self, "_views", {}).values():
@@ -140,6 +157,7 @@ class SceneReader:
 
   def _window(self, row: int, col: int):
     from rasterio.windows import Window  # pylint: disable=import-outside-toplevel
+
     return Window(col * CHIP, row * CHIP, CHIP, CHIP)
 
   def nodata_fraction(self, row: int, col: int) -> float:
@@ -176,6 +194,7 @@ class SceneReader:
 
   def lonlat(self, row: int, col: int) -> tuple[float, float]:
     from rasterio.warp import transform as warp  # pylint: disable=import-outside-toplevel
+
     x, y = self.transform @ (col * CHIP + CHIP // 2 + 0.5, row * CHIP + CHIP // 2 + 0.5)
     (lon,), (lat,) = warp(self.crs, "EPSG:4326", [x], [y])
     return float(lon), float(lat)
@@ -183,10 +202,18 @@ class SceneReader:
 
 class SceneSource:
   """Every valid chip of a list of scenes, scene by scene, row-major (see the module docstring)."""
+
   kind = "scenes"
 
-  def __init__(self, scenes: Sequence[Scene], *, max_nodata: float = 0.0, description: dict | None = None,
-               stream=None, scan: bool = True):
+  def __init__(
+    self,
+    scenes: Sequence[Scene],
+    *,
+    max_nodata: float = 0.0,
+    description: dict | None = None,
+    stream=None,
+    scan: bool = True,
+  ):
     if not scenes:
       raise SourceError("no scenes to index")
     if not 0.0 <= max_nodata <= 1.0:
@@ -196,18 +223,21 @@ class SceneSource:
       raise SourceError("two scenes share one id; give them distinct file names or item ids")
     self.max_nodata = max_nodata
     self._description = description or {"kind": self.kind, "scenes": [s.describe() for s in scenes]}
-    self.chips: list[tuple[str, int, int, int]] = []      # scene id, row, col, columns
+    self.chips: list[tuple[str, int, int, int]] = []  # scene id, row, col, columns
     self._lonlat: list[tuple[float, float]] = []
     self._reader: tuple[str, SceneReader] | None = None
-    for s in (scenes if scan else ()):
+    for s in scenes if scan else ():
       with SceneReader(s) as reader:
         before = len(self.chips)
         for r, c in reader.chips(max_nodata):
           self.chips.append((s.id, r, c, reader.cols))
           self._lonlat.append(reader.lonlat(r, c))
         if stream is not None:
-          print(f"scene {s.id}: {len(self.chips) - before} of {reader.rows * reader.cols} chips kept", file=stream,
-                flush=True)
+          print(
+            f"scene {s.id}: {len(self.chips) - before} of {reader.rows * reader.cols} chips kept",
+            file=stream,
+            flush=True,
+          )
 
   def __len__(self) -> int:
     return len(self.chips)
@@ -227,9 +257,18 @@ class SceneSource:
     scene = self.scenes[sid]
     image = self._open(sid).read(r, c)
     lon, lat = self._lonlat[i]
-    stem = sid[:-len(Path(sid).suffix)] if Path(sid).suffix.lower() in (".tif", ".tiff") else sid
-    item = Item(key=f"{stem}_r{r}_c{c}", sensor=scene.sensor, source=scene.source or "scene", lon=lon, lat=lat,
-                timestamp=scene.timestamp, labels=[], record=r * cols + c, path=sid)
+    stem = sid[: -len(Path(sid).suffix)] if Path(sid).suffix.lower() in (".tif", ".tiff") else sid
+    item = Item(
+      key=f"{stem}_r{r}_c{c}",
+      sensor=scene.sensor,
+      source=scene.source or "scene",
+      lon=lon,
+      lat=lat,
+      timestamp=scene.timestamp,
+      labels=[],
+      record=r * cols + c,
+      path=sid,
+    )
     return item, image
 
   def image(self, row: dict) -> np.ndarray:
@@ -238,8 +277,13 @@ class SceneSource:
     return reader.read(r, c)
 
 
-def scenes_from_paths(paths: Sequence[str | os.PathLike], *, bands: Sequence[str] | None = None,
-                      sensor: str | None = None, timestamp: str | None = None) -> tuple[list[Scene], Path]:
+def scenes_from_paths(
+  paths: Sequence[str | os.PathLike],
+  *,
+  bands: Sequence[str] | None = None,
+  sensor: str | None = None,
+  timestamp: str | None = None,
+) -> tuple[list[Scene], Path]:
   """GeoTIFF scenes from files and folders (*.tif / *.tiff found recursively, sorted); ids relative
   to the common folder."""
   files: list[Path] = []
@@ -259,7 +303,19 @@ def scenes_from_paths(paths: Sequence[str | os.PathLike], *, bands: Sequence[str
 
 def open_scene_source(description: dict) -> SceneSource:
   """The SceneSource an index.json 'source' entry describes (no nodata scan: chips are read by number)."""
-  scenes = [Scene(id=s["id"], sensor=s["sensor"], timestamp=s.get("timestamp", ""), source=s.get("source", ""),
-                  bands={k: Band(**v) for k, v in s["bands"].items()}) for s in description["scenes"]]
-  return SceneSource(scenes, max_nodata=description.get("max_nodata", 0.0), scan=False,
-                     description={k: v for k, v in description.items() if k != "max_nodata"})
+  scenes = [
+    Scene(
+      id=s["id"],
+      sensor=s["sensor"],
+      timestamp=s.get("timestamp", ""),
+      source=s.get("source", ""),
+      bands={k: Band(**v) for k, v in s["bands"].items()},
+    )
+    for s in description["scenes"]
+  ]
+  return SceneSource(
+    scenes,
+    max_nodata=description.get("max_nodata", 0.0),
+    scan=False,
+    description={k: v for k, v in description.items() if k != "max_nodata"},
+  )

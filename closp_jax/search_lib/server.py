@@ -17,6 +17,7 @@ date, an unknown sensor (400), an unknown key (404), a query string over MAX_QUE
 The server writes only below its cache folder (thumbnails, each through a temporary file and a
 rename).
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,16 +31,16 @@ import numpy as np
 
 from closp_jax import atomic
 from closp_jax.errors import UserError
+from closp_jax.retrieval.ranking import check_fusion
 from closp_jax.search_lib import geojson
 from closp_jax.search_lib.index import SearchIndex, SearchIndexError
-from closp_jax.retrieval.ranking import check_fusion
 from closp_jax.search_lib.query import QueryError, parse_bbox, parse_date, row_times, search_text_vector, similar
 
 STATIC = Path(__file__).with_name("static")
 DEFAULT_MAX_K = 100
 HARD_MAX_K = 1000
-MAX_QUERY_CHARS = 2048      # the whole query string
-MAX_TEXT_CHARS = 500        # the q parameter
+MAX_QUERY_CHARS = 2048  # the whole query string
+MAX_TEXT_CHARS = 500  # the q parameter
 OSM_TILES = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
 OSM_ATTRIBUTION = "&copy; OpenStreetMap contributors"
 
@@ -54,8 +55,17 @@ def default_cache_dir(index_folder: str | os.PathLike) -> Path:
 class SearchService:
   """What the routes call: searches with one index, one model and one backend; thumbnails."""
 
-  def __init__(self, index: SearchIndex, model, *, backend=None, cache_dir: str | os.PathLike | None = None,
-               max_k: int = DEFAULT_MAX_K, tiles: str | None = OSM_TILES, attribution: str = OSM_ATTRIBUTION):
+  def __init__(
+    self,
+    index: SearchIndex,
+    model,
+    *,
+    backend=None,
+    cache_dir: str | os.PathLike | None = None,
+    max_k: int = DEFAULT_MAX_K,
+    tiles: str | None = OSM_TILES,
+    attribution: str = OSM_ATTRIBUTION,
+  ):
     if not 1 <= max_k <= HARD_MAX_K:
       raise QueryError(f"--max_k must be in [1, {HARD_MAX_K}], got {max_k}")
     self.index, self.model, self.backend = index, model, backend
@@ -77,12 +87,19 @@ class SearchService:
     times = row_times(self.index)
     good = times[~np.isnat(times)]
     sensors = {s: int(np.sum(meta["sensor"] == s)) for s in ("s2", "s1")}
-    return {"count": len(self.index), "sensors": sensors, "max_k": self.max_k,
-            "bbox": [float(lon[ok].min()), float(lat[ok].min()), float(lon[ok].max()), float(lat[ok].max())]
-            if ok.any() else None,
-            "time_range": [str(good.min())[:10], str(good.max())[:10]] if good.size else None,
-            "tiles": self.tiles, "attribution": self.attribution, "backend": getattr(self.backend, "kind", "exact"),
-            "model": self.index.manifest["model"].get("name")}
+    return {
+      "count": len(self.index),
+      "sensors": sensors,
+      "max_k": self.max_k,
+      "bbox": [float(lon[ok].min()), float(lat[ok].min()), float(lon[ok].max()), float(lat[ok].max())]
+      if ok.any()
+      else None,
+      "time_range": [str(good.min())[:10], str(good.max())[:10]] if good.size else None,
+      "tiles": self.tiles,
+      "attribution": self.attribution,
+      "backend": getattr(self.backend, "kind", "exact"),
+      "model": self.index.manifest["model"].get("name"),
+    }
 
   def filters(self, args) -> tuple[int, dict]:
     """(k, filters) from request arguments; QueryError names the bad one."""
@@ -124,7 +141,9 @@ class SearchService:
     if path.is_file():
       return path
     from PIL import Image  # pylint: disable=import-outside-toplevel
+
     from closp_jax.search_lib.contact_sheet import tile_rgb  # pylint: disable=import-outside-toplevel
+
     entry = self.index.row(row)
     with self._source_lock:
       if self._source is None:
@@ -140,10 +159,21 @@ def _public(results: list[dict]) -> list[dict]:
   out = []
   for r in results:
     lon, lat = r["lon"], r["lat"]
-    out.append({"rank": r["rank"], "key": r["key"], "score": r["score"], "sensor": r["sensor"], "source": r["source"],
-                "lon": None if math.isnan(lon) else lon, "lat": None if math.isnan(lat) else lat,
-                "labels": list(r["labels"]), "timestamp": r["timestamp"] or None,
-                "thumbnail": f"/thumbnails/{r['row']}.png", "row": r["row"]})
+    out.append(
+      {
+        "rank": r["rank"],
+        "key": r["key"],
+        "score": r["score"],
+        "sensor": r["sensor"],
+        "source": r["source"],
+        "lon": None if math.isnan(lon) else lon,
+        "lat": None if math.isnan(lat) else lat,
+        "labels": list(r["labels"]),
+        "timestamp": r["timestamp"] or None,
+        "thumbnail": f"/thumbnails/{r['row']}.png",
+        "row": r["row"],
+      }
+    )
   return out
 
 
@@ -152,17 +182,20 @@ def create_app(service: SearchService):
   from flask import Flask, abort, jsonify, request, send_file, send_from_directory  # pylint: disable=import-outside-toplevel
 
   app = Flask("closp_search", static_folder=None)
-  app.url_map.merge_slashes = False                 # '//x' is a 404, not a redirect
-  app.config["MAX_CONTENT_LENGTH"] = 1024           # GET only: no request needs a body
+  app.url_map.merge_slashes = False  # '//x' is a 404, not a redirect
+  app.config["MAX_CONTENT_LENGTH"] = 1024  # GET only: no request needs a body
   app.json.sort_keys = False
   img_src = "'self' data:"
   if service.tiles:  # the tile host may serve images too ({s} subdomains as a CSP wildcard)
     from urllib.parse import urlsplit  # pylint: disable=import-outside-toplevel
+
     parts = urlsplit(service.tiles.replace("{s}", "*"))
     if parts.scheme in ("http", "https") and parts.netloc:
       img_src += f" {parts.scheme}://{parts.netloc}"
-  csp = (f"default-src 'self'; img-src {img_src}; style-src 'self' 'unsafe-inline'; script-src 'self'; "
-         "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+  csp = (
+    f"default-src 'self'; img-src {img_src}; style-src 'self' 'unsafe-inline'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+  )
 
   @app.after_request
   def headers(resp):
@@ -265,6 +298,14 @@ def make_server(app, *, host: str = "127.0.0.1", port: int = 8080, threads: int 
     import waitress  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise UserError("closp-search serve needs flask and waitress: pip install 'closp-jax[search]'") from e
-  return waitress.create_server(app, host=host, port=port, threads=threads, ident="closp-search",
-                                max_request_header_size=16384, max_request_body_size=1024, connection_limit=256,
-                                channel_timeout=60)
+  return waitress.create_server(
+    app,
+    host=host,
+    port=port,
+    threads=threads,
+    ident="closp-search",
+    max_request_header_size=16384,
+    max_request_body_size=1024,
+    connection_limit=256,
+    channel_timeout=60,
+  )

@@ -16,6 +16,7 @@ georeferencing; a .npy patch has no location, its bands are in the model's order
 S2) unless given, its layout is HWC when the last axis has 2, 12 or 13 entries and CHW when the
 first one has. Scenes cut into chips and STAC catalogues are in scenes.py and stac.py.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,8 +48,8 @@ class Item:
   lat: float
   timestamp: str
   labels: list[str]
-  record: int = -1      # record index in the dataset split (dataset sources)
-  path: str = ""        # path relative to the folder (folder sources)
+  record: int = -1  # record index in the dataset split (dataset sources)
+  path: str = ""  # path relative to the folder (folder sources)
 
 
 def _text(value: Any) -> str:
@@ -57,12 +58,20 @@ def _text(value: Any) -> str:
 
 class ArchiveSource:
   """Every record of `sensors` in a split of a prepared crisis_landmark dataset (S2 first, then S1)."""
+
   kind = "dataset"
 
-  def __init__(self, name: str = "crisis_landmark/sample", split: str = "test", data_dir: str | None = None,
-               sensors: tuple[str, ...] = SENSORS, prepare: bool = True):
+  def __init__(
+    self,
+    name: str = "crisis_landmark/sample",
+    split: str = "test",
+    data_dir: str | None = None,
+    sensors: tuple[str, ...] = SENSORS,
+    prepare: bool = True,
+  ):
     from closp_jax.data import labels as labels_lib  # pylint: disable=import-outside-toplevel
     from closp_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+
     bad = [s for s in sensors if s not in SENSORS]
     if bad:
       raise SourceError(f"unknown sensor(s) {bad}: expected some of {SENSORS}")
@@ -80,16 +89,29 @@ class ArchiveSource:
     return len(self.records)
 
   def describe(self) -> dict:
-    return {"kind": self.kind, "name": self.name, "split": self.split, "data_dir": self.data_dir,
-            "sensors": list(self.sensors)}
+    return {
+      "kind": self.kind,
+      "name": self.name,
+      "split": self.split,
+      "data_dir": self.data_dir,
+      "sensors": list(self.sensors),
+    }
 
   def read(self, i: int) -> tuple[Item, np.ndarray]:
     index = int(self.records[i])
     r = self._source[index]
     lon, lat = (float(v) for v in np.asarray(r["lonlat"], np.float64))
     labels = [c for c, on in zip(self._classes, np.asarray(r["labels"]) > 0) if on]
-    item = Item(key=_text(r["key"]), sensor=_text(r["sensor"]), source=_text(r["source"]), lon=lon, lat=lat,
-                timestamp=_text(r["timestamp"]), labels=labels, record=index)
+    item = Item(
+      key=_text(r["key"]),
+      sensor=_text(r["sensor"]),
+      source=_text(r["source"]),
+      lon=lon,
+      lat=lat,
+      timestamp=_text(r["timestamp"]),
+      labels=labels,
+      record=index,
+    )
     return item, np.asarray(r["image"], np.float32)
 
   def image(self, item: dict) -> np.ndarray:
@@ -119,8 +141,9 @@ def _to_hwc(arr: np.ndarray, layout: str | None, path: Path) -> np.ndarray:
     elif arr.shape[0] in BAND_COUNTS:
       layout = "CHW"
     else:
-      raise SourceError(f"{path}: shape {arr.shape} has no axis of 2 (S1) or 12/13 (S2) bands; set "
-                        "\"layout\" in its sidecar .json")
+      raise SourceError(
+        f'{path}: shape {arr.shape} has no axis of 2 (S1) or 12/13 (S2) bands; set "layout" in its sidecar .json'
+      )
   if layout not in ("HWC", "CHW"):
     raise SourceError(f"{path}: layout {layout!r}, expected 'HWC' or 'CHW'")
   return arr if layout == "HWC" else np.transpose(arr, (1, 2, 0))
@@ -128,6 +151,7 @@ def _to_hwc(arr: np.ndarray, layout: str | None, path: Path) -> np.ndarray:
 
 class FolderSource:
   """Patches in a folder (see the module docstring). `sensor` forces the sensor of every patch."""
+
   kind = "folder"
 
   def __init__(self, folder: str | os.PathLike, sensor: str | None = None, bands: list[str] | None = None):
@@ -159,6 +183,7 @@ class FolderSource:
         raise SourceError(f"{path}: not a plain numeric .npy array ({e})") from e
       return _to_hwc(np.asarray(arr, np.float32), side.get("layout"), path), None, None
     from closp_jax.search_lib.geotiff import read_geotiff  # pylint: disable=import-outside-toplevel
+
     return read_geotiff(path, self.bands, self.sensor or side.get("sensor"))  # the model's band order
 
   def read(self, i: int) -> tuple[Item, np.ndarray]:
@@ -167,8 +192,10 @@ class FolderSource:
     image, lonlat, named = self._load(path, side)
     sensor = self.sensor or side.get("sensor") or named or BAND_COUNTS.get(image.shape[-1])
     if sensor not in SENSORS:
-      raise SourceError(f"{path}: {image.shape[-1]} bands name no sensor (2: s1, 12 or 13: s2); give "
-                        "\"sensor\" in its sidecar .json or --sensor")
+      raise SourceError(
+        f"{path}: {image.shape[-1]} bands name no sensor (2: s1, 12 or 13: s2); give "
+        '"sensor" in its sidecar .json or --sensor'
+      )
     if "lonlat" in side:
       lonlat = tuple(side["lonlat"])
     elif "lon" in side or "lat" in side:
@@ -182,8 +209,16 @@ class FolderSource:
     labels = side.get("labels", [])
     if not isinstance(labels, list):
       raise SourceError(f"{path.with_suffix('.json')}: labels must be a list of names")
-    item = Item(key=str(side.get("key", rel)), sensor=sensor, source=str(side.get("source", "folder")), lon=lon,
-                lat=lat, timestamp=str(side.get("timestamp", "")), labels=[str(x) for x in labels], path=rel)
+    item = Item(
+      key=str(side.get("key", rel)),
+      sensor=sensor,
+      source=str(side.get("source", "folder")),
+      lon=lon,
+      lat=lat,
+      timestamp=str(side.get("timestamp", "")),
+      labels=[str(x) for x in labels],
+      path=rel,
+    )
     return item, image
 
   def image(self, item: dict) -> np.ndarray:
@@ -195,11 +230,17 @@ def open_source(description: dict):
   """The source an index.json 'source' entry describes (to read images of results again)."""
   kind = description.get("kind")
   if kind == "dataset":
-    return ArchiveSource(description["name"], description["split"], description["data_dir"],
-                         tuple(description.get("sensors", SENSORS)), prepare=False)
+    return ArchiveSource(
+      description["name"],
+      description["split"],
+      description["data_dir"],
+      tuple(description.get("sensors", SENSORS)),
+      prepare=False,
+    )
   if kind == "folder":
     return FolderSource(description["path"], description.get("sensor"), description.get("bands"))
   if kind in ("scenes", "stac"):
     from closp_jax.search_lib import scenes  # pylint: disable=import-outside-toplevel
+
     return scenes.open_scene_source(description)
   raise SourceError(f"unknown source kind {kind!r} in the index (expected dataset, folder, scenes or stac)")

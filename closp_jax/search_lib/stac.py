@@ -17,6 +17,7 @@ collection.json or a single item .json from disk and walks every item below it. 
 The index keeps every scene's band hrefs (absolute) in index.json, so results are read again
 without pystac.
 """
+
 from __future__ import annotations
 
 import os
@@ -92,8 +93,13 @@ def item_scene(item) -> Scene | None:
       continue
     bands[name] = Band(href=asset.get_absolute_href() or asset.href, index=1, scale=scale, offset=offset)
   stamp = item.datetime or item.common_metadata.start_datetime
-  return Scene(id=item.id, sensor=sensor, bands=bands, timestamp=stamp.replace(tzinfo=None).isoformat() if stamp else "",
-               source=item.collection_id or "stac")
+  return Scene(
+    id=item.id,
+    sensor=sensor,
+    bands=bands,
+    timestamp=stamp.replace(tzinfo=None).isoformat() if stamp else "",
+    source=item.collection_id or "stac",
+  )
 
 
 def read_catalog(path: str | os.PathLike, *, stream=None) -> list[Scene]:
@@ -116,8 +122,11 @@ def read_catalog(path: str | os.PathLike, *, stream=None) -> list[Scene]:
   for item in sorted(items, key=lambda it: it.id):
     scene = item_scene(item)
     if scene is None:
-      print(f"{path}: item {item.id} is neither Sentinel-2 nor Sentinel-1 (platform / collection); skipped",
-            file=stream or sys.stderr, flush=True)
+      print(
+        f"{path}: item {item.id} is neither Sentinel-2 nor Sentinel-1 (platform / collection); skipped",
+        file=stream or sys.stderr,
+        flush=True,
+      )
       continue
     want = geotiff.SENSOR_BANDS[scene.sensor]
     missing = [b for b in want if b not in scene.bands]
@@ -131,6 +140,9 @@ def read_catalog(path: str | os.PathLike, *, stream=None) -> list[Scene]:
 
 def catalog_source(path: str | os.PathLike, *, max_nodata: float = 0.0, stream=None) -> SceneSource:
   scenes = read_catalog(path, stream=stream)
-  return SceneSource(scenes, max_nodata=max_nodata, stream=stream,
-                     description={"kind": "stac", "catalog": str(Path(path).absolute()),
-                                  "scenes": [s.describe() for s in scenes]})
+  return SceneSource(
+    scenes,
+    max_nodata=max_nodata,
+    stream=stream,
+    description={"kind": "stac", "catalog": str(Path(path).absolute()), "scenes": [s.describe() for s in scenes]},
+  )

@@ -12,11 +12,11 @@ Output: messages and progress on stderr and in WORKDIR/train.log (closp_jax/prog
 table on stdout, TensorBoard summaries in WORKDIR/tensorboard/{train,validation} (the same tags in
 both runs, so TensorBoard overlays them; the config as text and hparams).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -67,6 +67,7 @@ def _flat_config(config) -> dict:
         out[key] = v
       elif v is not None:
         out[key] = str(v)
+
   walk(config, "")
   return out
 
@@ -80,6 +81,7 @@ class Summaries:
     if jax.process_index() != 0:
       return
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+
     for run in ("train", "validation"):
       self.writers[run] = SummaryWriter(str(workdir / "tensorboard" / run))
     train = self.writers["train"]
@@ -134,18 +136,22 @@ def _train(config, workdir: Path, report: Reporter, stop: StopRequest, run: dict
   config_lib.validate(config)
   if evaluator_factory is None and (int(config.eval.every_steps) > 0 or config.eval.final):
     raise setup.RunConfigError(
-        "this run evaluates (config.eval.every_steps > 0 or config.eval.final) but no evaluator was given: "
-        "pass evaluator_factory=closp_jax.retrieval.training_eval.TrainingEvaluator, or set "
-        "--config.eval.every_steps=0 --config.eval.final=False")
+      "this run evaluates (config.eval.every_steps > 0 or config.eval.final) but no evaluator was given: "
+      "pass evaluator_factory=closp_jax.retrieval.training_eval.TrainingEvaluator, or set "
+      "--config.eval.every_steps=0 --config.eval.final=False"
+    )
   if main:  # the run's config, for tools that read the workdir later (closp-evaluate, closp-export)
     atomic.write_text(workdir / "config.json", config.to_json(indent=2, sort_keys=True))
   mesh = mesh_lib.make_mesh(config.mesh)
   setup.check_batch(config, mesh)
-  say(f"closp-jax {config.name}: {jax.device_count()} {jax.devices()[0].platform} device(s), "
-      f"{jax.process_count()} process(es), mesh {dict(mesh.shape)}")
+  say(
+    f"closp-jax {config.name}: {jax.device_count()} {jax.devices()[0].platform} device(s), "
+    f"{jax.process_count()} process(es), mesh {dict(mesh.shape)}"
+  )
 
-  builder = pipeline.get_builder(config.data.name, data_dir=config.data.data_dir or None,
-                                 manual_dir=config.data.manual_dir or None)
+  builder = pipeline.get_builder(
+    config.data.name, data_dir=config.data.data_dir or None, manual_dir=config.data.manual_dir or None
+  )
   sizes = train_sizes(builder)
   setup.check_train_sizes(config, sizes, builder.info.full_name)
   cfg = setup.resolve_steps(config, sizes)
@@ -161,12 +167,20 @@ def _train(config, workdir: Path, report: Reporter, stop: StopRequest, run: dict
 
   nproc = jax.process_count()
   train_it = pipeline.train_iterator(
-      builder, batch_size=int(cfg.data.batch_size) // nproc, seed=int(cfg.seed), tokenizer=tokenizer,
-      max_len=int(cfg.data.max_len), bucket=bool(cfg.data.bucket), augment=cfg.data.augment,
-      worker_count=int(cfg.data.worker_count), **pipeline.input_kwargs(cfg))
+    builder,
+    batch_size=int(cfg.data.batch_size) // nproc,
+    seed=int(cfg.seed),
+    tokenizer=tokenizer,
+    max_len=int(cfg.data.max_len),
+    bucket=bool(cfg.data.bucket),
+    augment=cfg.data.augment,
+    worker_count=int(cfg.data.worker_count),
+    **pipeline.input_kwargs(cfg),
+  )
 
-  ckpt = run["ckpt"] = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=int(cfg.checkpoint.keep),
-                                             async_save=bool(cfg.checkpoint.async_save))
+  ckpt = run["ckpt"] = ckpt_lib.Checkpointer(
+    workdir / "checkpoints", keep=int(cfg.checkpoint.keep), async_save=bool(cfg.checkpoint.async_save)
+  )
   warning = ckpt.check_space(sum(x.nbytes for x in jax.tree.leaves(state)))
   if warning:
     say(warning)
@@ -201,12 +215,15 @@ def _train(config, workdir: Path, report: Reporter, stop: StopRequest, run: dict
     if not phase.text_table:
       return compiled[phase], np.zeros((1, 1), np.float32)
     if "table" not in table_cache:  # the text tower is frozen: one embedding per dataset text, computed once
-      table_cache["table"] = jax.device_put(text_table(model, _vars(state), tokenizer, texts, cfg),
-                                            mesh_lib.replicated(mesh))
+      table_cache["table"] = jax.device_put(
+        text_table(model, _vars(state), tokenizer, texts, cfg), mesh_lib.replicated(mesh)
+      )
     return compiled[phase], table_cache["table"]
 
-  say(f"training {total} steps ({cfg.train.steps_per_epoch} per epoch), {cfg.data.batch_size} S2 + "
-      f"{cfg.data.batch_size} S1 samples per step; checkpoints in {ckpt.directory}; log in {workdir / 'train.log'}")
+  say(
+    f"training {total} steps ({cfg.train.steps_per_epoch} per epoch), {cfg.data.batch_size} S2 + "
+    f"{cfg.data.batch_size} S1 samples per step; checkpoints in {ckpt.directory}; log in {workdir / 'train.log'}"
+  )
   progress = report.task(total, "step", unit="step", start=start, every=int(cfg.train.log_every_steps))
   pending = None  # (step, metrics) of the last dispatched step, checked one step late
   last_val = {}
@@ -227,8 +244,12 @@ def _train(config, workdir: Path, report: Reporter, stop: StopRequest, run: dict
         with open(order_file, "a", encoding="utf-8") as f:
           f.write(f"{step + 1} {batch_digest(batch)}\n")
       gbatch = mesh_lib.global_batch(
-          {s: {k: v for k, v in batch[s].items() if k in ("image", "input_ids", "attention_mask", "lonlat", "text_id")}
-           for s in ("s2", "s1")}, mesh)
+        {
+          s: {k: v for k, v in batch[s].items() if k in ("image", "input_ids", "attention_mask", "lonlat", "text_id")}
+          for s in ("s2", "s1")
+        },
+        mesh,
+      )
       state, metrics = fn(state, gbatch, table)
       if pending is not None:
         check(pending)
@@ -261,8 +282,10 @@ def _train(config, workdir: Path, report: Reporter, stop: StopRequest, run: dict
     ckpt.wait()
     latest = ckpt.latest_complete_step()
     raise NonFiniteError(
-        f"{err} The latest checkpoint, step {latest}, holds the last good state." if latest is not None
-        else f"{err} No checkpoint was written before it.") from None
+      f"{err} The latest checkpoint, step {latest}, holds the last good state."
+      if latest is not None
+      else f"{err} No checkpoint was written before it."
+    ) from None
   finally:
     try:
       ckpt.wait()
@@ -297,21 +320,29 @@ def _vars(state) -> dict:
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def _check_and_report(pending, cfg, report: Reporter, progress, summaries: Summaries, sched,
-                      samples_per_step: int) -> None:
+def _check_and_report(
+  pending, cfg, report: Reporter, progress, summaries: Summaries, sched, samples_per_step: int
+) -> None:
   step, metrics = pending
   m = {k: float(v) for k, v in jax.device_get(metrics).items()}
   if not m.pop("finite"):
     bad = [k for k, v in m.items() if not np.isfinite(v)]
-    msg = (f"non-finite values at step {step}: {', '.join(bad) or 'loss'} "
-           f"({', '.join(f'{k}={m[k]}' for k in bad)})")
+    msg = f"non-finite values at step {step}: {', '.join(bad) or 'loss'} ({', '.join(f'{k}={m[k]}' for k in bad)})"
     if cfg.train.nonfinite == "skip":
       report.say(msg + "; step skipped (parameters unchanged)")
     else:
-      raise NonFiniteError(msg + ". Lower the learning rate (config.optim.lr), check the data, or "
-                           "set --config.train.nonfinite=skip to skip such steps.")
+      raise NonFiniteError(
+        msg + ". Lower the learning rate (config.optim.lr), check the data, or "
+        "set --config.train.nonfinite=skip to skip such steps."
+      )
   lr = float(sched(step - 1))
   summaries.scalars("train", step, {**m, "lr": lr})
   terms = {k.split("/", 1)[1]: v for k, v in sorted(m.items()) if k.startswith("loss/")}
-  progress.update(step, loss=m["loss"], **terms, lr=lr, scale=m["logit_scale"],
-                  **{"samples/s": round(progress.rate() * samples_per_step, 1)})
+  progress.update(
+    step,
+    loss=m["loss"],
+    **terms,
+    lr=lr,
+    scale=m["logit_scale"],
+    **{"samples/s": round(progress.rate() * samples_per_step, 1)},
+  )

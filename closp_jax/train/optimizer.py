@@ -19,10 +19,12 @@ not on parameters). With `optim.cycle_momentum` the one-cycle schedule moves bet
 `max_momentum` and `base_momentum` opposite to the learning rate, as torch.optim.lr_scheduler.
 OneCycleLR does for Adam's betas[0].
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +36,7 @@ DECAY = ("all", "matrices")
 
 
 # ---- schedules ----------------------------------------------------------------------------------
+
 
 def _cos_anneal(start, end, done, left):
   """PyTorch's `end + (start - end) / 2 * (cos(pi * pct) + 1)` with pct = done / (done + left),
@@ -48,11 +51,10 @@ def _cos_anneal(start, end, done, left):
   a, b = jnp.pi * pct / 2.0, jnp.pi * rest / 2.0
   cos_half = jnp.where(early, jnp.cos(a), jnp.sin(b))
   sin_half = jnp.where(early, jnp.sin(a), jnp.cos(b))
-  return start * cos_half ** 2 + end * sin_half ** 2
+  return start * cos_half**2 + end * sin_half**2
 
 
-def _two_phase(total_steps: int, pct_start: float, first: tuple[float, float],
-               second: tuple[float, float]) -> Schedule:
+def _two_phase(total_steps: int, pct_start: float, first: tuple[float, float], second: tuple[float, float]) -> Schedule:
   """OneCycleLR's two cosine phases: first[0] -> first[1] until step pct_start*T - 1, then
   second[0] -> second[1] at step T - 1 (PyTorch's phase boundaries, float end steps included)."""
   up_end = float(pct_start * total_steps) - 1.0
@@ -61,14 +63,15 @@ def _two_phase(total_steps: int, pct_start: float, first: tuple[float, float],
   def schedule(step):
     step = jnp.asarray(step, jnp.result_type(float))  # float32, or float64 with jax_enable_x64
     up = _cos_anneal(first[0], first[1], jnp.maximum(step, 0.0), jnp.maximum(up_end - step, 0.0))
-    down = _cos_anneal(second[0], second[1], jnp.maximum(step - up_end, 0.0),
-                       jnp.maximum(down_end - step, 0.0))
+    down = _cos_anneal(second[0], second[1], jnp.maximum(step - up_end, 0.0), jnp.maximum(down_end - step, 0.0))
     return jnp.where(step <= up_end, up, down)
+
   return schedule
 
 
-def one_cycle_schedule(total_steps: int, peak: float, pct_start: float = 0.3, div_factor: float = 25.0,
-                       final_div_factor: float = 1e4) -> Schedule:
+def one_cycle_schedule(
+  total_steps: int, peak: float, pct_start: float = 0.3, div_factor: float = 25.0, final_div_factor: float = 1e4
+) -> Schedule:
   """The one-cycle learning rate of torch.optim.lr_scheduler.OneCycleLR (cos, two phases):
   peak/div_factor up to peak, then down to peak/(div_factor*final_div_factor)."""
   initial = peak / div_factor
@@ -85,29 +88,38 @@ def base_schedule(optim_cfg, total_steps: int) -> Schedule:
   lr = float(optim_cfg.lr)
   total_steps = max(int(total_steps), 1)
   if optim_cfg.schedule == "one_cycle":
-    return one_cycle_schedule(total_steps, lr, float(optim_cfg.pct_start), float(optim_cfg.div_factor),
-                              float(optim_cfg.final_div_factor))
+    return one_cycle_schedule(
+      total_steps, lr, float(optim_cfg.pct_start), float(optim_cfg.div_factor), float(optim_cfg.final_div_factor)
+    )
   if optim_cfg.schedule == "warmup_cosine":
     warmup = min(int(optim_cfg.warmup_steps), total_steps - 1)
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=total_steps,
-        end_value=lr * float(optim_cfg.end_lr_factor))
+      init_value=0.0,
+      peak_value=lr,
+      warmup_steps=warmup,
+      decay_steps=total_steps,
+      end_value=lr * float(optim_cfg.end_lr_factor),
+    )
   if optim_cfg.schedule == "constant":
     return optax.constant_schedule(lr)
-  raise ValueError(
-      f"config.optim.schedule={optim_cfg.schedule!r}: expected 'one_cycle', 'warmup_cosine' or 'constant'")
+  raise ValueError(f"config.optim.schedule={optim_cfg.schedule!r}: expected 'one_cycle', 'warmup_cosine' or 'constant'")
 
 
 def beta1_schedule(optim_cfg, total_steps: int) -> Schedule:
   """Adam's beta1 per update: the one-cycle momentum cycle when enabled, else optim.b1."""
   if optim_cfg.schedule == "one_cycle" and bool(optim_cfg.cycle_momentum):
-    return one_cycle_momentum(max(int(total_steps), 1), float(optim_cfg.pct_start),
-                              float(optim_cfg.base_momentum), float(optim_cfg.max_momentum))
+    return one_cycle_momentum(
+      max(int(total_steps), 1),
+      float(optim_cfg.pct_start),
+      float(optim_cfg.base_momentum),
+      float(optim_cfg.max_momentum),
+    )
   b1 = float(optim_cfg.b1)
   return lambda step: jnp.asarray(b1, jnp.result_type(float))
 
 
 # ---- groups and masks ---------------------------------------------------------------------------
+
 
 def group_of(path: tuple[str, ...]) -> str:
   """The parameter group of a parameter path: its top-level module name."""
@@ -128,12 +140,14 @@ def decay_mask(params, which: str = "matrices") -> Any:
     if last in ("bias", "scale") or "norm" in "/".join(names).lower() or names[0].startswith("logit"):
       return False
     return leaf.ndim >= 2
+
   return jax.tree_util.tree_map_with_path(wants_decay, params)
 
 
 def group_labels(params) -> Any:
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: group_of(tuple(getattr(k, "key", str(k)) for k in path)), params)
+    lambda path, _: group_of(tuple(getattr(k, "key", str(k)) for k in path)), params
+  )
 
 
 def freeze_until(optim_cfg, group: str) -> int:
@@ -152,21 +166,32 @@ def tower_schedule(optim_cfg, group: str, total_steps: int) -> Schedule:
   def schedule(step):
     gate = (jnp.asarray(step) >= start).astype(jnp.float32)
     return base(step) * multiplier * gate
+
   return schedule
 
 
 # ---- the update ---------------------------------------------------------------------------------
 
+
 class TorchAdamState(NamedTuple):
-  step: jnp.ndarray    # int32: updates seen (the schedules' index)
-  count: jnp.ndarray   # int32: updates this group has taken (its bias-correction step)
+  step: jnp.ndarray  # int32: updates seen (the schedules' index)
+  count: jnp.ndarray  # int32: updates this group has taken (its bias-correction step)
   mu: Any
   nu: Any
 
 
-def torch_adam(learning_rate: Schedule, beta1: Schedule, *, b2: float, eps: float, weight_decay: float,
-               decoupled: bool, mask: Any, start: int = 0, updates_per_step: int = 1
-               ) -> optax.GradientTransformation:
+def torch_adam(
+  learning_rate: Schedule,
+  beta1: Schedule,
+  *,
+  b2: float,
+  eps: float,
+  weight_decay: float,
+  decoupled: bool,
+  mask: Any,
+  start: int = 0,
+  updates_per_step: int = 1,
+) -> optax.GradientTransformation:
   """PyTorch's Adam (decoupled=False) / AdamW (decoupled=True) for one parameter group.
 
   learning_rate and beta1 are read at the global step `state.step // updates_per_step` (several
@@ -177,8 +202,9 @@ def torch_adam(learning_rate: Schedule, beta1: Schedule, *, b2: float, eps: floa
 
   def init(params):
     zeros = jax.tree.map(jnp.zeros_like, params)  # moments in the parameters' dtype (float32), as torch
-    return TorchAdamState(step=jnp.zeros([], jnp.int32), count=jnp.zeros([], jnp.int32), mu=zeros,
-                          nu=jax.tree.map(jnp.copy, zeros))
+    return TorchAdamState(
+      step=jnp.zeros([], jnp.int32), count=jnp.zeros([], jnp.int32), mu=zeros, nu=jax.tree.map(jnp.copy, zeros)
+    )
 
   def update(grads, state, params=None):
     if params is None:
@@ -188,8 +214,9 @@ def torch_adam(learning_rate: Schedule, beta1: Schedule, *, b2: float, eps: floa
     b1 = beta1(index)
     active = state.step >= start
     decay = mask(params) if callable(mask) else mask
-    g = jax.tree.map(lambda g, p, m: g.astype(p.dtype) + (weight_decay * p if (m and not decoupled) else 0),
-                     grads, params, decay)
+    g = jax.tree.map(
+      lambda g, p, m: g.astype(p.dtype) + (weight_decay * p if (m and not decoupled) else 0), grads, params, decay
+    )
     count = state.count + 1
     mu = jax.tree.map(lambda m, g: (b1 * m + (1.0 - b1) * g).astype(m.dtype), state.mu, g)
     nu = jax.tree.map(lambda v, g: b2 * v + (1.0 - b2) * g * g, state.nu, g)
@@ -204,10 +231,12 @@ def torch_adam(learning_rate: Schedule, beta1: Schedule, *, b2: float, eps: floa
       if decoupled and d:
         u = u - lr * weight_decay * p
       return jnp.where(active, u, 0.0).astype(p.dtype)
+
     updates = jax.tree.map(step, mu, nu, params, decay)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)
-    new_state = TorchAdamState(step=state.step + 1, count=jnp.where(active, count, state.count),
-                               mu=keep(mu, state.mu), nu=keep(nu, state.nu))
+    new_state = TorchAdamState(
+      step=state.step + 1, count=jnp.where(active, count, state.count), mu=keep(mu, state.mu), nu=keep(nu, state.nu)
+    )
     return updates, new_state
 
   return optax.GradientTransformation(init, update)
@@ -223,8 +252,9 @@ def make_optimizer(optim_cfg, params, total_steps: int, updates_per_step: int = 
   unknown += [g for g in tuple(optim_cfg.frozen) + tuple(optim_cfg.freeze_towers) if g not in groups]
   if unknown:
     raise ValueError(
-        f"config.optim names parameter groups that this model does not have: {sorted(set(unknown))}; "
-        f"the groups are {groups}")
+      f"config.optim names parameter groups that this model does not have: {sorted(set(unknown))}; "
+      f"the groups are {groups}"
+    )
   if optim_cfg.name not in OPTIMIZERS:
     raise ValueError(f"config.optim.name={optim_cfg.name!r}: expected one of {OPTIMIZERS}")
   base = base_schedule(optim_cfg, total_steps)
@@ -238,10 +268,16 @@ def make_optimizer(optim_cfg, params, total_steps: int, updates_per_step: int = 
       continue
     multiplier = float(dict(optim_cfg.multipliers).get(g, 1.0))
     transforms[g] = torch_adam(
-        lambda step, m=multiplier: base(step) * m, beta1, b2=float(optim_cfg.b2), eps=float(optim_cfg.eps),
-        weight_decay=float(optim_cfg.weight_decay), decoupled=optim_cfg.name == "adamw",
-        mask=lambda p, w=which: decay_mask(p, w), start=freeze_until(optim_cfg, g) * updates_per_step,
-        updates_per_step=updates_per_step)
+      lambda step, m=multiplier: base(step) * m,
+      beta1,
+      b2=float(optim_cfg.b2),
+      eps=float(optim_cfg.eps),
+      weight_decay=float(optim_cfg.weight_decay),
+      decoupled=optim_cfg.name == "adamw",
+      mask=lambda p, w=which: decay_mask(p, w),
+      start=freeze_until(optim_cfg, g) * updates_per_step,
+      updates_per_step=updates_per_step,
+    )
   chain = []
   if optim_cfg.grad_clip and float(optim_cfg.grad_clip) > 0:
     chain.append(optax.clip_by_global_norm(float(optim_cfg.grad_clip)))

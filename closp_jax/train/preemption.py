@@ -18,6 +18,7 @@ With several JAX processes a signal may reach only some of them; `agree()` makes
 process see the same decision at the same step (a one-integer all-gather), so they all save
 the same step and stop together.
 """
+
 from __future__ import annotations
 
 import signal
@@ -52,7 +53,7 @@ class StopRequest:
     self.phase = "setup"
     self._previous: dict = {}
 
-  def __enter__(self) -> "StopRequest":
+  def __enter__(self) -> StopRequest:
     for sig in STOP_SIGNALS:
       try:
         self._previous[sig] = signal.signal(sig, self._handle)
@@ -76,9 +77,11 @@ class StopRequest:
   def agree(self) -> str | None:
     """The stop decision shared by all processes (the local one with a single process)."""
     import jax  # pylint: disable=import-outside-toplevel
+
     if jax.process_count() == 1:
       return self.signal
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
     flags = np.asarray(multihost_utils.process_allgather(np.int32(self.signal is not None)))
     if self.signal is None and flags.max() > 0:
       self.signal = f"a stop signal to process {int(np.argmax(flags.reshape(-1)))}"
@@ -91,8 +94,10 @@ def install_early_handlers() -> None:
   The binary calls this first thing, so a signal during imports or flag parsing ends the
   process with a message and exit code 0 instead of a traceback.
   """
+
   def handle(signum, frame):  # pylint: disable=unused-argument
     raise Preempted(signal.Signals(signum).name, "start-up")
+
   for sig in STOP_SIGNALS:
     signal.signal(sig, handle)
 
@@ -101,8 +106,9 @@ def stopped_message(err: Preempted, latest_step: int | None, directory) -> str:
   """What the user reads when a run stops before or after the step loop."""
   if err.phase == "final":
     saved = f"the final checkpoint (step {latest_step}) is saved in {directory}"
-    return (f"stopped ({err.signal_name}) during the final evaluation; {saved}. "
-            f"Run the same command again to evaluate it.")
+    return (
+      f"stopped ({err.signal_name}) during the final evaluation; {saved}. Run the same command again to evaluate it."
+    )
   if latest_step is None:
     saved = "no checkpoint yet (training had not started), nothing to save"
   else:

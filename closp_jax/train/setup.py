@@ -1,4 +1,5 @@
 """Building the pieces of a run from the config: model, variables, optimizer, state, shardings."""
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,9 @@ def check_workdir(workdir: str | os.PathLike) -> Path:
     probe.unlink()
   except OSError as e:
     raise RunConfigError(
-        f"workdir {path} is not writable ({e.strerror or e}); pass --workdir to a folder you can write, "
-        f"with free space for checkpoints") from e
+      f"workdir {path} is not writable ({e.strerror or e}); pass --workdir to a folder you can write, "
+      f"with free space for checkpoints"
+    ) from e
   return path
 
 
@@ -43,16 +45,18 @@ def check_batch(cfg, mesh) -> None:
   if accum > 1 and int(cfg.data.batch_size) % (accum * data_shards):
     b = int(cfg.data.batch_size)
     raise RunConfigError(
-        f"config.optim.grad_accum_steps={accum} splits each batch into {accum} micro-batches over the "
-        f"{data_shards} data-parallel shards: config.data.batch_size={b} must be a multiple of {accum * data_shards}; "
-        f"e.g. --config.data.batch_size={accum * data_shards * max(1, round(b / (accum * data_shards)))}")
+      f"config.optim.grad_accum_steps={accum} splits each batch into {accum} micro-batches over the "
+      f"{data_shards} data-parallel shards: config.data.batch_size={b} must be a multiple of {accum * data_shards}; "
+      f"e.g. --config.data.batch_size={accum * data_shards * max(1, round(b / (accum * data_shards)))}"
+    )
   for name in ("batch_size", "eval_batch_size"):
     b = int(cfg.data[name])
     if b <= 0 or b % data_shards or b % nproc:
       raise RunConfigError(
-          f"config.data.{name}={b} must be a positive multiple of the data-parallel size "
-          f"{data_shards} (mesh data x fsdp) and of the process count {nproc}; e.g. "
-          f"--config.data.{name}={max(data_shards, nproc) * max(1, round(b / max(data_shards, nproc)))}")
+        f"config.data.{name}={b} must be a positive multiple of the data-parallel size "
+        f"{data_shards} (mesh data x fsdp) and of the process count {nproc}; e.g. "
+        f"--config.data.{name}={max(data_shards, nproc) * max(1, round(b / max(data_shards, nproc)))}"
+      )
 
 
 def check_train_sizes(cfg, sizes: dict[str, int], dataset: str) -> None:
@@ -62,9 +66,10 @@ def check_train_sizes(cfg, sizes: dict[str, int], dataset: str) -> None:
   for sensor, size in sizes.items():
     if size // nproc < batch // nproc:
       raise RunConfigError(
-          f"{dataset} has {size} {sensor} training samples ({size // nproc} per process), fewer than "
-          f"config.data.batch_size={batch} ({batch // nproc} per process); lower --config.data.batch_size "
-          f"or use a bigger dataset (--config.data.name)")
+        f"{dataset} has {size} {sensor} training samples ({size // nproc} per process), fewer than "
+        f"config.data.batch_size={batch} ({batch // nproc} per process); lower --config.data.batch_size "
+        f"or use a bigger dataset (--config.data.name)"
+      )
 
 
 def resolve_steps(cfg: ml_collections.ConfigDict, train_sizes: dict[str, int]) -> ml_collections.ConfigDict:
@@ -123,6 +128,7 @@ def load_pretrained(variables: dict, cfg, shardings: dict, *, weights_table=None
   init_cfg = cfg.init
   if init_cfg.text:
     from closp_jax.weights import load_minilm  # pylint: disable=import-outside-toplevel
+
     path = None if init_cfg.text == "minilm" else init_cfg.text
     _, text_params, _ = load_minilm(path)
     params["text_model"] = _checked_replace(params["text_model"], text_params, "text_model")
@@ -136,15 +142,18 @@ def load_pretrained(variables: dict, cfg, shardings: dict, *, weights_table=None
     if bs is not None:
       stats[key], _ = _checked_merge(stats[key], bs, key + " (batch_stats)")
     params[key], kept = _checked_merge(params[key], p, key)
-    notes.append(f"{key} <- {value}{'' if str(path) == str(value) else f' ({path})'}"
-                 + (f" (kept initialised: {', '.join(kept)})" if kept else ""))
+    notes.append(
+      f"{key} <- {value}{'' if str(path) == str(value) else f' ({path})'}"
+      + (f" (kept initialised: {', '.join(kept)})" if kept else "")
+    )
   location = init_cfg.get("location", "")
   if location:
     loc_vars, path = _location_weights(location, cfg, weights_table)
     params["location_encoder"] = _checked_replace(params["location_encoder"], loc_vars["params"], "location_encoder")
     if "batch_stats" in loc_vars:
-      stats["location_encoder"] = _checked_replace(stats["location_encoder"], loc_vars["batch_stats"],
-                                                   "location_encoder (batch_stats)")
+      stats["location_encoder"] = _checked_replace(
+        stats["location_encoder"], loc_vars["batch_stats"], "location_encoder (batch_stats)"
+      )
     notes.append(f"location_encoder <- {location}{'' if str(path) == str(location) else f' ({path})'}")
   out = {"params": params, "batch_stats": stats}
   out = jax.device_put(out, {"params": shardings["params"], "batch_stats": shardings["batch_stats"]})
@@ -158,6 +167,7 @@ _MAE_DECODER = ("decoder_", "mask_token")
 def _entry_for(value: str, slot: str, table):
   """The registry entry `value` names (checked to fit the slot), or None for a path."""
   from closp_jax.weights import registry  # pylint: disable=import-outside-toplevel
+
   entry = registry.lookup(value, table)
   if entry is not None:
     registry.require_slot(entry, slot)
@@ -169,6 +179,7 @@ def _image_weights(value: str, cfg, sensor: str, current, table):
   # pylint: disable=import-outside-toplevel
   from closp_jax.weights import convert, hub, timm_import
   from closp_jax.weights.safe_load import load_state_dict
+
   key = f"{sensor}_encoder"
   encoder, in_chans = str(cfg.model[key]), int(cfg.model[f"{sensor}_in_chans"])
   entry = _entry_for(value, sensor, table)
@@ -179,13 +190,14 @@ def _image_weights(value: str, cfg, sensor: str, current, table):
     if entry.in_chans and entry.in_chans != in_chans:
       wrong.append(f"--config.model.{sensor}_in_chans={entry.in_chans} (config: {in_chans})")
     if wrong:
-      raise RunConfigError(f"config.init.{sensor}={value!r} ({entry.description}) does not fit the model: set "
-                           + ", ".join(wrong))
+      raise RunConfigError(
+        f"config.init.{sensor}={value!r} ({entry.description}) does not fit the model: set " + ", ".join(wrong)
+      )
   path = hub.resolve(value, table=table)
   sd = load_state_dict(path)
-  tower = next((k[:k.index(key + ".") + len(key) + 1] for k in sd if key + "." in k), None)
+  tower = next((k[: k.index(key + ".") + len(key) + 1] for k in sd if key + "." in k), None)
   if tower is not None:  # a whole CLOSP checkpoint: this tower's tensors only
-    sd = {k[len(tower):]: v for k, v in sd.items() if k.startswith(tower)}
+    sd = {k[len(tower) :]: v for k, v in sd.items() if k.startswith(tower)}
   head = "fc" if encoder.startswith("resnet") else "head"
   if encoder.startswith("resnet"):
     p, bs = timm_import.load_timm_resnet(sd, name=encoder, in_chans=in_chans, source=str(path))
@@ -194,9 +206,15 @@ def _image_weights(value: str, cfg, sensor: str, current, table):
     p, bs = timm_import.load_timm_vit(sd, name=encoder, in_chans=in_chans, source=str(path)), None
   if head in current and f"{head}.weight" in sd:  # the model keeps a classifier and the file has one
     want = {"params": {head: jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.float32), current[head])}}
-    p = {**p, head: convert.import_state_dict({k: v for k, v in sd.items() if k.startswith(head + ".")},
-                                              convert.dense_rules(head, (head,)), want,
-                                              source=f"{path} ({head})")["params"][head]}
+    p = {
+      **p,
+      head: convert.import_state_dict(
+        {k: v for k, v in sd.items() if k.startswith(head + ".")},
+        convert.dense_rules(head, (head,)),
+        want,
+        source=f"{path} ({head})",
+      )["params"][head],
+    }
   return p, bs, path
 
 
@@ -206,10 +224,13 @@ def _location_weights(value: str, cfg, table):
   from closp_jax.weights import convert, hub
   from closp_jax.weights.geoclip_import import load_geoclip_location
   from closp_jax.weights.satclip import load_satclip
+
   loc = cfg.model.location
   if not loc.enabled:
-    raise RunConfigError(f"config.init.location={value!r} but the model has no location encoder: set "
-                         "--config.model.location.enabled=True (or train configs/geoclosp.py)")
+    raise RunConfigError(
+      f"config.init.location={value!r} but the model has no location encoder: set "
+      "--config.model.location.enabled=True (or train configs/geoclosp.py)"
+    )
   entry = _entry_for(value, "location", table)
   facts = dict(entry.location) if entry is not None else {}
   _check_location(value, facts, loc)  # what the table knows, before any download
@@ -217,16 +238,31 @@ def _location_weights(value: str, cfg, table):
   kind = facts.get("kind", str(loc.kind))
   if kind == "satclip":
     module, p = load_satclip(path, sh_convention=entry.sh_convention if entry is not None else None)
-    _check_location(value, {"kind": "satclip", "degree": module.degree, "hidden": module.hidden,
-                            "layers": module.layers, "out": module.out, "sh_convention": module.sh_convention}, loc)
+    _check_location(
+      value,
+      {
+        "kind": "satclip",
+        "degree": module.degree,
+        "hidden": module.hidden,
+        "layers": module.layers,
+        "out": module.out,
+        "sh_convention": module.sh_convention,
+      },
+      loc,
+    )
     return {"params": p}, path
   try:
     module, variables = load_geoclip_location(path, sigmas=tuple(float(s) for s in loc.sigmas))
   except convert.WeightMismatchError as e:
-    raise RunConfigError(f"config.init.location={value!r}: {e}; set --config.model.location.sigmas to as many "
-                         "values as the file has branches") from None
-  _check_location(value, {"kind": "geoclip", "hidden": module.hidden, "layers": module.depth, "out": module.out,
-                          "rff_dim": module.rff_dim}, loc)
+    raise RunConfigError(
+      f"config.init.location={value!r}: {e}; set --config.model.location.sigmas to as many "
+      "values as the file has branches"
+    ) from None
+  _check_location(
+    value,
+    {"kind": "geoclip", "hidden": module.hidden, "layers": module.depth, "out": module.out, "rff_dim": module.rff_dim},
+    loc,
+  )
   return {"params": variables["params"], "batch_stats": variables["batch_stats"]}, path
 
 
@@ -234,8 +270,9 @@ def _check_location(value: str, needs: dict, loc) -> None:
   """RunConfigError naming every --config.model.location.* flag whose value differs from `needs`."""
   wrong = [f"--config.model.location.{k}={v} (config: {loc[k]})" for k, v in needs.items() if loc[k] != v]
   if wrong:
-    raise RunConfigError(f"config.init.location={value!r} needs a location encoder the config does not describe: "
-                         f"set {', '.join(wrong)}")
+    raise RunConfigError(
+      f"config.init.location={value!r} needs a location encoder the config does not describe: set {', '.join(wrong)}"
+    )
 
 
 def _checked_merge(current, new, where: str):
@@ -248,11 +285,14 @@ def _checked_merge(current, new, where: str):
     raise ValueError(f"pretrained {where}: tensors the model does not have: {extra[:8]}")
   for k, v in new_flat.items():
     if tuple(cur_flat[k].shape) != tuple(np.shape(v)):
-      raise ValueError(f"pretrained {where}{jax.tree_util.keystr(k)}: shape {tuple(np.shape(v))}, "
-                       f"model expects {tuple(cur_flat[k].shape)}")
+      raise ValueError(
+        f"pretrained {where}{jax.tree_util.keystr(k)}: shape {tuple(np.shape(v))}, "
+        f"model expects {tuple(cur_flat[k].shape)}"
+      )
   kept = sorted({jax.tree_util.keystr(k[:1]) for k in set(cur_flat) - set(new_flat)})
   merged = jax.tree_util.tree_map_with_path(
-      lambda path, c: jnp.asarray(new_flat[path], c.dtype) if path in new_flat else c, current)
+    lambda path, c: jnp.asarray(new_flat[path], c.dtype) if path in new_flat else c, current
+  )
   return merged, kept
 
 
@@ -262,11 +302,15 @@ def _checked_replace(current, new, where: str):
   if set(cur_flat) != set(new_flat):
     missing = sorted(map(jax.tree_util.keystr, set(cur_flat) - set(new_flat)))[:5]
     extra = sorted(map(jax.tree_util.keystr, set(new_flat) - set(cur_flat)))[:5]
-    raise ValueError(f"pretrained {where}: parameter names differ from the model (missing {missing}, unexpected {extra})")
+    raise ValueError(
+      f"pretrained {where}: parameter names differ from the model (missing {missing}, unexpected {extra})"
+    )
   for k, v in cur_flat.items():
     if tuple(v.shape) != tuple(np.shape(new_flat[k])):
-      raise ValueError(f"pretrained {where}{jax.tree_util.keystr(k)}: shape {tuple(np.shape(new_flat[k]))}, "
-                       f"model expects {tuple(v.shape)}")
+      raise ValueError(
+        f"pretrained {where}{jax.tree_util.keystr(k)}: shape {tuple(np.shape(new_flat[k]))}, "
+        f"model expects {tuple(v.shape)}"
+      )
   return jax.tree.map(lambda c, n: jnp.asarray(n, c.dtype), current, new)
 
 
@@ -276,13 +320,19 @@ def create_state(variables, optimizer, shardings, mesh, seed: int) -> tuple[Trai
   abstract_opt = jax.eval_shape(optimizer.init, params)
   opt_shardings = _opt_shardings(abstract_opt, params, shardings["params"], mesh)
   rep = mesh_lib.replicated(mesh)
-  state_shardings = TrainState(step=rep, params=shardings["params"], batch_stats=shardings["batch_stats"],
-                               opt_state=opt_shardings, rng=rep)
+  state_shardings = TrainState(
+    step=rep, params=shardings["params"], batch_stats=shardings["batch_stats"], opt_state=opt_shardings, rng=rep
+  )
 
   def make(params, batch_stats):
-    return TrainState(step=jnp.zeros([], jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=optimizer.init(params),
-                      rng=jax.random.key_data(jax.random.key(seed)))
+    return TrainState(
+      step=jnp.zeros([], jnp.int32),
+      params=params,
+      batch_stats=batch_stats,
+      opt_state=optimizer.init(params),
+      rng=jax.random.key_data(jax.random.key(seed)),
+    )
+
   state = jax.jit(make, out_shardings=state_shardings)(params, batch_stats)
   return state, state_shardings
 
@@ -305,6 +355,7 @@ def _opt_shardings(abstract_opt, params, param_shardings, mesh):
       if hit is not None and hit[0] == tuple(leaf.shape):
         return hit[1]
     return rep
+
   return jax.tree_util.tree_map_with_path(assign, abstract_opt)
 
 
@@ -317,6 +368,7 @@ def build_model_and_optimizer(cfg, mesh, total_steps: int):
   rng = jax.random.key(int(cfg.seed))
   variables, shardings = init_variables(model, cfg, mesh, rng)
   variables, notes = load_pretrained(variables, cfg, shardings)
-  optimizer = make_optimizer(cfg.optim, variables["params"], total_steps,
-                             updates_per_step=2 if cfg.train.sensor_updates == "alternate" else 1)
+  optimizer = make_optimizer(
+    cfg.optim, variables["params"], total_steps, updates_per_step=2 if cfg.train.sensor_updates == "alternate" else 1
+  )
   return model, variables, shardings, optimizer, notes

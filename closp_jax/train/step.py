@@ -13,10 +13,11 @@ authors' earlier train.py; both share one learning-rate step).
 Dropout (text 0.1, SatCLIP 0.5 by default) runs in training with the key
 fold_in(state.rng, state.step): every step draws new masks, a resumed run draws the same ones.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -66,8 +67,16 @@ def contrast_fn(cfg, scale, bias, mesh=None) -> Callable:
 
   def contrast(x, y):
     return losses.contrastive_loss(
-        x, y, scale, bias if kind == "sigmoid" else None, kind=kind, mesh=mesh,
-        chunked=bool(cfg.loss.chunked) and mesh is not None, axis_names=BATCH_AXES)
+      x,
+      y,
+      scale,
+      bias if kind == "sigmoid" else None,
+      kind=kind,
+      mesh=mesh,
+      chunked=bool(cfg.loss.chunked) and mesh is not None,
+      axis_names=BATCH_AXES,
+    )
+
   return contrast
 
 
@@ -95,8 +104,7 @@ def _encode_images(model, variables, images, sensor: str, train: bool, rngs):
   """(embeddings, {'<sensor>_encoder': its updated BatchNorm statistics} or {})."""
   method = model.encode_s2 if sensor == "s2" else model.encode_s1
   if train:
-    emb, updates = model.apply(variables, images, train=True, method=method, mutable=["batch_stats"],
-                               rngs=rngs)
+    emb, updates = model.apply(variables, images, train=True, method=method, mutable=["batch_stats"], rngs=rngs)
     # flax returns the whole collection: keep only this tower's statistics, or the other sensor's pass
     # would put back its stale copy of them
     tower = f"{sensor}_encoder"
@@ -105,8 +113,7 @@ def _encode_images(model, variables, images, sensor: str, train: bool, rngs):
   return model.apply(variables, images, train=False, method=method), {}
 
 
-def compute_terms(model, variables, batch, cfg, *, train: bool, mesh=None, text_table=None, key=None,
-                  sensors=SENSORS):
+def compute_terms(model, variables, batch, cfg, *, train: bool, mesh=None, text_table=None, key=None, sensors=SENSORS):
   """Per-term losses of `sensors`, the updated BatchNorm statistics and the logit scale.
 
   key: the step's random key (dropout); needed when train=True and a tower has dropout.
@@ -127,17 +134,18 @@ def compute_terms(model, variables, batch, cfg, *, train: bool, mesh=None, text_
     if text_table is not None:
       txt[s] = jnp.take(text_table, b["text_id"], axis=0)
     else:
-      txt[s] = model.apply(variables, b["input_ids"], b["attention_mask"], train=train,
-                           method=model.encode_text, rngs=rngs(3 * i + 1))
+      txt[s] = model.apply(
+        variables, b["input_ids"], b["attention_mask"], train=train, method=model.encode_text, rngs=rngs(3 * i + 1)
+      )
     loc[s] = None
     if f"{s}_location" in weights:
-      loc[s] = model.apply(variables, b["lonlat"], train=train, method=model.encode_location,
-                           rngs=rngs(3 * i + 2))
+      loc[s] = model.apply(variables, b["lonlat"], train=train, method=model.encode_location, rngs=rngs(3 * i + 2))
 
   terms = {}
   if "all_text" in weights and len(sensors) == len(SENSORS):
     terms["all_text"] = contrast_fn(cfg, scale, bias, mesh)(
-        jnp.concatenate([img["s2"], img["s1"]]), jnp.concatenate([txt["s2"], txt["s1"]]))
+      jnp.concatenate([img["s2"], img["s1"]]), jnp.concatenate([txt["s2"], txt["s1"]])
+    )
   for s in sensors:
     terms.update(sensor_terms(cfg, s, img[s], txt[s], loc[s], scale, bias, weights, mesh))
   return terms, new_stats, scale
@@ -148,6 +156,7 @@ class Phase:
   """What a compiled step does at a point of the run: which parameter groups train (the rest sit
   behind stop_gradient, so no backward pass runs through them) and whether text embeddings come from
   the precomputed table of every dataset text (a frozen text tower without dropout)."""
+
   trainable: frozenset
   text_table: bool
 
@@ -171,8 +180,10 @@ def make_train_step(cfg, phase: Phase, *, model, optimizer: optax.GradientTransf
   weights = loss_weights(cfg)
   trainable, use_text_table = phase.trainable, phase.text_table
   if cfg.train.sensor_updates == "alternate" and "all_text" in weights:
-    raise ValueError("config.train.sensor_updates='alternate' updates one sensor at a time; it cannot "
-                     "use loss.cross_sensor_negatives (both sensors in one contrastive set)")
+    raise ValueError(
+      "config.train.sensor_updates='alternate' updates one sensor at a time; it cannot "
+      "use loss.cross_sensor_negatives (both sensors in one contrastive set)"
+    )
   groups = (SENSORS,) if cfg.train.sensor_updates == "joint" else tuple((s,) for s in SENSORS)
   accum = int(cfg.optim.grad_accum_steps)
 
@@ -180,8 +191,16 @@ def make_train_step(cfg, phase: Phase, *, model, optimizer: optax.GradientTransf
     params = {k: (v if k in trainable else jax.lax.stop_gradient(v)) for k, v in params.items()}
     variables = {"params": params, "batch_stats": batch_stats}
     terms, new_stats, scale = compute_terms(
-        model, variables, batch, cfg, train=True, mesh=mesh,
-        text_table=text_table if use_text_table else None, key=key, sensors=sensors)
+      model,
+      variables,
+      batch,
+      cfg,
+      train=True,
+      mesh=mesh,
+      text_table=text_table if use_text_table else None,
+      key=key,
+      sensors=sensors,
+    )
     return objective(terms, weights), (terms, new_stats, scale)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -193,39 +212,35 @@ def make_train_step(cfg, phase: Phase, *, model, optimizer: optax.GradientTransf
       return loss, terms, {**batch_stats, **new_stats} if batch_stats else batch_stats, scale, grads
 
     def micro(i):
-      return jax.tree.map(lambda x: jnp.take(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), i, axis=1),
-                          batch)
+      return jax.tree.map(lambda x: jnp.take(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), i, axis=1), batch)
 
     def body(carry, i):
       stats, acc = carry
-      (loss, (terms, new_stats, scale)), grads = grad_fn(params, stats, micro(i), text_table,
-                                                         jax.random.fold_in(key, i), sensors)
+      (loss, (terms, new_stats, scale)), grads = grad_fn(
+        params, stats, micro(i), text_table, jax.random.fold_in(key, i), sensors
+      )
       stats = {**stats, **new_stats} if stats else stats
       acc = jax.tree.map(lambda a, x: a + x / accum, acc, (loss, terms, scale, grads))
       return (stats, acc), None
 
     shapes = jax.eval_shape(lambda: grad_fn(params, batch_stats, micro(0), text_table, key, sensors))
     (_, (terms0, _, scale0)), grads0 = shapes
-    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
-                         (shapes[0][0], terms0, scale0, grads0))
+    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), (shapes[0][0], terms0, scale0, grads0))
     (stats, (loss, terms, scale, grads)), _ = jax.lax.scan(body, (batch_stats, zeros), jnp.arange(accum))
     return loss, terms, stats, scale, grads
 
   def update(state: TrainState, batch, text_table, key, sensors):
-    loss, terms, batch_stats, scale, grads = gradients(state.params, state.batch_stats, batch, text_table,
-                                                       key, sensors)
+    loss, terms, batch_stats, scale, grads = gradients(state.params, state.batch_stats, batch, text_table, key, sensors)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state), (
-        loss, grad_norm, terms, scale)
+    return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state), (loss, grad_norm, terms, scale)
 
   def step(state: TrainState, batch, text_table):
     key = step_key(state)
     new_state, losses_, norms, terms = state, [], [], {}
     for i, sensors in enumerate(groups):
-      new_state, (loss, grad_norm, t, scale) = update(new_state, batch, text_table,
-                                                      jax.random.fold_in(key, i), sensors)
+      new_state, (loss, grad_norm, t, scale) = update(new_state, batch, text_table, jax.random.fold_in(key, i), sensors)
       losses_.append(loss)
       norms.append(grad_norm)
       terms.update(t)
@@ -237,8 +252,13 @@ def make_train_step(cfg, phase: Phase, *, model, optimizer: optax.GradientTransf
     new_state = new_state.replace(step=state.step + 1)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = keep(new_state, state.replace(step=state.step + 1))
-    metrics = {"loss": loss, "grad_norm": grad_norm, "logit_scale": scale, "finite": finite,
-               **{f"loss/{k}": v for k, v in terms.items()}}
+    metrics = {
+      "loss": loss,
+      "grad_norm": grad_norm,
+      "logit_scale": scale,
+      "finite": finite,
+      **{f"loss/{k}": v for k, v in terms.items()},
+    }
     return new_state, metrics
 
   return step

@@ -16,25 +16,41 @@ Public API (imported lazily, so `closp_jax.weights.locate` stays light for data 
   resolve, fetch, WeightsUnavailableError,           a name or path -> a verified local file (hub.py)
   WeightsChecksumError
 """
+
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
 _EXPORTS = {
-    "load_minilm": "minilm", "load_bert": "minilm", "load_tokenizer": "minilm",
-    "load_satclip": "satclip",
-    "load_geoclip_location": "geoclip_import",
-    "load_closp_checkpoint": "closp_checkpoint", "export_closp_state_dict": "closp_checkpoint",
-    "infer_model_config": "closp_checkpoint", "merge_submodule": "closp_checkpoint",
-    "load_timm_resnet": "timm_import", "load_timm_vit": "timm_import",
-    "export_timm_resnet": "timm_import", "export_timm_vit": "timm_import",
-    "load_state_dict": "safe_load", "UnsafeWeightsError": "safe_load",
-    "WeightMismatchError": "convert",
-    "find_minilm_folder": "locate", "WeightsNotFoundError": "locate",
-    "REGISTRY": "registry", "WeightsEntry": "registry", "lookup": "registry", "WeightsError": "registry",
-    "UnknownWeightsError": "registry", "WeightsKindError": "registry",
-    "resolve": "hub", "fetch": "hub", "WeightsUnavailableError": "hub", "WeightsChecksumError": "hub",
+  "load_minilm": "minilm",
+  "load_bert": "minilm",
+  "load_tokenizer": "minilm",
+  "load_satclip": "satclip",
+  "load_geoclip_location": "geoclip_import",
+  "load_closp_checkpoint": "closp_checkpoint",
+  "export_closp_state_dict": "closp_checkpoint",
+  "infer_model_config": "closp_checkpoint",
+  "merge_submodule": "closp_checkpoint",
+  "load_timm_resnet": "timm_import",
+  "load_timm_vit": "timm_import",
+  "export_timm_resnet": "timm_import",
+  "export_timm_vit": "timm_import",
+  "load_state_dict": "safe_load",
+  "UnsafeWeightsError": "safe_load",
+  "WeightMismatchError": "convert",
+  "find_minilm_folder": "locate",
+  "WeightsNotFoundError": "locate",
+  "REGISTRY": "registry",
+  "WeightsEntry": "registry",
+  "lookup": "registry",
+  "WeightsError": "registry",
+  "UnknownWeightsError": "registry",
+  "WeightsKindError": "registry",
+  "resolve": "hub",
+  "fetch": "hub",
+  "WeightsUnavailableError": "hub",
+  "WeightsChecksumError": "hub",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -9,6 +9,7 @@ the Hugging Face cache (HF_HOME / HF_HUB_CACHE; HF_ENDPOINT for a mirror), check
 with --to, copies it into DIR; a name whose revision is not pinned says which commit it followed.
 Exit status 1 with a one-line `error: ...` for a fault the user fixes. See docs/weights.md.
 """
+
 from __future__ import annotations
 
 from absl import app, flags

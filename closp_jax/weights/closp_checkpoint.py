@@ -14,6 +14,7 @@ BatchNorm `num_batches_tracked`, the BERT pooler and `text_model.embeddings.posi
 All tensors are checked at once: a mismatch names the tensor and both shapes, and lists missing and
 unexpected tensors (with a hint when a classifier head or the location encoder does not match cfg).
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,17 +39,27 @@ from closp_jax.weights.satclip import siren_rules
 
 _log = logging.getLogger(__name__)
 
-TOWER_PREFIXES = ("s2_encoder.", "s1_encoder.", "text_model.", "s2_projection.", "s1_projection.",
-                  "location_encoder.", "location_projection.")
+TOWER_PREFIXES = (
+  "s2_encoder.",
+  "s1_encoder.",
+  "text_model.",
+  "s2_projection.",
+  "s1_projection.",
+  "location_encoder.",
+  "location_projection.",
+)
 IGNORED = ("*num_batches_tracked", "text_model.pooler.*", "text_model.embeddings.position_ids")
 
 
 # ---- rules --------------------------------------------------------------------------------------
 
+
 def _nest(rules: list[convert.TensorRule], torch_prefix: str, module: str) -> list[convert.TensorRule]:
   """Rules of a submodule moved under `module` (Flax) and `torch_prefix` (PyTorch)."""
-  return [convert.TensorRule(torch_prefix + r.torch_name, (r.flax_path[0], module, *r.flax_path[1:]),
-                             r.to_flax, r.to_torch) for r in rules]
+  return [
+    convert.TensorRule(torch_prefix + r.torch_name, (r.flax_path[0], module, *r.flax_path[1:]), r.to_flax, r.to_torch)
+    for r in rules
+  ]
 
 
 def _plain(tree: Any) -> dict[str, Any]:
@@ -96,6 +107,7 @@ def abstract_variables(cfg: Any) -> dict[str, Any]:
 
 # ---- import / export ----------------------------------------------------------------------------
 
+
 def _strip_wrapper(sd: Mapping[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
   """Removes a prefix put in front of every tower name (e.g. 'model.' of a Lightning module)."""
   for k in sd:
@@ -103,16 +115,17 @@ def _strip_wrapper(sd: Mapping[str, np.ndarray], source: str) -> dict[str, np.nd
       i = k.find(tower)
       if i > 0:
         wrapper = k[:i]
-        return {n[len(wrapper):]: v for n, v in sd.items() if n.startswith(wrapper)}
+        return {n[len(wrapper) :]: v for n, v in sd.items() if n.startswith(wrapper)}
       if i == 0:
         return dict(sd)
   raise convert.WeightMismatchError(
-      f"{source}: not a CLOSP checkpoint (no tensor under s2_encoder.; names look like: {', '.join(list(sd)[:8])})")
+    f"{source}: not a CLOSP checkpoint (no tensor under s2_encoder.; names look like: {', '.join(list(sd)[:8])})"
+  )
 
 
 def _text_names(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Old-style BERT LayerNorm names (gamma/beta) under text_model. renamed to weight/bias."""
-  text = {k[len("text_model."):]: v for k, v in sd.items() if k.startswith("text_model.")}
+  text = {k[len("text_model.") :]: v for k, v in sd.items() if k.startswith("text_model.")}
   out = {k: v for k, v in sd.items() if not k.startswith("text_model.")}
   out.update({"text_model." + k: v for k, v in normalize_bert_names(text).items()})
   return out
@@ -131,8 +144,10 @@ def _hints(message: str, spec) -> str:
   for tower in ("s2", "s1"):
     head = "head" if getattr(spec, f"{tower}_encoder").startswith("vit") else "fc"
     if f"{tower}_encoder.{head}." in message:
-      hints.append(f"{tower}_encoder.{head}: the file and cfg.{tower}_head_classes="
-                   f"{getattr(spec, f'{tower}_head_classes')} disagree on the classifier head")
+      hints.append(
+        f"{tower}_encoder.{head}: the file and cfg.{tower}_head_classes="
+        f"{getattr(spec, f'{tower}_head_classes')} disagree on the classifier head"
+      )
   if "location_encoder." in message or "location_projection." in message:
     hints.append(f"location encoder: cfg.location.enabled={spec.location is not None}, kind={spec.location_kind!r}")
   return message + ("\n  hints: " + "; ".join(hints) if hints else "")
@@ -165,8 +180,9 @@ def load_closp_checkpoint(path: str | os.PathLike | Mapping[str, np.ndarray], cf
   return {"params": params, "batch_stats": variables.get("batch_stats", {})}
 
 
-def export_closp_state_dict(variables: Mapping[str, Any], cfg: Any, *,
-                            include_pooler: bool = True) -> dict[str, np.ndarray]:
+def export_closp_state_dict(
+  variables: Mapping[str, Any], cfg: Any, *, include_pooler: bool = True
+) -> dict[str, np.ndarray]:
   """The original-named flat state dict (numpy) of CLOSP variables.
 
   BatchNorm `num_batches_tracked` counters are written as int64 zeros; with include_pooler=True the
@@ -176,8 +192,11 @@ def export_closp_state_dict(variables: Mapping[str, Any], cfg: Any, *,
   spec = tower_spec(cfg)
   params = _plain(variables["params"])
   rules = closp_rules(params, spec)
-  constants = {r.torch_name.rsplit(".", 1)[0] + ".num_batches_tracked": np.array(0, np.int64)
-               for r in rules if r.torch_name.endswith(".running_mean")}
+  constants = {
+    r.torch_name.rsplit(".", 1)[0] + ".num_batches_tracked": np.array(0, np.int64)
+    for r in rules
+    if r.torch_name.endswith(".running_mean")
+  }
   if include_pooler:
     hidden = dict(spec.text)["hidden"]
     constants["text_model.pooler.dense.weight"] = np.zeros((hidden, hidden), np.float32)
@@ -196,23 +215,32 @@ def merge_submodule(variables: Mapping[str, Any], name: str, sub: Mapping[str, A
   out = {c: dict(flax.core.unfreeze(t)) for c, t in variables.items()}
   for collection, tree in sub.items():
     if collection not in out or name not in out[collection]:
-      raise KeyError(f"the model has no {collection}/{name} (has {collection}: "
-                     f"{sorted(out.get(collection, {}))})")
+      raise KeyError(f"the model has no {collection}/{name} (has {collection}: {sorted(out.get(collection, {}))})")
     have = convert.flatten_tree(out[collection][name])
     new = convert.flatten_tree(tree)
-    problems = [f"{'/'.join(p)}: model {tuple(np.shape(have[p]))}, given {tuple(np.shape(new[p]))}"
-                for p in have if p in new and tuple(np.shape(have[p])) != tuple(np.shape(new[p]))]
+    problems = [
+      f"{'/'.join(p)}: model {tuple(np.shape(have[p]))}, given {tuple(np.shape(new[p]))}"
+      for p in have
+      if p in new and tuple(np.shape(have[p])) != tuple(np.shape(new[p]))
+    ]
     missing = sorted("/".join(p) for p in have if p not in new)
     extra = sorted("/".join(p) for p in new if p not in have)
     if problems or missing or extra:
       raise convert.WeightMismatchError(
-          f"cannot put the given {collection} into {name}: shape mismatches {problems}, missing {missing}, "
-          f"unexpected {extra}")
+        f"cannot put the given {collection} into {name}: shape mismatches {problems}, missing {missing}, "
+        f"unexpected {extra}"
+      )
     boxed = out[collection][name]
     out[collection][name] = jax.tree.map(  # keeps logical-partitioning boxes and dtypes
-        lambda old, v: old.replace_boxed(jnp.asarray(v, old.value.dtype)) if hasattr(old, "replace_boxed")
-        else jnp.asarray(v, getattr(old, "dtype", None)),
-        boxed, _like(boxed, tree), is_leaf=lambda x: hasattr(x, "replace_boxed"))
+      lambda old, v: (
+        old.replace_boxed(jnp.asarray(v, old.value.dtype))
+        if hasattr(old, "replace_boxed")
+        else jnp.asarray(v, getattr(old, "dtype", None))
+      ),
+      boxed,
+      _like(boxed, tree),
+      is_leaf=lambda x: hasattr(x, "replace_boxed"),
+    )
   return out
 
 
@@ -225,10 +253,11 @@ def _like(boxed: Any, plain: Mapping[str, Any]) -> Any:
 
 # ---- config inference ---------------------------------------------------------------------------
 
+
 def _image_encoder_name(sd: Mapping[str, np.ndarray], tower: str, source: str) -> tuple[str, int]:
   """(closp_jax encoder name, in_chans) whose timm tensors match `<tower>_encoder.*` in `sd`."""
   prefix = f"{tower}_encoder."
-  sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+  sub = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
   if "conv1.weight" in sub:
     family, in_chans = "resnet", int(np.shape(sub["conv1.weight"])[1])
   elif "patch_embed.proj.weight" in sub:
@@ -240,8 +269,9 @@ def _image_encoder_name(sd: Mapping[str, np.ndarray], tower: str, source: str) -
       continue
     model = image_models.image_encoder(name, in_chans)
     size = image_models.default_input_size(name)
-    shapes = jax.eval_shape(lambda m=model, s=size: m.init(jax.random.key(0), jnp.zeros((1, s, s, in_chans)),
-                                                          train=False))
+    shapes = jax.eval_shape(
+      lambda m=model, s=size: m.init(jax.random.key(0), jnp.zeros((1, s, s, in_chans)), train=False)
+    )
     params = _plain(shapes["params"])
     rules = timm_import.resnet_rules(params) if family == "resnet" else timm_import.vit_rules(params)
     flat = convert.flatten_tree(shapes)
@@ -252,7 +282,8 @@ def _image_encoder_name(sd: Mapping[str, np.ndarray], tower: str, source: str) -
     if all(r.torch_name in sub and _fits(r, sub[r.torch_name], flat[r.flax_path].shape) for r in rules):
       return name, in_chans
   raise convert.WeightMismatchError(
-      f"{source}: {prefix} matches none of the closp_jax encoders {image_models.encoder_names()}")
+    f"{source}: {prefix} matches none of the closp_jax encoders {image_models.encoder_names()}"
+  )
 
 
 def _fits(rule: convert.TensorRule, value: np.ndarray, shape: tuple[int, ...]) -> bool:
@@ -262,8 +293,13 @@ def _fits(rule: convert.TensorRule, value: np.ndarray, shape: tuple[int, ...]) -
     return False
 
 
-def infer_model_config(path: str | os.PathLike | Mapping[str, np.ndarray], *, text_heads: int | None = None,
-                       sh_convention: str = "analytic_2023", **overrides: Any):
+def infer_model_config(
+  path: str | os.PathLike | Mapping[str, np.ndarray],
+  *,
+  text_heads: int | None = None,
+  sh_convention: str = "analytic_2023",
+  **overrides: Any,
+):
   """A model_config matching the towers stored in a CLOSP / GeoCLOSP checkpoint.
 
   Read from tensor shapes: image encoders and their input channels and heads, embed_dim, the BERT
@@ -289,24 +325,37 @@ def infer_model_config(path: str | os.PathLike | Mapping[str, np.ndarray], *, te
   word = np.shape(sd["text_model.embeddings.word_embeddings.weight"])
   layers = len({k.split(".")[3] for k in sd if k.startswith("text_model.encoder.layer.")})
   hidden = int(word[1])
-  text = {"vocab_size": int(word[0]), "hidden": hidden, "layers": layers,
-          "heads": text_heads or max(hidden // 32, 1),
-          "intermediate": int(np.shape(sd["text_model.encoder.layer.0.intermediate.dense.weight"])[0]),
-          "max_position": int(np.shape(sd["text_model.embeddings.position_embeddings.weight"])[0]),
-          "type_vocab": int(np.shape(sd["text_model.embeddings.token_type_embeddings.weight"])[0]),
-          "text_projection": "text_projection.weight" in sd}
+  text = {
+    "vocab_size": int(word[0]),
+    "hidden": hidden,
+    "layers": layers,
+    "heads": text_heads or max(hidden // 32, 1),
+    "intermediate": int(np.shape(sd["text_model.encoder.layer.0.intermediate.dense.weight"])[0]),
+    "max_position": int(np.shape(sd["text_model.embeddings.position_embeddings.weight"])[0]),
+    "type_vocab": int(np.shape(sd["text_model.embeddings.token_type_embeddings.weight"])[0]),
+    "text_projection": "text_projection.weight" in sd,
+  }
   fields["text"] = text
   if "location_encoder.nnet.last_layer.weight" in sd:
     from closp_jax.weights.satclip import siren_geometry  # pylint: disable=import-outside-toplevel
+
     geo = siren_geometry(sd, "location_encoder.nnet.", source=source)
     fields["location"] = {"enabled": True, "kind": "satclip", "sh_convention": sh_convention, **geo}
   elif "location_encoder.LocEnc0.capsule.0.b" in sd:
     from closp_jax.weights.geoclip_import import geoclip_geometry  # pylint: disable=import-outside-toplevel
-    sub = {k[len("location_encoder."):]: v for k, v in sd.items() if k.startswith("location_encoder.")}
+
+    sub = {k[len("location_encoder.") :]: v for k, v in sd.items() if k.startswith("location_encoder.")}
     geo = geoclip_geometry(sub, source=source)
     sigmas = tuple(2.0 ** (4 * i) for i in range(geo["branches"]))
-    fields["location"] = {"enabled": True, "kind": "geoclip", "hidden": geo["hidden"], "layers": geo["depth"],
-                          "out": geo["out"], "rff_dim": geo["rff_dim"], "sigmas": sigmas}
+    fields["location"] = {
+      "enabled": True,
+      "kind": "geoclip",
+      "hidden": geo["hidden"],
+      "layers": geo["depth"],
+      "out": geo["out"],
+      "rff_dim": geo["rff_dim"],
+      "sigmas": sigmas,
+    }
   if "logit_scale" in sd:
     fields["temperature"] = {"learnable": True, "init_scale": float(np.exp(np.asarray(sd["logit_scale"])))}
     if "logit_bias" in sd:

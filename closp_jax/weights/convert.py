@@ -10,6 +10,7 @@ Layouts: a PyTorch conv weight is (out, in, kh, kw), a Flax conv kernel (kh, kw,
 PyTorch Linear weight is (out, in), a Flax Dense kernel (in, out). Multi-axis Flax kernels
 (DenseGeneral) use `reshape_rule`s built from these.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,6 +59,7 @@ dense_to_torch = dense_to_flax
 @dataclasses.dataclass(frozen=True)
 class TensorRule:
   """One tensor: its PyTorch name, its Flax path and the layout change both ways."""
+
   torch_name: str
   flax_path: Path
   to_flax: Layout = identity
@@ -65,6 +67,7 @@ class TensorRule:
 
 
 # ---- rule builders for common layers -------------------------------------------------------------
+
 
 def conv_rules(torch_prefix: str, flax_path: Path, *, bias: bool = False) -> list[TensorRule]:
   """A torch Conv2d `<prefix>.weight` [+ `.bias`] as a Flax nn.Conv at `('params', *flax_path)`."""
@@ -84,8 +87,10 @@ def dense_rules(torch_prefix: str, flax_path: Path, *, bias: bool = True) -> lis
 
 def layernorm_rules(torch_prefix: str, flax_path: Path) -> list[TensorRule]:
   """A torch LayerNorm (weight, bias) as a Flax nn.LayerNorm (scale, bias)."""
-  return [TensorRule(f"{torch_prefix}.weight", ("params", *flax_path, "scale")),
-          TensorRule(f"{torch_prefix}.bias", ("params", *flax_path, "bias"))]
+  return [
+    TensorRule(f"{torch_prefix}.weight", ("params", *flax_path, "scale")),
+    TensorRule(f"{torch_prefix}.bias", ("params", *flax_path, "bias")),
+  ]
 
 
 def batchnorm_rules(torch_prefix: str, flax_path: Path) -> list[TensorRule]:
@@ -93,14 +98,23 @@ def batchnorm_rules(torch_prefix: str, flax_path: Path) -> list[TensorRule]:
 
   `num_batches_tracked` has no Flax counterpart; importers ignore it and exporters write 0.
   """
-  return [TensorRule(f"{torch_prefix}.weight", ("params", *flax_path, "scale")),
-          TensorRule(f"{torch_prefix}.bias", ("params", *flax_path, "bias")),
-          TensorRule(f"{torch_prefix}.running_mean", ("batch_stats", *flax_path, "mean")),
-          TensorRule(f"{torch_prefix}.running_var", ("batch_stats", *flax_path, "var"))]
+  return [
+    TensorRule(f"{torch_prefix}.weight", ("params", *flax_path, "scale")),
+    TensorRule(f"{torch_prefix}.bias", ("params", *flax_path, "bias")),
+    TensorRule(f"{torch_prefix}.running_mean", ("batch_stats", *flax_path, "mean")),
+    TensorRule(f"{torch_prefix}.running_var", ("batch_stats", *flax_path, "var")),
+  ]
 
 
-def reshape_rule(torch_name: str, flax_path: Path, *, torch_shape: Sequence[int], split_shape: Sequence[int],
-                 flax_shape: Sequence[int], perm: Sequence[int] | None = None) -> TensorRule:
+def reshape_rule(
+  torch_name: str,
+  flax_path: Path,
+  *,
+  torch_shape: Sequence[int],
+  split_shape: Sequence[int],
+  flax_shape: Sequence[int],
+  perm: Sequence[int] | None = None,
+) -> TensorRule:
   """A tensor stored as `torch_shape` in PyTorch whose axes are split, permuted and merged for Flax.
 
   to_flax: reshape to `split_shape`, transpose by `perm`, reshape to `flax_shape`; to_torch undoes it.
@@ -125,10 +139,12 @@ def reshape_rule(torch_name: str, flax_path: Path, *, torch_shape: Sequence[int]
 
 # ---- trees --------------------------------------------------------------------------------------
 
+
 def _unbox(tree: Any) -> Any:
   """Strips flax.linen.Partitioned (or any AxisMetadata) boxes; leaves other trees as they are."""
   try:
     from flax.core import meta  # pylint: disable=import-outside-toplevel
+
     return meta.unbox(tree)
   except ImportError:  # pragma: no cover - flax is a hard dependency
     return tree
@@ -165,7 +181,7 @@ def strip_prefix(state_dict: Mapping[str, Array], prefix: str, *, source: str = 
   (a checkpoint holding several towers is read one tower at a time)."""
   if not prefix:
     return dict(state_dict)
-  out = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+  out = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
   if not out:
     sample = ", ".join(list(state_dict)[:8])
     raise WeightMismatchError(f"{source}: no tensor name starts with prefix {prefix!r} (names look like: {sample})")
@@ -183,8 +199,14 @@ def _expected_torch_shape(rule: TensorRule, flax_shape: Sequence[int]) -> str:
     return "?"
 
 
-def import_state_dict(state_dict: Mapping[str, Array], rules: Sequence[TensorRule], expected: Mapping[str, Any], *,
-                      ignore: Sequence[str] = (), source: str = "state dict") -> dict[str, Any]:
+def import_state_dict(
+  state_dict: Mapping[str, Array],
+  rules: Sequence[TensorRule],
+  expected: Mapping[str, Any],
+  *,
+  ignore: Sequence[str] = (),
+  source: str = "state dict",
+) -> dict[str, Any]:
   """Builds Flax variables {collection: tree} of float32 numpy arrays from a flat state dict.
 
   Args:
@@ -206,14 +228,15 @@ def import_state_dict(state_dict: Mapping[str, Array], rules: Sequence[TensorRul
   uncovered = sorted("/".join(p) for p in want if p not in by_path)
   unknown = sorted("/".join(p) for p in by_path if p not in want)
   if uncovered or unknown:
-    raise ValueError(f"importer rules do not match the model: model leaves without a rule {uncovered}, "
-                     f"rules for leaves the model lacks {unknown}")
+    raise ValueError(
+      f"importer rules do not match the model: model leaves without a rule {uncovered}, "
+      f"rules for leaves the model lacks {unknown}"
+    )
 
   problems: list[str] = []
   missing = [r.torch_name for r in rules if r.torch_name not in state_dict]
   used = {r.torch_name for r in rules}
-  unexpected = [k for k in state_dict
-                if k not in used and not any(fnmatch.fnmatchcase(k, pat) for pat in ignore)]
+  unexpected = [k for k in state_dict if k not in used and not any(fnmatch.fnmatchcase(k, pat) for pat in ignore)]
   flat: dict[Path, Array] = {}
   for r in rules:
     if r.torch_name not in state_dict:
@@ -225,8 +248,10 @@ def import_state_dict(state_dict: Mapping[str, Array], rules: Sequence[TensorRul
     except Exception:  # pylint: disable=broad-except
       converted = None
     if converted is None or tuple(converted.shape) != target:
-      problems.append(f"  {r.torch_name} -> {'/'.join(r.flax_path)}: file has shape {_fmt(value.shape)}, "
-                      f"model expects {_expected_torch_shape(r, target)} (Flax layout {_fmt(target)})")
+      problems.append(
+        f"  {r.torch_name} -> {'/'.join(r.flax_path)}: file has shape {_fmt(value.shape)}, "
+        f"model expects {_expected_torch_shape(r, target)} (Flax layout {_fmt(target)})"
+      )
       continue
     flat[r.flax_path] = np.ascontiguousarray(converted, dtype=np.float32)
   if missing:
@@ -241,8 +266,9 @@ def import_state_dict(state_dict: Mapping[str, Array], rules: Sequence[TensorRul
   return unflatten_tree(flat)
 
 
-def export_state_dict(variables: Mapping[str, Any], rules: Sequence[TensorRule], *,
-                      constants: Mapping[str, Array] | None = None) -> dict[str, Array]:
+def export_state_dict(
+  variables: Mapping[str, Any], rules: Sequence[TensorRule], *, constants: Mapping[str, Array] | None = None
+) -> dict[str, Array]:
   """The flat PyTorch-named state dict (float32 numpy) for Flax `variables` ({collection: tree}).
 
   Every leaf of `variables` must be exported by some rule, so nothing is lost silently.

@@ -7,6 +7,7 @@
 `b`, which GeoCLIP never trains). The package is located without being imported (importing it needs
 pandas and PyTorch); the file is read with weights_only=True, so PyTorch is needed to read it.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -41,8 +42,9 @@ def geoclip_weights_path() -> Path:
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
   if not locations:
     raise WeightsNotFoundError(
-        "the geoclip package is not installed: `pip install --no-deps geoclip==1.3.0` ships GeoCLIP's "
-        f"location-encoder weights ({_WEIGHTS}), or pass the path of that file")
+      "the geoclip package is not installed: `pip install --no-deps geoclip==1.3.0` ships GeoCLIP's "
+      f"location-encoder weights ({_WEIGHTS}), or pass the path of that file"
+    )
   path = Path(locations[0]) / _WEIGHTS
   if not path.is_file():
     raise WeightsNotFoundError(f"the geoclip package at {path.parent.parent.parent} has no {_WEIGHTS}")
@@ -68,24 +70,30 @@ def geoclip_geometry(state_dict: Mapping[str, np.ndarray], *, source: str = "sta
   capsules = sorted(int(m.group(1)) for k in state_dict if (m := _CAPSULE.match(k)))
   if not branches or not capsules or "LocEnc0.head.0.weight" not in state_dict:
     raise convert.WeightMismatchError(
-        f"{source}: not a GeoCLIP location encoder (expected LocEnc<i>.capsule.0.b, LocEnc<i>.capsule.<j>.weight "
-        f"and LocEnc<i>.head.0.weight; names look like: {', '.join(list(state_dict)[:8])})")
-  return {"branches": len(branches), "rff_dim": int(np.shape(state_dict["LocEnc0.capsule.0.b"])[0]),
-          "hidden": int(np.shape(state_dict["LocEnc0.capsule.1.weight"])[0]), "depth": len(capsules),
-          "out": int(np.shape(state_dict["LocEnc0.head.0.weight"])[0])}
+      f"{source}: not a GeoCLIP location encoder (expected LocEnc<i>.capsule.0.b, LocEnc<i>.capsule.<j>.weight "
+      f"and LocEnc<i>.head.0.weight; names look like: {', '.join(list(state_dict)[:8])})"
+    )
+  return {
+    "branches": len(branches),
+    "rff_dim": int(np.shape(state_dict["LocEnc0.capsule.0.b"])[0]),
+    "hidden": int(np.shape(state_dict["LocEnc0.capsule.1.weight"])[0]),
+    "depth": len(capsules),
+    "out": int(np.shape(state_dict["LocEnc0.head.0.weight"])[0]),
+  }
 
 
-def geoclip_variables(state_dict: Mapping[str, np.ndarray], module: GeoCLIPLocationEncoder, *, prefix: str = "",
-                      source: str = "state dict") -> dict[str, Any]:
+def geoclip_variables(
+  state_dict: Mapping[str, np.ndarray], module: GeoCLIPLocationEncoder, *, prefix: str = "", source: str = "state dict"
+) -> dict[str, Any]:
   """{'params', 'batch_stats'} of `module` from a GeoCLIP LocationEncoder state dict under `prefix`."""
   sd = convert.strip_prefix(state_dict, prefix, source=source)
   expected = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 2), jnp.float32))
   return convert.import_state_dict(sd, geoclip_rules(len(module.sigmas), module.depth), expected, source=source)
 
 
-def load_geoclip_location(path: str | os.PathLike | None = None, *,
-                          sigmas: tuple[float, ...] = (2.0**0, 2.0**4, 2.0**8)
-                          ) -> tuple[GeoCLIPLocationEncoder, dict[str, Any]]:
+def load_geoclip_location(
+  path: str | os.PathLike | None = None, *, sigmas: tuple[float, ...] = (2.0**0, 2.0**4, 2.0**8)
+) -> tuple[GeoCLIPLocationEncoder, dict[str, Any]]:
   """(module, variables) of GeoCLIP's location encoder; path=None reads the geoclip package's file.
 
   `sigmas` only label the branches (the trained Fourier matrices already carry their scale); their
@@ -96,7 +104,9 @@ def load_geoclip_location(path: str | os.PathLike | None = None, *,
   geo = geoclip_geometry(sd, source=str(path))
   if geo["branches"] != len(sigmas):
     raise convert.WeightMismatchError(
-        f"{path}: {geo['branches']} GeoCLIP branches in the file, but {len(sigmas)} sigmas given ({sigmas})")
-  module = GeoCLIPLocationEncoder(sigmas=tuple(sigmas), rff_dim=geo["rff_dim"], hidden=geo["hidden"],
-                                  depth=geo["depth"], out=geo["out"])
+      f"{path}: {geo['branches']} GeoCLIP branches in the file, but {len(sigmas)} sigmas given ({sigmas})"
+    )
+  module = GeoCLIPLocationEncoder(
+    sigmas=tuple(sigmas), rff_dim=geo["rff_dim"], hidden=geo["hidden"], depth=geo["depth"], out=geo["out"]
+  )
   return module, geoclip_variables(sd, module, source=str(path))

@@ -17,6 +17,7 @@ A hub name resolves through the local Hugging Face cache, found as huggingface_h
 A package entry (GeoCLIP's weights ship in the geoclip wheel) resolves to the installed package's
 file after a sha256 check; `fetch` installs the package with pip, resolve never installs anything.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,6 +56,7 @@ def fetch_command(name: str) -> str:
 
 
 # ---- where things are ---------------------------------------------------------------------------
+
 
 def hub_cache_dir() -> Path:
   """The Hugging Face hub cache folder, from the environment as it is now."""
@@ -96,8 +98,9 @@ def pick_weight_file(names, repo: str) -> str:
     if len(group) == 1:
       return group[0]
   raise WeightsError(
-      f"{repo}: cannot tell which file holds the weights (weight files: {', '.join(weights) or 'none'}); "
-      "download the one you want and pass its local path")
+    f"{repo}: cannot tell which file holds the weights (weight files: {', '.join(weights) or 'none'}); "
+    "download the one you want and pass its local path"
+  )
 
 
 def cached_file(entry: WeightsEntry, cache: Path | None = None) -> Path | None:
@@ -131,6 +134,7 @@ def cached_file(entry: WeightsEntry, cache: Path | None = None) -> Path | None:
 def _package_file(entry: WeightsEntry) -> Path:
   """The file of a package entry in the installed package (found without importing it)."""
   import importlib.util  # pylint: disable=import-outside-toplevel
+
   top, _, inner = entry.package_file.partition("/")
   spec = importlib.util.find_spec(top)
   for folder in (spec.submodule_search_locations or []) if spec is not None else []:
@@ -141,6 +145,7 @@ def _package_file(entry: WeightsEntry) -> Path:
 
 
 # ---- digests ------------------------------------------------------------------------------------
+
 
 def sha256_of(path: Path) -> str:
   h = hashlib.sha256()
@@ -176,8 +181,10 @@ def verify(entry: WeightsEntry, path: Path, hub_sha256: str | None = None) -> st
   if entry.sha256_prefix and not actual.startswith(entry.sha256_prefix):
     raise WeightsChecksumError(f"{label} has sha256 {actual}, expected one starting {entry.sha256_prefix}")
   if not hub_sha256 or not _HEX64.match(hub_sha256):
-    raise WeightsChecksumError(f"{label}: no sha256 is pinned and the hub reported no LFS sha256 for it "
-                               f"(got {hub_sha256!r}); refusing an unverified file")
+    raise WeightsChecksumError(
+      f"{label}: no sha256 is pinned and the hub reported no LFS sha256 for it "
+      f"(got {hub_sha256!r}); refusing an unverified file"
+    )
   if actual != hub_sha256:
     raise WeightsChecksumError(f"{label} has sha256 {actual}, but the hub lists {hub_sha256}")
   how = "the hub's LFS sha256"
@@ -186,12 +193,14 @@ def verify(entry: WeightsEntry, path: Path, hub_sha256: str | None = None) -> st
 
 # ---- download -----------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class Fetched:
   """A resolved file and how it got there."""
+
   path: Path
   commit: str | None
-  checked: str          # how its sha256 was checked
+  checked: str  # how its sha256 was checked
   downloaded: bool
   notes: tuple[str, ...] = ()
 
@@ -199,14 +208,16 @@ class Fetched:
 def _unavailable(entry: WeightsEntry, cache: Path, why: str) -> WeightsUnavailableError:
   what = entry.filename or entry.package_file or "its weight file"
   return WeightsUnavailableError(
-      f"{entry.name}: {what} is not on this machine ({why}); it comes from {entry.source}"
-      f"{' (' + entry.url + ')' if entry.url else ''}; fetch it with `{fetch_command(entry.name)}` "
-      f"(hub cache: {cache})")
+    f"{entry.name}: {what} is not on this machine ({why}); it comes from {entry.source}"
+    f"{' (' + entry.url + ')' if entry.url else ''}; fetch it with `{fetch_command(entry.name)}` "
+    f"(hub cache: {cache})"
+  )
 
 
 def _remote_listing(entry: WeightsEntry, endpoint: str, revision: str) -> tuple[str, str, str | None]:
   """(commit, filename, LFS sha256) from the hub's model API, for entries without a pinned commit or file."""
   from huggingface_hub import HfApi  # pylint: disable=import-outside-toplevel
+
   info = HfApi(endpoint=endpoint).model_info(entry.repo, revision=revision, files_metadata=True)
   siblings = {s.rfilename: s for s in info.siblings or []}
   filename = entry.filename or pick_weight_file(siblings, entry.repo)
@@ -246,6 +257,7 @@ def _publish(staged_pointer: Path, staged_snapshot: Path, cache: Path, repo: str
 def download(entry: WeightsEntry, *, cache: Path | None = None, endpoint: str | None = None) -> Fetched:
   """Downloads a hub entry into the cache (staged, verified, then moved in). Needs the network."""
   from huggingface_hub import hf_hub_download  # pylint: disable=import-outside-toplevel
+
   cache = cache or hub_cache_dir()
   endpoint = endpoint or hub_endpoint()
   notes = []
@@ -288,9 +300,11 @@ def _network_errors() -> tuple[type[BaseException], ...]:
   """What a failed request raises: OSError, huggingface_hub's HTTP errors, and the HTTP client's own
   transport errors (httpx's, or httpx2's in newer huggingface_hub releases), which are not OSErrors."""
   import importlib  # pylint: disable=import-outside-toplevel
+
   errors: list[type[BaseException]] = [OSError]
   try:
     from huggingface_hub import errors as hf_errors  # pylint: disable=import-outside-toplevel
+
     errors.append(hf_errors.HfHubHTTPError)
   except ImportError:
     pass
@@ -304,9 +318,11 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 
 def _download_failed(entry: WeightsEntry, endpoint: str, error: Exception) -> WeightsError:
   first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-  return WeightsError(f"{entry.name}: downloading {entry.source} from {endpoint} failed ({type(error).__name__}: "
-                      f"{first}); check the network and HF_ENDPOINT, or run `{fetch_command(entry.name)}` on a "
-                      "machine that can reach the hub and copy its Hugging Face cache here")
+  return WeightsError(
+    f"{entry.name}: downloading {entry.source} from {endpoint} failed ({type(error).__name__}: "
+    f"{first}); check the network and HF_ENDPOINT, or run `{fetch_command(entry.name)}` on a "
+    "machine that can reach the hub and copy its Hugging Face cache here"
+  )
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -317,6 +333,7 @@ def _remove_if_empty(folder: Path) -> None:
 
 
 # ---- resolve ------------------------------------------------------------------------------------
+
 
 def fetch_entry(entry: WeightsEntry, *, offline: bool | None = None, full_check: bool = False) -> Fetched:
   """The entry's verified file: from the cache (or the installed package), else downloaded.
@@ -343,8 +360,9 @@ def fetch_entry(entry: WeightsEntry, *, offline: bool | None = None, full_check:
         raise WeightsChecksumError(f"{e} (cached copy {path}: delete it and fetch again)") from None
     elif entry.sha256 and known and known != entry.sha256:
       raise WeightsChecksumError(
-          f"{entry.name}: the cached {path} has sha256 {known}, expected {entry.sha256}; delete it and run "
-          f"`{fetch_command(entry.name)}`")
+        f"{entry.name}: the cached {path} has sha256 {known}, expected {entry.sha256}; delete it and run "
+        f"`{fetch_command(entry.name)}`"
+      )
     else:
       checked = "cached (verified when downloaded)"
     return Fetched(path, path.parent.name, checked, False)
@@ -353,8 +371,12 @@ def fetch_entry(entry: WeightsEntry, *, offline: bool | None = None, full_check:
   return download(entry, cache=cache)
 
 
-def resolve(name_or_path: str | os.PathLike, *, table: Mapping[str, WeightsEntry] | None = None,
-            log: Callable[[str], None] | None = None) -> Path:
+def resolve(
+  name_or_path: str | os.PathLike,
+  *,
+  table: Mapping[str, WeightsEntry] | None = None,
+  log: Callable[[str], None] | None = None,
+) -> Path:
   """The local file for a registry name or an existing local path (see the module docstring)."""
   text = os.fspath(name_or_path)
   entry = lookup(text, table)
@@ -369,23 +391,31 @@ def resolve(name_or_path: str | os.PathLike, *, table: Mapping[str, WeightsEntry
   names = sorted(REGISTRY if table is None else table)
   where = f" ({path.absolute()} is a folder, not a file)" if path.is_dir() else ""
   raise UnknownWeightsError(
-      f"{text!r} is neither a known weights name nor an existing file{where}; known names: {', '.join(names)}; "
-      "a local path must point to an existing file")
+    f"{text!r} is neither a known weights name nor an existing file{where}; known names: {', '.join(names)}; "
+    "a local path must point to an existing file"
+  )
 
 
 # ---- fetch (the command's library side) ---------------------------------------------------------
 
+
 def _pip_install(requirement: str) -> None:
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
+
   cmd = [sys.executable, "-m", "pip", "install", "--no-deps", requirement]
   _log.warning("installing %s: %s", requirement, " ".join(cmd))
   if subprocess.run(cmd, check=False).returncode != 0:
     raise WeightsError(f"`{' '.join(cmd)}` failed; install {requirement} yourself, or pass the file's local path")
 
 
-def fetch(name: str, *, to: str | os.PathLike | None = None, table: Mapping[str, WeightsEntry] | None = None,
-          install: Callable[[str], None] = _pip_install) -> tuple[Fetched, Path | None]:
+def fetch(
+  name: str,
+  *,
+  to: str | os.PathLike | None = None,
+  table: Mapping[str, WeightsEntry] | None = None,
+  install: Callable[[str], None] = _pip_install,
+) -> tuple[Fetched, Path | None]:
   """Makes the named file present and verified (downloading it, or pip-installing its package,
   when absent); with `to`, also copies it into that folder. Returns (fetched, copy or None)."""
   entry = lookup(name, table)
@@ -397,12 +427,18 @@ def fetch(name: str, *, to: str | os.PathLike | None = None, table: Mapping[str,
       raise _unavailable(entry, hub_cache_dir(), f"package {entry.package} is not installed and HF_HUB_OFFLINE is set")
     install(entry.package)
     import importlib  # pylint: disable=import-outside-toplevel
+
     importlib.invalidate_caches()
   fetched = fetch_entry(entry, full_check=True)
   if entry.repo and entry.revision is None and not fetched.downloaded:
-    fetched = dataclasses.replace(fetched, notes=fetched.notes + (
+    fetched = dataclasses.replace(
+      fetched,
+      notes=fetched.notes
+      + (
         "revision not pinned in the registry: the cached copy is the hub's 'main' as it was at commit "
-        f"{fetched.commit}",))
+        f"{fetched.commit}",
+      ),
+    )
   copy = None
   if to is not None:
     copy = Path(to).expanduser() / fetched.path.name

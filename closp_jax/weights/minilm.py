@@ -7,6 +7,7 @@ The folder needs config.json, tokenizer.json and model.safetensors (or pytorch_m
 weights_only=True). Tensor names may carry a `bert.` prefix (BertFor* checkpoints); the pooler and
 `embeddings.position_ids` are not used by the encoder and are skipped.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,11 +39,10 @@ def bert_rules(layers: int, prefix: str = "") -> list[convert.TensorRule]:
   """
   p = prefix
   rules = [
-      convert.TensorRule(f"{p}embeddings.word_embeddings.weight", ("params", "word_embeddings", "embedding")),
-      convert.TensorRule(f"{p}embeddings.position_embeddings.weight", ("params", "position_embeddings", "embedding")),
-      convert.TensorRule(f"{p}embeddings.token_type_embeddings.weight",
-                         ("params", "token_type_embeddings", "embedding")),
-      *convert.layernorm_rules(f"{p}embeddings.LayerNorm", ("embeddings_norm",)),
+    convert.TensorRule(f"{p}embeddings.word_embeddings.weight", ("params", "word_embeddings", "embedding")),
+    convert.TensorRule(f"{p}embeddings.position_embeddings.weight", ("params", "position_embeddings", "embedding")),
+    convert.TensorRule(f"{p}embeddings.token_type_embeddings.weight", ("params", "token_type_embeddings", "embedding")),
+    *convert.layernorm_rules(f"{p}embeddings.LayerNorm", ("embeddings_norm",)),
   ]
   for i in range(layers):
     t, f = f"{p}encoder.layer.{i}.", f"layer_{i}"
@@ -64,17 +64,18 @@ def normalize_bert_names(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.n
     if has_prefix:
       if not k.startswith("bert."):
         continue  # task heads (cls.*, classifier.*) of BertFor* checkpoints
-      k = k[len("bert."):]
+      k = k[len("bert.") :]
     if k.endswith("LayerNorm.gamma"):
-      k = k[:-len("gamma")] + "weight"
+      k = k[: -len("gamma")] + "weight"
     elif k.endswith("LayerNorm.beta"):
-      k = k[:-len("beta")] + "bias"
+      k = k[: -len("beta")] + "bias"
     out[k] = v
   return out
 
 
-def text_encoder_from_hf_config(config: Mapping[str, Any], *, source: str = "config.json",
-                                **overrides: Any) -> TextEncoder:
+def text_encoder_from_hf_config(
+  config: Mapping[str, Any], *, source: str = "config.json", **overrides: Any
+) -> TextEncoder:
   """A TextEncoder with the geometry of a Hugging Face BERT config (dict of config.json)."""
   model_type = config.get("model_type", "bert")
   if model_type != "bert":
@@ -86,36 +87,40 @@ def text_encoder_from_hf_config(config: Mapping[str, Any], *, source: str = "con
   if pos != "absolute":
     raise ValueError(f"{source}: position_embedding_type is {pos!r}; only 'absolute' is supported")
   try:
-    fields = dict(vocab_size=int(config["vocab_size"]), hidden=int(config["hidden_size"]),
-                  layers=int(config["num_hidden_layers"]), heads=int(config["num_attention_heads"]),
-                  intermediate=int(config["intermediate_size"]),
-                  max_position=int(config["max_position_embeddings"]),
-                  type_vocab=int(config.get("type_vocab_size", 2)),
-                  layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
-                  dropout=float(config.get("hidden_dropout_prob", 0.1)))
+    fields = dict(
+      vocab_size=int(config["vocab_size"]),
+      hidden=int(config["hidden_size"]),
+      layers=int(config["num_hidden_layers"]),
+      heads=int(config["num_attention_heads"]),
+      intermediate=int(config["intermediate_size"]),
+      max_position=int(config["max_position_embeddings"]),
+      type_vocab=int(config.get("type_vocab_size", 2)),
+      layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
+      dropout=float(config.get("hidden_dropout_prob", 0.1)),
+    )
   except KeyError as e:
     raise ValueError(f"{source}: missing field {e.args[0]!r} of a BERT config") from e
   fields.update(overrides)
   return TextEncoder(**fields)
 
 
-def bert_params_from_state_dict(state_dict: Mapping[str, np.ndarray], module: TextEncoder, *,
-                                prefix: str = "", source: str = "state dict") -> dict[str, Any]:
+def bert_params_from_state_dict(
+  state_dict: Mapping[str, np.ndarray], module: TextEncoder, *, prefix: str = "", source: str = "state dict"
+) -> dict[str, Any]:
   """TextEncoder params (numpy float32 tree) from a flat BertModel state dict.
 
   Only the tensors under `prefix` are read. Shape or name mismatches raise
   convert.WeightMismatchError naming the tensor and both shapes.
   """
   sd = normalize_bert_names(convert.strip_prefix(state_dict, prefix, source=source))
-  expected = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32),
-                            jnp.ones((1, 4), jnp.int32))
-  variables = convert.import_state_dict(sd, bert_rules(module.layers), expected, ignore=BERT_IGNORED,
-                                        source=source)
+  expected = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))
+  variables = convert.import_state_dict(sd, bert_rules(module.layers), expected, ignore=BERT_IGNORED, source=source)
   return variables["params"]
 
 
-def export_bert_state_dict(params: Mapping[str, Any], layers: int, *, prefix: str = "",
-                           include_pooler: bool = False) -> dict[str, np.ndarray]:
+def export_bert_state_dict(
+  params: Mapping[str, Any], layers: int, *, prefix: str = "", include_pooler: bool = False
+) -> dict[str, np.ndarray]:
   """The Hugging Face BertModel state dict (float32 numpy) of TextEncoder params.
 
   include_pooler=True adds `pooler.dense.*` as zeros: the encoder has no pooler (CLOSP never uses
@@ -153,14 +158,16 @@ def load_bert(path: str | os.PathLike, *, pooling: str = "cls", dtype: Any = jnp
 def load_tokenizer(path: str | os.PathLike):
   """The `tokenizers.Tokenizer` of a Hugging Face folder (its tokenizer.json, settings as stored)."""
   from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+
   file = Path(path) / "tokenizer.json"
   if not file.is_file():
     raise FileNotFoundError(f"{path}: no tokenizer.json")
   return Tokenizer.from_file(str(file))
 
 
-def load_minilm(path: str | os.PathLike | None = None, *, pooling: str = "cls",
-                dtype: Any = jnp.float32) -> tuple[TextEncoder, dict, Any]:
+def load_minilm(
+  path: str | os.PathLike | None = None, *, pooling: str = "cls", dtype: Any = jnp.float32
+) -> tuple[TextEncoder, dict, Any]:
   """(module, params, tokenizer) for all-MiniLM-L6-v2 (or any local BERT folder at `path`).
 
   With path=None the folder comes from `find_minilm_folder()` (Hugging Face cache, then the

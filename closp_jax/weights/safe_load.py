@@ -4,6 +4,7 @@ safetensors files are read directly. PyTorch files (.pt, .pth, .ckpt, .bin) are 
 `torch.load(weights_only=True)`, which refuses any pickle that would construct objects other than
 tensors and plain containers; PyTorch is then needed (the `torch` extra).
 """
+
 from __future__ import annotations
 
 import os
@@ -44,16 +45,16 @@ def load_torch_file(path: str | os.PathLike) -> Any:
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise ImportError(
-        f"reading {path} needs PyTorch (pip install -e '.[torch]'), or convert it to safetensors") from e
+    raise ImportError(f"reading {path} needs PyTorch (pip install -e '.[torch]'), or convert it to safetensors") from e
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises UnpicklingError (or RuntimeError wrapping it)
     if "weights_only" in str(e) or "Unpickl" in type(e).__name__ or "unpickl" in str(e).lower():
       raise UnsafeWeightsError(
-          f"refused to load {path}: it holds pickled objects other than tensors and plain "
-          f"containers, and loading it would run code from the file. Convert it to safetensors "
-          f"on a machine you trust. ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        f"refused to load {path}: it holds pickled objects other than tensors and plain "
+        f"containers, and loading it would run code from the file. Convert it to safetensors "
+        f"on a machine you trust. ({type(e).__name__}: {str(e).splitlines()[0]})"
+      ) from e
     raise
   return _to_numpy(obj)
 
@@ -69,15 +70,19 @@ def load_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str
     if not path.is_file():
       raise FileNotFoundError(f"weight file not found: {path}")
     from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+
     return dict(load_file(str(path)))
   if path.suffix not in TORCH_SUFFIXES:
     raise ValueError(
-        f"{path}: unknown weight file type {path.suffix!r}; expected one of "
-        f"{', '.join(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)}")
+      f"{path}: unknown weight file type {path.suffix!r}; expected one of "
+      f"{', '.join(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)}"
+    )
   obj = load_torch_file(path)
   if key is not None:
     if not isinstance(obj, dict) or key not in obj:
-      raise KeyError(f"{path}: no entry {key!r} (top-level keys: {list(obj)[:20] if isinstance(obj, dict) else type(obj).__name__})")
+      raise KeyError(
+        f"{path}: no entry {key!r} (top-level keys: {list(obj)[:20] if isinstance(obj, dict) else type(obj).__name__})"
+      )
     obj = obj[key]
   elif isinstance(obj, dict):
     for k in ("state_dict", "model", "model_state_dict"):

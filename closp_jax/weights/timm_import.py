@@ -15,6 +15,7 @@ accepts with only the head missing.
 Files are read with closp_jax.weights.safe_load: safetensors, or torch files with weights_only=True
 (a pickle that would run code is refused with UnsafeWeightsError).
 """
+
 from __future__ import annotations
 
 import functools
@@ -61,12 +62,15 @@ def _shapes(name: str, in_chans: int) -> dict[str, Any]:
 
 def _in_chans(sd: Mapping[str, np.ndarray], key: str, source: str) -> int:
   if key not in sd:
-    raise WeightMismatchError(f"{source}: tensor {key!r} not found, cannot tell the number of input channels "
-                              f"(names look like: {', '.join(list(sd)[:8])})")
+    raise WeightMismatchError(
+      f"{source}: tensor {key!r} not found, cannot tell the number of input channels "
+      f"(names look like: {', '.join(list(sd)[:8])})"
+    )
   return int(np.shape(sd[key])[1])
 
 
 # ---- ResNet -------------------------------------------------------------------------------------
+
 
 def resnet_rules(params: Mapping[str, Any]) -> list[TensorRule]:
   """Rules for a closp_jax ResNet param tree (structure read from the tree's keys)."""
@@ -94,14 +98,20 @@ def resnet_rules(params: Mapping[str, Any]) -> list[TensorRule]:
 def _resnet_model(name: str, in_chans: int) -> ResNet:
   model = image_models.image_encoder(name, in_chans)
   if not isinstance(model, ResNet):
-    raise ValueError(f"{name!r} is not a ResNet; ResNets: "
-                     f"{[n for n in image_models.encoder_names() if n.startswith('resnet')]}")
+    raise ValueError(
+      f"{name!r} is not a ResNet; ResNets: {[n for n in image_models.encoder_names() if n.startswith('resnet')]}"
+    )
   return model
 
 
-def load_timm_resnet(state_dict: Mapping[str, np.ndarray] | str | os.PathLike, name: str = "resnet50",
-                     in_chans: int | None = None, *, prefix: str = "",
-                     source: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_timm_resnet(
+  state_dict: Mapping[str, np.ndarray] | str | os.PathLike,
+  name: str = "resnet50",
+  in_chans: int | None = None,
+  *,
+  prefix: str = "",
+  source: str | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
   """(params, batch_stats) for `image_encoder(name, in_chans)` from a timm/torchvision ResNet state dict.
 
   Args:
@@ -114,22 +124,27 @@ def load_timm_resnet(state_dict: Mapping[str, np.ndarray] | str | os.PathLike, n
   sd, source = _read(state_dict, prefix, source)
   if in_chans is None:
     in_chans = _in_chans(sd, "conv1.weight", source)
-  model = _resnet_model(name, in_chans)
+  _resnet_model(name, in_chans)  # refuses non-ResNet names before any tensor is read
   expected = _shapes(name, in_chans)
-  variables = convert.import_state_dict(sd, resnet_rules(_plain(expected["params"])), expected,
-                                       ignore=RESNET_IGNORE, source=source)
+  variables = convert.import_state_dict(
+    sd, resnet_rules(_plain(expected["params"])), expected, ignore=RESNET_IGNORE, source=source
+  )
   return variables["params"], variables["batch_stats"]
 
 
 def export_timm_resnet(params: Mapping[str, Any], batch_stats: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """timm-named state dict (float32 numpy; BatchNorm counters int64 zeros) from ResNet variables."""
   rules = resnet_rules(_plain(params))
-  counters = {r.torch_name.rsplit(".", 1)[0] + ".num_batches_tracked": np.array(0, np.int64)
-              for r in rules if r.torch_name.endswith(".running_mean")}
+  counters = {
+    r.torch_name.rsplit(".", 1)[0] + ".num_batches_tracked": np.array(0, np.int64)
+    for r in rules
+    if r.torch_name.endswith(".running_mean")
+  }
   return convert.export_state_dict({"params": params, "batch_stats": batch_stats}, rules, constants=counters)
 
 
 # ---- ViT ----------------------------------------------------------------------------------------
+
 
 def vit_rules(params: Mapping[str, Any]) -> list[TensorRule]:
   """Rules for a closp_jax VisionTransformer param tree."""
@@ -147,15 +162,35 @@ def vit_rules(params: Mapping[str, Any]) -> list[TensorRule]:
       d, three, h, hd = blk["attn"]["qkv"]["kernel"].shape
       rules += convert.layernorm_rules(f"{t}.norm1", (key, "norm1"))
       rules += convert.layernorm_rules(f"{t}.norm2", (key, "norm2"))
-      rules.append(convert.reshape_rule(f"{t}.attn.qkv.weight", ("params", key, "attn", "qkv", "kernel"),
-                                        torch_shape=(three * h * hd, d), split_shape=(three, h, hd, d),
-                                        perm=(3, 0, 1, 2), flax_shape=(d, three, h, hd)))
-      rules.append(convert.reshape_rule(f"{t}.attn.qkv.bias", ("params", key, "attn", "qkv", "bias"),
-                                        torch_shape=(three * h * hd,), split_shape=(three, h, hd),
-                                        flax_shape=(three, h, hd)))
-      rules.append(convert.reshape_rule(f"{t}.attn.proj.weight", ("params", key, "attn", "proj", "kernel"),
-                                        torch_shape=(d, h * hd), split_shape=(d, h, hd),
-                                        perm=(1, 2, 0), flax_shape=(h, hd, d)))
+      rules.append(
+        convert.reshape_rule(
+          f"{t}.attn.qkv.weight",
+          ("params", key, "attn", "qkv", "kernel"),
+          torch_shape=(three * h * hd, d),
+          split_shape=(three, h, hd, d),
+          perm=(3, 0, 1, 2),
+          flax_shape=(d, three, h, hd),
+        )
+      )
+      rules.append(
+        convert.reshape_rule(
+          f"{t}.attn.qkv.bias",
+          ("params", key, "attn", "qkv", "bias"),
+          torch_shape=(three * h * hd,),
+          split_shape=(three, h, hd),
+          flax_shape=(three, h, hd),
+        )
+      )
+      rules.append(
+        convert.reshape_rule(
+          f"{t}.attn.proj.weight",
+          ("params", key, "attn", "proj", "kernel"),
+          torch_shape=(d, h * hd),
+          split_shape=(d, h, hd),
+          perm=(1, 2, 0),
+          flax_shape=(h, hd, d),
+        )
+      )
       rules.append(TensorRule(f"{t}.attn.proj.bias", ("params", key, "attn", "proj", "bias")))
       rules += convert.dense_rules(f"{t}.mlp.fc1", (key, "mlp", "fc1"))
       rules += convert.dense_rules(f"{t}.mlp.fc2", (key, "mlp", "fc2"))
@@ -164,8 +199,14 @@ def vit_rules(params: Mapping[str, Any]) -> list[TensorRule]:
   return rules
 
 
-def load_timm_vit(state_dict: Mapping[str, np.ndarray] | str | os.PathLike, name: str = "vit_s16",
-                  in_chans: int | None = None, *, prefix: str = "", source: str | None = None) -> dict[str, Any]:
+def load_timm_vit(
+  state_dict: Mapping[str, np.ndarray] | str | os.PathLike,
+  name: str = "vit_s16",
+  in_chans: int | None = None,
+  *,
+  prefix: str = "",
+  source: str | None = None,
+) -> dict[str, Any]:
   """params for `image_encoder(name, in_chans)` from a timm ViT state dict (see `load_timm_resnet`).
 
   The position embeddings must be for the model's grid (224 px / 16 = 14x14 for vit_s16/vit_l16);
@@ -178,7 +219,9 @@ def load_timm_vit(state_dict: Mapping[str, np.ndarray] | str | os.PathLike, name
   if not isinstance(model, VisionTransformer):
     raise ValueError(f"{name!r} is not a ViT; ViTs: {[n for n in image_models.encoder_names() if n.startswith('vit')]}")
   expected = _shapes(name, in_chans)
-  variables = convert.import_state_dict(sd, vit_rules(_plain(expected["params"])), expected, ignore=VIT_IGNORE, source=source)
+  variables = convert.import_state_dict(
+    sd, vit_rules(_plain(expected["params"])), expected, ignore=VIT_IGNORE, source=source
+  )
   return variables["params"]
 
 

@@ -73,6 +73,7 @@ def build(cfg, seed=0):
   return model, state, fn
 
 
+@pytest.mark.slow
 def test_dropout_masks_follow_the_run_key_and_the_step():
   """With dropout on (text 0.1, SatCLIP 0.5) the loss of one step depends on the run's key, not only
   on the weights and the batch; the same key gives the same step bit for bit."""
@@ -155,6 +156,7 @@ def test_geoclosp_objective_is_the_authors_mean_of_cross_entropies(directions):
   assert got == pytest.approx(np.mean(per_sensor), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_alternate_updates_are_an_s2_update_then_an_s1_update():
   """One 'alternate' step equals two joint steps, the first with only the S2 terms, the second with
   only the S1 terms, sharing the optimizer state (Adam's count goes 1, 2) and one learning rate."""
@@ -200,6 +202,7 @@ def test_paper_recipe_keeps_the_towers_frozen_and_trains_the_projections():
   assert cfg.model.text.dropout == 0.1 and cfg.model.location.dropout == 0.5
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_is_one_update_on_the_mean_gradient_of_the_micro_batches():
   """grad_accum_steps=2: one update from the mean of the gradients of rows 0,2,4,... and rows 1,3,5,...
   (each its own contrastive set); Adam's step count advances once. Checked against gradients taken
@@ -243,6 +246,7 @@ def test_gradient_accumulation_is_one_update_on_the_mean_gradient_of_the_micro_b
   assert counts and set(counts) == {1}
 
 
+@pytest.mark.slow
 def test_a_tower_unfreezes_at_the_configured_update_with_accumulation_on():
   """freeze_steps=2 with grad_accum_steps=2: the phases of updates 0 and 1 keep the S2 tower frozen
   and update 2's trains it; run through the step, the tower does not move in updates 0-1 and moves in

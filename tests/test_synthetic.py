@@ -3,6 +3,8 @@
 import collections
 import datetime as dt
 import json
+import subprocess
+import sys
 
 import h5py
 import hdf5plugin  # also registers the Blosc filter for reading
@@ -225,11 +227,14 @@ def test_source_counts():
   assert S.source_counts(4000, 4000)["benv2s2"] == 3200
 
 
-def test_cli_prints_summary(tmp_path, capsys):
-  assert S.main(["--out", str(tmp_path / "cli"), "--num_s2", "5", "--num_s1", "5", "--seed", "1"]) == 0
-  out = capsys.readouterr().out
+def test_cli_prints_summary(tmp_path):
+  cmd = [sys.executable, "-m", "closp_jax.data.synthetic", "--out", str(tmp_path / "cli"), "--num_s2", "5"]
+  proc = subprocess.run([*cmd, "--num_s1", "5", "--seed", "1"], capture_output=True, text=True, check=True)
+  out = proc.stdout
   assert "benv2s2" in out and "train" in out and "test" in out
   assert out.strip().splitlines()[-1].split()[-1] == "10"
+  missing = subprocess.run(cmd, capture_output=True, text=True)
+  assert missing.returncode == 1 and "--num_s1 required" in missing.stderr
 
 
 def test_nan_rate_about_one_percent():

@@ -3,15 +3,16 @@ r"""GPU train steps in bf16: closp-jax vs the PyTorch reference, with MFU agains
   python benchmarks/gpu.py            # on the GPU machine; writes $OUT/gpu.json when OUT is set
   python benchmarks/gpu.py --tiny     # the same code path on CPU with tiny towers (a test)
 
-Rows (same shape as benchmarks/run.py's JSON):
-  train_step_rn50_bf16    samples/s, CLOSP-RN towers (ResNet-50 x2 at 120 px + MiniLM), 64 S2 + 64 S1,
+Rows (same shape as benchmarks/run.py's JSON, plus "mfu"), written to benchmarks/results/gpu-DATE.json
+($OUT/gpu-DATE.json where OUT is set, or --out FILE):
+  gpu_train_step_rn50     samples/s, CLOSP-RN towers (ResNet-50 x2 at 120 px + MiniLM), 64 S2 + 64 S1,
                           every tower trained, AdamW; closp-jax with model.dtype=bfloat16 (float32
                           parameters and optimizer), PyTorch with torch.autocast(bfloat16), channels_last
-  train_step_vit_l_bf16   the same with CLOSP-VL towers (ViT-L/16 x2 at 224 px + MiniLM)
-  mfu_rn50_bf16, mfu_vit_l_bf16   achieved TFLOP/s of the closp-jax step (XLA's FLOP count) vs the
-                          chip's dense bf16 peak (--peak_tflops, 989 for H100/H200 SXM); the detail also
-                          gives MFU against the 8192^3 bf16 matmul measured in this run, and PyTorch's
-                          figures for the same FLOP count
+  gpu_train_step_vit_l    the same with CLOSP-VL towers (ViT-L/16 x2 at 224 px + MiniLM)
+                          each row's "mfu": achieved FLOP/s of the closp-jax step (XLA's FLOP count) over
+                          the chip's dense bf16 peak (--peak_tflops, 989 for H100/H200 SXM); the detail
+                          also gives it against the 8192^3 bf16 matmul measured in this run, and
+                          PyTorch's figures for the same FLOP count
   matmul_bf16             TFLOP/s of an 8192^3 bf16 matmul, jax vs torch
 
 Each framework runs in its own worker process (no CUDA library clash, separate memory pools);
@@ -210,6 +211,12 @@ class Worker:
 # ---- the driver ---------------------------------------------------------------------------------
 
 
+def default_out() -> Path:
+  """benchmarks/results/gpu-<date>.json, or $OUT/gpu-<date>.json where OUT is set (the device machine)."""
+  name = f"gpu-{time.strftime('%Y-%m-%d')}.json"
+  return Path(os.environ["OUT"]) / name if os.environ.get("OUT") else REPO / "benchmarks" / "results" / name
+
+
 def peak_tflops(device: str, override: float | None) -> float | None:
   if override:
     return override
@@ -254,28 +261,27 @@ def measure_model(args, rows: dict) -> None:
     "closp_jax_loss": losses["closp_jax"],
     "reference_loss": losses["reference"],
   }
-  name = f"train_step_{args.model}_bf16"
-  rows[name] = common.timed_row(times, "closp_jax", "reference", per_step, "samples/s", detail)
+  name = f"gpu_train_step_{args.model}"
+  row = common.timed_row(times, "closp_jax", "reference", per_step, "samples/s", detail)
   step_s = {k: common.median(v) / steps for k, v in times.items()}
   achieved = {k: jx["flops"] / s / 1e12 for k, s in step_s.items()}
   mm = {k: max(v) for k, v in matmul.items()}
   peak = peak_tflops(jx["device"], args.peak_tflops)
-  mfu_detail = {
-    "flop_count": "XLA cost_analysis of the closp-jax step (used for both)",
-    "reference_tflops": round(achieved["reference"], 2),
-    "matmul_tflops": {k: round(v, 1) for k, v in mm.items()},
-    "mfu_vs_matmul": round(achieved["closp_jax"] / mm["closp_jax"], 4),
-    "reference_mfu_vs_matmul": round(achieved["reference"] / mm["reference"], 4),
-  }
-  if peak:
-    mfu_detail["reference_mfu_vs_spec"] = round(achieved["reference"] / peak, 4)
-    rows[f"mfu_{args.model}_bf16"] = common.make_row(
-      achieved["closp_jax"], peak, "TFLOP/s", common.HIGHER, {"peak": "dense bf16 spec", **mfu_detail}
-    )
-  else:  # unknown chip (or CPU): against the measured matmul only
-    rows[f"mfu_{args.model}_bf16"] = common.make_row(
-      achieved["closp_jax"], mm["closp_jax"], "TFLOP/s", common.HIGHER, {"peak": "measured bf16 matmul", **mfu_detail}
-    )
+  # MFU: the closp-jax step's achieved FLOP/s (XLA's count) over the chip's dense bf16 peak; on a chip
+  # without a known peak (or the CPU of --tiny) over the bf16 matmul measured in this run.
+  row["mfu"] = round(achieved["closp_jax"] / (peak or mm["closp_jax"]), 4)
+  row["detail"].update(
+    {
+      "mfu_against": f"dense bf16 spec, {peak} TFLOP/s" if peak else "the measured bf16 matmul",
+      "flop_count": "XLA cost_analysis of the closp-jax step (used for both)",
+      "closp_jax_tflops": round(achieved["closp_jax"], 2),
+      "reference_tflops": round(achieved["reference"], 2),
+      "reference_mfu": round(achieved["reference"] / (peak or mm["reference"]), 4),
+      "matmul_tflops": {k: round(v, 1) for k, v in mm.items()},
+      "mfu_vs_matmul": round(achieved["closp_jax"] / mm["closp_jax"], 4),
+    }
+  )
+  rows[name] = row
   rows.setdefault(
     "matmul_bf16",
     common.make_row(
@@ -299,6 +305,9 @@ def main(argv=None) -> int:
   parser.add_argument("--warmup", type=int, default=1)
   parser.add_argument("--matmul", type=int, default=None, help="matmul size (default 8192; 256 tiny)")
   parser.add_argument("--matmul_calls", type=int, default=None)
+  parser.add_argument(
+    "--out", default=None, help="JSON file (default: benchmarks/results/gpu-DATE.json, under $OUT when set)"
+  )
   parser.add_argument("--peak_tflops", type=float, default=None, help="the chip's dense bf16 peak")
   parser.add_argument("--worker", choices=("jax", "torch"), default=None, help=argparse.SUPPRESS)
   parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
@@ -323,9 +332,9 @@ def main(argv=None) -> int:
       raise SystemExit(f"--models: unknown model {model!r}; known: {', '.join(MODELS)}")
     args.model = model
     measure_model(args, rows)
-  out = os.environ.get("OUT")
-  if out:
-    common.write_json(Path(out) / "gpu.json", rows)
+  out = Path(args.out) if args.out else default_out()
+  common.write_json(out, rows)
+  print(f"wrote {out}")
   print(f"closp-jax GPU benchmarks{' (tiny)' if args.tiny else ''}, {time.perf_counter() - start:.0f} s")
   print(common.format_table(rows))
   return 0

@@ -36,20 +36,14 @@ def closp_config(
 ) -> ml_collections.ConfigDict:
   """The packaged recipe closp:VARIANT (geoclosp with geo) with dotted overrides ({'optim.frozen': (), 'data.batch_size': 8}).
 
-  The text tower starts from random weights (init.text='') unless an override says otherwise:
-  speed does not depend on the values, and nothing needs the MiniLM files.
+  Every tower starts from random weights (init.text, init.s2, init.s1, init.location = '') unless an
+  override says otherwise: speed does not depend on the values, and nothing is read or downloaded.
   """
   cfg = config_lib.load_config(f"{'geoclosp' if geo else 'closp'}:{variant}")
   cfg.unlock()
-  cfg.init.text = ""
+  cfg.init.text = cfg.init.s2 = cfg.init.s1 = cfg.init.location = ""
   for dotted, value in dict(overrides or {}).items():
-    node = cfg
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-      node = node[p]
-    if leaf not in node:
-      raise KeyError(f"config override {dotted!r}: config.{'.'.join(parents) or ''} has no key {leaf!r}")
-    node[leaf] = value
+    config_lib.set_key(cfg, dotted, value)
   cfg.lock()
   return cfg
 
@@ -93,7 +87,9 @@ def lr_table(cfg, steps: int = TOTAL_STEPS) -> np.ndarray:
 
 
 def text_table(dim: int, seed: int = 1) -> np.ndarray:
-  """Unit-norm stand-ins for the cached text embeddings [NUM_TEXTS, dim]."""
+  """Unit-norm stand-ins for the cached text model outputs [NUM_TEXTS, dim] (dim: the text model's
+  hidden size). Without a text projection the step only normalises them, so the same rows serve the
+  PyTorch reference as its text embeddings."""
   x = np.random.default_rng(seed).normal(size=(NUM_TEXTS, dim)).astype(np.float32)
   return x / np.linalg.norm(x, axis=1, keepdims=True)
 
@@ -124,13 +120,18 @@ class ClospStep:
     overrides: Mapping[str, Any] | None = None,
     text_len: int | None = None,
     mesh_devices=None,
+    text_table: bool | None = None,
   ) -> ClospStep:
+    """text_table: None as the trainer decides (closp_jax.train.step.phase_at); False runs the text
+    model every step even where the trainer would look its outputs up (for A/B measurements)."""
     cfg = closp_config(variant, {"data.batch_size": batch_size, **dict(overrides or {})})
     mesh = mesh_lib.make_mesh(cfg.mesh, mesh_devices)
     setup.check_batch(cfg, mesh)
     model, variables, shardings, optimizer, _ = setup.build_model_and_optimizer(cfg, mesh, TOTAL_STEPS)
     state, state_shardings = setup.create_state(variables, optimizer, shardings, mesh, int(cfg.seed))
     phase = phase_at(cfg, sorted(state.params), int(state.step))
+    if text_table is not None:
+      phase = dataclasses.replace(phase, text_table=phase.text_table and text_table)
     trainable, use_table = phase.trainable, phase.text_table
     fn = make_train_step(cfg, phase, model=model, optimizer=optimizer, mesh=mesh)
     jitted = jax.jit(fn, donate_argnums=(0,), out_shardings=(state_shardings, mesh_lib.replicated(mesh)))
@@ -138,7 +139,7 @@ class ClospStep:
     keys = ("image", "input_ids", "attention_mask", "lonlat", "text_id")
     batch = mesh_lib.global_batch({s: {k: host[s][k] for k in keys} for s in ("s2", "s1")}, mesh)
     table = (
-      jax.device_put(text_table(int(cfg.model.embed_dim)), mesh_lib.replicated(mesh))
+      jax.device_put(text_table(int(cfg.model.text.hidden)), mesh_lib.replicated(mesh))
       if use_table
       else jax.device_put(np.zeros((1, 1), np.float32), mesh_lib.replicated(mesh))
     )

@@ -118,6 +118,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.checkpoint.keep = 3
   c.checkpoint.async_save = True
 
+  c.profile = ml_collections.ConfigDict()
+  c.profile.steps = ""  # "A:B": jax.profiler trace of steps A..B-1 to WORKDIR/profile ('' off)
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1
   c.mesh.fsdp = 1
@@ -146,6 +149,19 @@ def upgrade_saved_config(data: dict) -> dict:
 class ConfigKeyError(UserError, KeyError):
   def __str__(self):
     return str(self.args[0])
+
+
+def set_key(cfg: ml_collections.ConfigDict, dotted: str, value) -> None:
+  """cfg.a.b = value for dotted 'a.b'; ConfigKeyError names the key and the valid ones when it does not exist."""
+  node = cfg
+  parts = dotted.split(".")
+  for i, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      raise ConfigKeyError(f"unknown config key {dotted!r}: no {part!r}; valid keys there: {', '.join(valid)}")
+    if i < len(parts) - 1:
+      node = node[part]
+  node[parts[-1]] = value
 
 
 class ConfigNotFoundError(UserError, FileNotFoundError):
@@ -304,6 +320,13 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     size = cfg.mesh[key]
     if not isinstance(size, int) or (size < 1 and size != -1):
       problems.append(f"config.mesh.{key}={size!r} must be a positive device count or -1 (the rest)")
+  if str(cfg.profile.steps):
+    from closp_jax.train import profile  # pylint: disable=import-outside-toplevel
+
+    try:
+      profile.parse_steps(str(cfg.profile.steps))
+    except ValueError as e:
+      problems.append(f"config.profile.steps={cfg.profile.steps!r}: {e}")
   if problems:
     raise ConfigValueError(
       "invalid config:\n  "

@@ -81,11 +81,14 @@ def test_train_batch_contract(built, tok):
   builder, _ = built
   batch = next(pipeline.train_iterator(builder, batch_size=2, seed=0, tokenizer=tok))
   assert set(batch) == {"s2", "s1"}
+  # text is padded to the smallest of 16/32/64 that holds the dataset's longest text
+  longest = int(tokenize(tok, pipeline.dataset_texts(builder), max_len=64)[1].sum(1).max())
+  longest_bucket = min(size for size in (16, 32, 64) if size >= longest)
   for sensor, channels in (("s2", 13), ("s1", 2)):
     b = batch[sensor]
     assert set(b) == set(pipeline.BATCH_KEYS)
     assert b["image"].shape == (2, 120, 120, channels) and b["image"].dtype == np.float32
-    assert b["input_ids"].shape == (2, 64) and b["input_ids"].dtype == np.int32
+    assert b["input_ids"].shape == (2, longest_bucket) and b["input_ids"].dtype == np.int32
     assert b["attention_mask"].dtype == np.int32
     assert b["lonlat"].shape == (2, 2) and b["lonlat"].dtype == np.float32
     assert b["labels"].shape == (2, 12) and b["labels"].dtype == np.float32
@@ -104,9 +107,11 @@ def test_text_id_indexes_dataset_texts_and_tokens(built, tok):
         rec = recs[tuple(np.round(b["lonlat"][i], 4))]
         assert texts[b["text_id"][i]] == rec["text"].decode()
         np.testing.assert_array_equal(b["labels"][i], rec["labels"])
-        ids, mask = tokenize(tok, [texts[b["text_id"][i]]])
-        np.testing.assert_array_equal(b["input_ids"][i], ids[0])
-        np.testing.assert_array_equal(b["attention_mask"][i], mask[0])
+        ids, mask = tokenize(tok, [texts[b["text_id"][i]]])  # padded to 64
+        t = b["input_ids"].shape[1]
+        np.testing.assert_array_equal(b["input_ids"][i], ids[0, :t])
+        np.testing.assert_array_equal(b["attention_mask"][i], mask[0, :t])
+        assert not mask[0, t:].any()  # only padding was cut
 
 
 def test_bucketed_batches_are_shorter(built, tok):

@@ -310,3 +310,34 @@ def test_a_training_step_updates_both_towers_batchnorm_statistics():
     jax.tree.leaves(after.batch_stats["s2_encoder"]), jax.tree.leaves(alone["batch_stats"]["s2_encoder"])
   ):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+def test_the_text_table_path_equals_running_the_frozen_text_model():
+  """With the text model frozen and without dropout the step looks its outputs up in the table of the
+  dataset's texts and applies the (trained) text projection itself: the loss terms and the projection's
+  gradient are those of running the text model on the batch's tokens."""
+  cfg = small_config(**{"model.text.dropout": 0.0, "optim.frozen": ("text_model",)})
+  model, state, _ = build(cfg)
+  groups = sorted(state.params)
+  assert "text_projection" in groups
+  phase = step_lib.phase_at(cfg, groups, 0)
+  assert phase.text_table and "text_projection" in phase.trainable and "text_model" not in phase.trainable
+  b = jax.tree.map(jnp.asarray, batch(3))
+  ids = jnp.concatenate([b["s2"]["input_ids"], b["s1"]["input_ids"]])
+  mask = jnp.concatenate([b["s2"]["attention_mask"], b["s1"]["attention_mask"]])
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  table = model.apply(variables, ids, mask, method=model.text_backbone)  # rows 0..2B-1
+  b["s1"]["text_id"] = b["s1"]["text_id"] + B
+
+  def loss(params, text_table):
+    v = {"params": params, "batch_stats": state.batch_stats}
+    terms, _, _ = step_lib.compute_terms(model, v, b, cfg, train=True, text_table=text_table, key=jax.random.key(1))
+    return sum(terms.values()), terms
+
+  (full, full_terms), g_full = jax.value_and_grad(loss, has_aux=True)(state.params, None)
+  (looked, looked_terms), g_table = jax.value_and_grad(loss, has_aux=True)(state.params, table)
+  for k in full_terms:
+    np.testing.assert_allclose(looked_terms[k], full_terms[k], rtol=1e-6)
+  for a, c in zip(jax.tree.leaves(g_table["text_projection"]), jax.tree.leaves(g_full["text_projection"])):
+    np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-7)
+  assert float(jnp.abs(jax.tree.leaves(g_full["text_projection"])[0]).max()) > 0  # the projection does learn

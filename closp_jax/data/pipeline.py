@@ -312,9 +312,15 @@ class _ReadOrPad:
 
 
 def _token_table(builder, tokenizer, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """Tokens of every dataset text, padded to the bucket (16/32/64, at most max_len) of the longest.
+
+  Columns past the longest text are padding in every row: the attention mask hides them and the
+  pooling skips them, so cutting them changes no embedding, and label texts of a few tokens no
+  longer run the text tower over 64 positions (docs/benchmarks.md, row text_bucket).
+  """
   if tokenizer is None:
     tokenizer = load_tokenizer()
-  return tokenize(tokenizer, dataset_texts(builder), max_len=max_len, bucket=False)
+  return tokenize(tokenizer, dataset_texts(builder), max_len=max_len, bucket=True)
 
 
 def _normalizer(builder, sensor: str, normalization, scale_divisor=None) -> _Normalize:
@@ -456,8 +462,9 @@ def train_iterator(
   """Iterator of {"s2": batch, "s1": batch}; batch_size is per sensor and per process.
 
   batch = {"image" float32 [B,120,120,C], "input_ids"/"attention_mask" int32 [B,T],
-  "lonlat" float32 [B,2], "labels" float32 [B,12], "text_id" int32 [B]}. T = max_len, or
-  with `bucket` the smallest of 16/32/64 that holds the batch's longest text.
+  "lonlat" float32 [B,2], "labels" float32 [B,12], "text_id" int32 [B]}. T is the smallest of
+  16/32/64 (at most max_len) that holds the dataset's longest text, the same every batch; with
+  `bucket` the smallest that holds the batch's longest text.
   normalization: {"s2": mode, "s1": mode} with modes of closp_jax.data.normalize ("none", "scale",
   "standardize"); sensors left out keep DEFAULT_NORMALIZATION. scale_divisor: {"s2": 10000.0, ...}
   for "scale" (the defaults of closp_jax.data.normalize when left out).

@@ -139,13 +139,14 @@ def _gather_host(x: np.ndarray) -> np.ndarray:
 
 
 def embed_texts(
-  model, variables, tokenizer, texts: list[str], *, max_len: int = 64, batch_size: int = 256
+  model, variables, tokenizer, texts: list[str], *, max_len: int = 64, batch_size: int = 256, backbone: bool = False
 ) -> np.ndarray:
-  """[len(texts), D] normalised text embeddings (replicated computation, host result)."""
+  """[len(texts), D] normalised text embeddings (replicated computation, host result); with
+  `backbone` the text model's pooled output before any projection [len(texts), hidden] instead."""
   from closp_jax.data.tokenize import tokenize  # pylint: disable=import-outside-toplevel
 
   spec = _tower_spec(model)
-  enc = _cached_text_encoder(spec) if spec is not None else _text_encoder(model)
+  enc = _cached_text_encoder(spec, backbone) if spec is not None else _text_encoder(model, backbone)
   out = []
   for start in range(0, len(texts), batch_size):
     chunk = list(texts[start : start + batch_size])
@@ -156,19 +157,19 @@ def embed_texts(
   return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def _text_encoder(model) -> Callable:
+def _text_encoder(model, backbone: bool = False) -> Callable:
   @jax.jit
   def enc(variables, ids, mask):
-    return model.apply(variables, ids, mask, method=model.encode_text)
+    return model.apply(variables, ids, mask, method=model.text_backbone if backbone else model.encode_text)
 
   return enc
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_text_encoder(spec) -> Callable:
+def _cached_text_encoder(spec, backbone: bool = False) -> Callable:
   from closp_jax.models.towers import CLOSP  # pylint: disable=import-outside-toplevel
 
-  return _text_encoder(CLOSP(spec))
+  return _text_encoder(CLOSP(spec), backbone)
 
 
 def num_eval_batches(num_items: int, batch_size_per_process: int) -> int:

@@ -383,10 +383,22 @@ class CLOSP(nn.Module):
 
   def encode_text_features(self, input_ids: jax.Array, attention_mask: jax.Array, train: bool = False) -> jax.Array:
     """Text features in the shared space before normalisation [B, embed_dim] (float32)."""
-    f = self.text_model(input_ids, attention_mask, train=train)
+    return self.project_text_features(self.text_model(input_ids, attention_mask, train=train))
+
+  def text_backbone(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """The text model's pooled output before any projection [B, hidden] (float32, no dropout): what
+    the training step's table of frozen text holds."""
+    return self.text_model(input_ids, attention_mask, train=False).astype(jnp.float32)
+
+  def project_text_features(self, f: jax.Array) -> jax.Array:
+    """Text model output [B, hidden] -> features in the shared space before normalisation (float32)."""
     if self.spec.text_projection:
       f = self.text_projection(f)
     return f.astype(jnp.float32)
+
+  def project_text(self, f: jax.Array) -> jax.Array:
+    """Text model output [B, hidden] -> unit vectors [B, embed_dim] (the step's table lookups)."""
+    return l2_normalize(self.project_text_features(f))
 
   def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array, train: bool = False) -> jax.Array:
     """Token ids and mask [B, T] -> unit vectors [B, embed_dim]. train=True enables dropout

@@ -34,7 +34,8 @@ from closp_jax.progress import Reporter
 from closp_jax.train import setup
 from closp_jax.train.optimizer import base_schedule
 from closp_jax.train.preemption import RESUME_HINT, Preempted, StopRequest, stopped_message
-from closp_jax.train.step import make_train_step, phase_at, text_table
+from closp_jax.train.profile import StepProfiler
+from closp_jax.train.step import make_train_step, phase_at, phase_name, text_table
 
 
 class NonFiniteError(UserError, FloatingPointError):
@@ -236,6 +237,8 @@ def _train(config, workdir: Path, report: Reporter, stop: StopRequest, run: dict
   def check(pending_step):
     _check_and_report(pending_step, cfg, report, progress, summaries, sched, samples_per_step)
 
+  profiler = StepProfiler(workdir, str(cfg.profile.steps), start_step=start, total=total, say=say)
+
   try:
     for step in range(start, total):
       fn, table = step_fn_for(step)
@@ -250,7 +253,12 @@ def _train(config, workdir: Path, report: Reporter, stop: StopRequest, run: dict
         },
         mesh,
       )
-      state, metrics = fn(state, gbatch, table)
+      name = phase_name(phase_at(cfg, groups, step), groups)
+      if name not in profiler.analyses:
+        profiler.analyse(name, fn, state, gbatch, table)  # compiles once; the call below reuses it
+      with profiler.annotation(step):
+        state, metrics = fn(state, gbatch, table)
+      profiler.after(step, metrics)
       if pending is not None:
         check(pending)
       pending = (step + 1, metrics)
@@ -287,6 +295,7 @@ def _train(config, workdir: Path, report: Reporter, stop: StopRequest, run: dict
       else f"{err} No checkpoint was written before it."
     ) from None
   finally:
+    profiler.stop()
     try:
       ckpt.wait()
     finally:

@@ -52,8 +52,9 @@ def objective(terms: dict, weights: dict) -> jnp.ndarray:
 
 
 def uses_text_table(cfg, trainable) -> bool:
-  """A frozen text tower without dropout gives every text one embedding: computed once, looked up."""
-  return not any(g.startswith("text") for g in trainable) and float(cfg.model.text.dropout) == 0
+  """A frozen text model without dropout gives every text one output: computed once for the dataset's
+  texts, looked up by text_id; a text projection on top (trained or not) is applied in the step."""
+  return "text_model" not in trainable and float(cfg.model.text.dropout) == 0
 
 
 def step_key(state: TrainState) -> jax.Array:
@@ -131,8 +132,8 @@ def compute_terms(model, variables, batch, cfg, *, train: bool, mesh=None, text_
     i = SENSORS.index(s)
     img[s], upd = _encode_images(model, variables, b["image"], s, train, rngs(3 * i))
     new_stats.update(upd)
-    if text_table is not None:
-      txt[s] = jnp.take(text_table, b["text_id"], axis=0)
+    if text_table is not None:  # the frozen text model's outputs; the projection (if any) runs here
+      txt[s] = model.apply(variables, jnp.take(text_table, b["text_id"], axis=0), method=model.project_text)
     else:
       txt[s] = model.apply(
         variables, b["input_ids"], b["attention_mask"], train=train, method=model.encode_text, rngs=rngs(3 * i + 1)
@@ -165,6 +166,13 @@ def phase_at(cfg, groups, step: int) -> Phase:
   """The Phase of update `step` (0-based) for a model with parameter groups `groups`."""
   trainable = frozenset(trainable_groups(cfg.optim, groups, step))
   return Phase(trainable, uses_text_table(cfg, trainable))
+
+
+def phase_name(phase: Phase, groups) -> str:
+  """Short name of a phase for logs: 'all groups train' or 'trains a, b', plus ', text table'."""
+  groups = sorted(groups)
+  trains = "all groups train" if set(groups) <= phase.trainable else "trains " + ", ".join(sorted(phase.trainable))
+  return trains + (", text table" if phase.text_table else "")
 
 
 def make_train_step(cfg, phase: Phase, *, model, optimizer: optax.GradientTransformation, mesh=None) -> Callable:
@@ -265,6 +273,8 @@ def make_train_step(cfg, phase: Phase, *, model, optimizer: optax.GradientTransf
 
 
 def text_table(model, variables, tokenizer, texts, cfg) -> jnp.ndarray:
-  """Normalised embeddings of every distinct dataset text [len(texts), D] (the table a Phase with
-  text_table=True looks texts up in)."""
-  return jnp.asarray(embed_lib.embed_texts(model, variables, tokenizer, texts, max_len=int(cfg.data.max_len)))
+  """The frozen text model's output for every distinct dataset text [len(texts), hidden] (the table a
+  Phase with text_table=True looks texts up in; CLOSP.project_text turns rows into embeddings)."""
+  return jnp.asarray(
+    embed_lib.embed_texts(model, variables, tokenizer, texts, max_len=int(cfg.data.max_len), backbone=True)
+  )

@@ -120,9 +120,9 @@ class ClospStep:
     overrides: Mapping[str, Any] | None = None,
     text_len: int | None = None,
     mesh_devices=None,
-    text_table: bool | None = None,
+    use_text_table: bool | None = None,
   ) -> ClospStep:
-    """text_table: None as the trainer decides (closp_jax.train.step.phase_at); False runs the text
+    """use_text_table: None as the trainer decides (closp_jax.train.step.phase_at); False runs the text
     model every step even where the trainer would look its outputs up (for A/B measurements)."""
     cfg = closp_config(variant, {"data.batch_size": batch_size, **dict(overrides or {})})
     mesh = mesh_lib.make_mesh(cfg.mesh, mesh_devices)
@@ -130,8 +130,8 @@ class ClospStep:
     model, variables, shardings, optimizer, _ = setup.build_model_and_optimizer(cfg, mesh, TOTAL_STEPS)
     state, state_shardings = setup.create_state(variables, optimizer, shardings, mesh, int(cfg.seed))
     phase = phase_at(cfg, sorted(state.params), int(state.step))
-    if text_table is not None:
-      phase = dataclasses.replace(phase, text_table=phase.text_table and text_table)
+    if use_text_table is not None:
+      phase = dataclasses.replace(phase, text_table=phase.text_table and use_text_table)
     trainable, use_table = phase.trainable, phase.text_table
     fn = make_train_step(cfg, phase, model=model, optimizer=optimizer, mesh=mesh)
     jitted = jax.jit(fn, donate_argnums=(0,), out_shardings=(state_shardings, mesh_lib.replicated(mesh)))

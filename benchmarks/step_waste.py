@@ -96,7 +96,7 @@ def text_table_projection(batch: int, repeats: int) -> dict:
   say(f"text_table_projection: sample + trained text projection, {batch} per sensor ...")
   overrides = {"model.text.text_projection": True}
   table = ClospStep.build("sample", batch_size=batch, overrides=overrides, text_len=16)
-  run = ClospStep.build("sample", batch_size=batch, overrides=overrides, text_len=16, text_table=False)
+  run = ClospStep.build("sample", batch_size=batch, overrides=overrides, text_len=16, use_text_table=False)
   if not table.use_text_table or run.use_text_table:
     raise RuntimeError("text_table_projection: expected the table in one step and not in the other")
   return ab_row(table, run, repeats, {"variant": "sample", "batch_per_sensor": batch, "text_len": 16})
